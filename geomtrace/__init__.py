@@ -1,0 +1,38 @@
+"""geomtrace: the geometry of per-task gradients in multi-task and multilingual training.
+
+Public names are imported lazily (PEP 562), so ``import geomtrace`` is fast and reading a trace
+(``geomtrace.open_trace``) does not import torch.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "GeomtraceError": "geomtrace._errors",
+    "InvalidInputError": "geomtrace._errors",
+    "TraceError": "geomtrace._errors",
+    "ParameterGroup": "geomtrace._groups",
+    "resolve_groups": "geomtrace._groups",
+    "GRANULARITIES": "geomtrace._groups",
+    "TaskGradients": "geomtrace._capture",
+    "Tracer": "geomtrace._tracer",
+    "TraceWriter": "geomtrace._trace",
+    "Trace": "geomtrace._trace",
+    "open_trace": "geomtrace._trace",
+    "cosine_from_gram": "geomtrace._trace",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'geomtrace' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

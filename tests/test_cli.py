@@ -1,0 +1,41 @@
+import json
+
+import numpy as np
+import pytest
+
+import geomtrace as gt
+from cli import main
+
+
+def _trace(path):
+    with gt.TraceWriter(
+        path, ["es", "fr", "ja"], [("enc", 4, ["a"]), ("dec", 2, ["b"])], iso_codes={"es": "spa"}
+    ) as w:
+        for step in (0, 5):
+            gram = np.stack([np.array([[1.0, 0.5, -0.5], [0.5, 1.0, 0.0], [-0.5, 0.0, 1.0]])] * 2)
+            w.write_snapshot(step, gram * (step + 1), {"es": 1.0})
+
+
+def test_inspect_prints_tasks_groups_and_mean_cosine(tmp_path, capsys):
+    _trace(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "es (spa), fr, ja" in out and "snapshots  2, steps 0..5" in out
+    assert "mean cosine +0.000" in out  # (0.5 + 0.5 - 0.5 - 0.5 + 0 + 0) / 6
+    assert main(["inspect", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["groups"][0] == {"group": "enc", "numel": 4, "params": 1, "mean_cosine": 0.0}
+    assert summary["steps"] == [0, 5]
+
+
+def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geomtrace: error: no trace at") and "Traceback" not in err
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "inspect" in capsys.readouterr().out
