@@ -21,6 +21,14 @@ _EXPORTS = {
     "Trace": "geomtrace._trace",
     "open_trace": "geomtrace._trace",
     "cosine_from_gram": "geomtrace._trace",
+    "Aggregator": "geomtrace._aggregators",
+    "Sum": "geomtrace._aggregators",
+    "Mean": "geomtrace._aggregators",
+    "PCGrad": "geomtrace._aggregators",
+    "GradVac": "geomtrace._aggregators",
+    "MultiTask": "geomtrace._multitask",
+    "CountSketch": "geomtrace._sketch",
+    "TaskSketches": "geomtrace._sketch",
 }
 
 __all__ = sorted(_EXPORTS)

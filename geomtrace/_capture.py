@@ -8,16 +8,25 @@ device, its columns ordered group by group, so that group k is the column range
 
 Gradients of any floating dtype (fp16/bf16 under autocast) are accumulated into the fp32
 buffer, so Gram matrices are fp32. Nothing here synchronises with the host: the buffer, the Gram
-matrices and the combinations stay on the device; only the caller decides when K x K numbers
-travel.
+matrices and the combinations stay on the device (task presence is tracked both as host booleans
+and as a device mask, so masking absent tasks needs no host -> device copy); only the caller
+decides when K x K numbers travel.
+
+Under torch.distributed (an initialised process group with W > 1 ranks), every task gradient is
+the mean over ranks, as DDP's: ``gram`` reduce-scatters each task's row so every rank owns a
+column shard, computes partial Gram matrices there and all-reduces the [G, K, K] result;
+``combine`` combines on the shard and all-gathers the result (see ``geomtrace._distributed``).
+``gram`` and ``combine`` are then collective calls: every rank must make them, in the same order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from geomtrace import _distributed
 from geomtrace._groups import ParameterGroup
 
 
@@ -26,6 +35,9 @@ class TaskGradients:
 
     The buffer is allocated on first use (``reset``), so an object that is never used on an
     untraced step costs no memory.
+
+    ``process_group``: ``"auto"`` (default) reduces over the default group when
+    torch.distributed is initialised with several ranks; None disables the reduction.
     """
 
     def __init__(
@@ -33,6 +45,7 @@ class TaskGradients:
         groups: Sequence[ParameterGroup],
         num_tasks: int,
         device: torch.device | str | None = None,
+        process_group: Any = _distributed.AUTO,
     ) -> None:
         self.groups = list(groups)
         self.num_tasks = num_tasks
@@ -44,35 +57,59 @@ class TaskGradients:
             self.offsets.append((start, start + group.numel))
             start += group.numel
         self.numel = start
+        self.process_group = _distributed.resolve_group(process_group)
+        self.sharding = (
+            _distributed.Sharding.make(
+                self.offsets,
+                self.numel,
+                _distributed.world_size(self.process_group),
+                _distributed.rank(self.process_group),
+            )
+            if self.process_group is not None
+            else None
+        )
         self.present = [False] * num_tasks
+        #: per parameter, whether any ``add`` since ``reset`` gave it a gradient (host-side)
+        self.touched = [False] * len(self.params)
         self._buffer: torch.Tensor | None = None
+        self._present_mask: torch.Tensor | None = None
         self._row_views: list[list[torch.Tensor]] = []
+        self._shard: torch.Tensor | None = None  # [K, S] this rank's reduced columns
 
     @property
     def buffer(self) -> torch.Tensor:
-        """The [K, P] float32 buffer (allocated by ``reset``)."""
+        """The [K, P] float32 buffer of this rank's (unreduced) gradients (allocated by ``reset``)."""
         if self._buffer is None:
             self.reset()
-        return self._buffer
+        return self._buffer[:, : self.numel]
 
     def reset(self) -> None:
         """Zero every task gradient and mark every task absent."""
         if self._buffer is None:
+            # Distributed: rows padded to W * S columns so each row reduce-scatters evenly.
+            width = self.sharding.padded if self.sharding is not None else self.numel
             self._buffer = torch.zeros(
-                self.num_tasks, self.numel, dtype=torch.float32, device=self.device
+                self.num_tasks, width, dtype=torch.float32, device=self.device
             )
+            self._present_mask = torch.zeros(self.num_tasks, dtype=torch.bool, device=self.device)
             # Per task, one view per parameter, shaped like the parameter: lets `add` use one
             # fused foreach kernel instead of a Python loop of copies.
             self._row_views = [
-                _split_like(self._buffer[t], self.params) for t in range(self.num_tasks)
+                _split_like(self._buffer[t, : self.numel], self.params)
+                for t in range(self.num_tasks)
             ]
         else:
             self._buffer.zero_()
+            self._present_mask.zero_()
+        self._shard = None
         self.present = [False] * self.num_tasks
+        self.touched = [False] * len(self.params)
 
     def release(self) -> None:
         """Free the buffer (it is reallocated by the next ``reset``)."""
         self._buffer = None
+        self._present_mask = None
+        self._shard = None
         self._row_views = []
 
     def add(self, task_index: int, grads: Sequence[torch.Tensor | None]) -> None:
@@ -82,34 +119,95 @@ class TaskGradients:
         """
         if self._buffer is None:
             self.reset()
+        if self._shard is not None:
+            raise RuntimeError("TaskGradients.add after gram/combine in the same step: reset first")
         views = self._row_views[task_index]
-        pairs = [(v, g) for v, g in zip(views, grads, strict=True) if g is not None]
-        if pairs:
-            dst, src = zip(*pairs, strict=True)
-            torch._foreach_add_(list(dst), [g.to(torch.float32) for g in src])
+        dst, src = [], []
+        for n, (v, g) in enumerate(zip(views, grads, strict=True)):
+            if g is not None:
+                dst.append(v)
+                src.append(g.to(torch.float32))
+                self.touched[n] = True
+        if dst:
+            torch._foreach_add_(dst, src)
+        if not self.present[task_index]:
+            # A fill kernel with a scalar argument: no host -> device copy, no sync.
+            self._present_mask[task_index].fill_(True)
         self.present[task_index] = True
 
+    def _reduced(self) -> torch.Tensor:
+        """This rank's [K, S] shard of the rank-averaged task gradients (reduce-scatter, once)."""
+        if self._shard is None:
+            if self._buffer is None:
+                self.reset()
+            sharding, group = self.sharding, self.process_group
+            shard = torch.empty(
+                self.num_tasks, sharding.shard_size, dtype=torch.float32, device=self.device
+            )
+            # One reduce-scatter per task row (each row is contiguous, chunk r -> rank r); all
+            # issued before waiting so the backend can pipeline them.
+            works = [
+                _distributed.reduce_scatter(shard[t], self._buffer[t], group, async_op=True)
+                for t in range(self.num_tasks)
+            ]
+            for work in works:
+                work.wait()
+            shard.div_(sharding.world_size)
+            self._shard = shard
+        return self._shard
+
     def gram(self) -> torch.Tensor:
-        """Gram matrices of all groups, [G, K, K] float32; absent tasks' rows/columns are NaN."""
-        buffer = self.buffer
-        grams = torch.stack([buffer[:, a:b] @ buffer[:, a:b].T for a, b in self.offsets])
-        if not all(self.present):
-            absent = torch.tensor([not p for p in self.present], device=buffer.device)
-            nan = torch.full_like(grams, float("nan"))
-            mask = absent[None, :, None] | absent[None, None, :]
-            grams = torch.where(mask, nan, grams)
-        return grams
+        """Gram matrices of all groups, [G, K, K] float32; absent tasks' rows/columns are NaN.
+
+        Distributed: the Gram matrices of the rank-averaged gradients (collective call); a task
+        is present when any rank saw it.
+        """
+        if self.sharding is None:
+            buffer = self.buffer
+            grams = torch.stack([buffer[:, a:b] @ buffer[:, a:b].T for a, b in self.offsets])
+            if all(self.present):
+                return grams
+            present = self._present_mask
+        else:
+            shard = self._reduced()
+            K = self.num_tasks
+            partial = [
+                shard[:, a:b] @ shard[:, a:b].T
+                if b > a
+                else torch.zeros(K, K, dtype=shard.dtype, device=shard.device)
+                for a, b in self.sharding.local
+            ]
+            # Partial Gram matrices and presence flags travel in one all-reduce.
+            packed = torch.cat([torch.stack(partial).reshape(-1), self._present_mask.float()])
+            _distributed.all_reduce_sum(packed, self.process_group)
+            grams = packed[:-K].view(len(self.offsets), K, K)
+            present = packed[-K:] > 0
+        nan = torch.full_like(grams, float("nan"))
+        absent = ~present
+        return torch.where(absent[None, :, None] | absent[None, None, :], nan, grams)
 
     def combine(self, weights: torch.Tensor) -> list[torch.Tensor]:
         """Per parameter, the combined gradient sum_i w_{k,i} g_i of its group k.
 
         ``weights`` is [G, K]; returns tensors shaped like ``self.params`` (float32 views of one
-        flat vector), in ``self.params`` order.
+        flat vector of P floats, the only allocation), in ``self.params`` order. Distributed:
+        combined on this rank's shard, then all-gathered (collective call).
         """
-        buffer = self.buffer
-        weights = weights.to(device=buffer.device, dtype=buffer.dtype)
-        flat = torch.cat([weights[k] @ buffer[:, a:b] for k, (a, b) in enumerate(self.offsets)])
-        return _split_like(flat, self.params)
+        weights = weights.to(device=self.device, dtype=torch.float32)
+        if self.sharding is None:
+            buffer = self.buffer
+            flat = torch.empty(self.numel, dtype=torch.float32, device=self.device)
+            for k, (a, b) in enumerate(self.offsets):
+                torch.mv(buffer[:, a:b].T, weights[k], out=flat[a:b])
+            return _split_like(flat, self.params)
+        shard = self._reduced()
+        local = torch.zeros(shard.shape[1], dtype=torch.float32, device=self.device)
+        for k, (a, b) in enumerate(self.sharding.local):
+            if b > a:
+                torch.mv(shard[:, a:b].T, weights[k], out=local[a:b])
+        full = torch.empty(self.sharding.padded, dtype=torch.float32, device=self.device)
+        _distributed.all_gather(full, local, self.process_group)
+        return _split_like(full[: self.numel], self.params)
 
 
 def _split_like(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

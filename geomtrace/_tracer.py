@@ -27,6 +27,16 @@ language) evaluated with the model in eval mode, instead of from the training ba
 when snapshots must compare like with like across steps (training batches vary in content and
 length from step to step); use the default when the question is about the gradients the
 optimizer actually followed.
+
+Scaling (see docs/scaling.md):
+
+- Under torch.distributed (process group initialised before the Tracer; the model plain or
+  wrapped in DistributedDataParallel) each task gradient is the mean over ranks, like DDP's:
+  traced steps run under ``no_sync()`` and reduce the task gradients themselves (reduce-scatter
+  of the [K, P] buffer, partial Grams, all-reduce of [G, K, K], all-gather of the summed update);
+  untraced steps are plain ``loss.backward()`` with DDP's own reduction. Only rank 0 writes.
+- ``sketch=d`` keeps a CountSketch of each task gradient (G x K x d floats) instead of the
+  [K, P] buffer; the trace's meta ``"sketch"`` is d (see ``geomtrace._sketch``).
 """
 
 from __future__ import annotations
@@ -39,9 +49,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from geomtrace import _distributed
 from geomtrace._capture import TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup, resolve_groups
+from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._trace import TraceWriter
 
 log = logging.getLogger(__name__)
@@ -94,6 +106,9 @@ class StepBase:
     Subclasses implement ``_backward(task_index, loss, retain_graph)``.
     """
 
+    #: process group over which ``mean_losses`` averages ("auto": the default group if any)
+    _process_group: Any = _distributed.AUTO
+
     def __init__(self, owner_name: str, tasks: Sequence[str], step: int) -> None:
         self._owner_name = owner_name
         self._tasks = list(tasks)
@@ -139,12 +154,26 @@ class StepBase:
             self.backward(task, loss, retain_graph=n < len(items) - 1)
 
     def mean_losses(self) -> dict[str, float]:
-        """Per task, the mean of its micro-batch losses (one host sync for all of them)."""
-        if not self._losses:
-            return {}
-        tasks = list(self._losses)
-        means = torch.stack([torch.stack(self._losses[t]).float().mean() for t in tasks]).cpu()
-        return dict(zip(tasks, means.tolist(), strict=True))
+        """Per task, the mean of its micro-batch losses (one host sync for all of them).
+
+        Distributed: the mean over ranks of the ranks' means (the loss of the global batch when
+        ranks hold equal shares), a collective call; tasks no rank saw are left out.
+        """
+        group = _distributed.resolve_group(self._process_group)
+        if group is None:
+            if not self._losses:
+                return {}
+            tasks = list(self._losses)
+            means = torch.stack([torch.stack(self._losses[t]).float().mean() for t in tasks])
+            return dict(zip(tasks, means.cpu().tolist(), strict=True))
+        device = next(iter(self._losses.values()))[0].device if self._losses else None
+        values = torch.zeros(len(self._tasks), device=device)
+        counts = torch.zeros(len(self._tasks), device=device)
+        for task, losses in self._losses.items():
+            values[self._task_index[task]] = torch.stack(losses).float().mean()
+            counts[self._task_index[task]] = 1.0
+        means = _distributed.mean_over_ranks(values, counts, group).cpu().tolist()
+        return {t: m for t, m in zip(self._tasks, means, strict=True) if m == m}  # m == m: not NaN
 
     def _backward(self, index: int, loss: torch.Tensor, retain_graph: bool) -> None:
         raise NotImplementedError
@@ -171,20 +200,29 @@ class TraceStep(StepBase):
     def __init__(self, tracer: Tracer, step: int, traced: bool) -> None:
         super().__init__("tracer", tracer.tasks, step)
         self._tracer = tracer
+        self._process_group = tracer.capture.process_group
         self.traced = traced
         # In probe mode the snapshot comes from the probe batches, not the training batches.
         self._capturing = traced and tracer.probe is None
+        self._no_sync = None
 
     def _backward(self, index: int, loss: torch.Tensor, retain_graph: bool) -> None:
         if not self._capturing:
             loss.backward(retain_graph=retain_graph)
             return
         capture = self._tracer.capture
+        if isinstance(capture, TaskSketches):
+            # Copy-free: plain backward into .grad, sketch the change it made.
+            loss.backward(retain_graph=retain_graph)
+            capture.add_grad_change(index)
+            return
         grads = torch.autograd.grad(
             loss, capture.params, retain_graph=retain_graph, allow_unused=True
         )
         capture.add(index, grads)
-        accumulate_grads(capture.params, grads)
+        if capture.process_group is None:
+            accumulate_grads(capture.params, grads)
+        # Distributed: .grad gets the rank-averaged sum on exit (from the reduced shards).
 
     def __enter__(self) -> TraceStep:
         if self._tracer._active_step is not None:
@@ -195,19 +233,44 @@ class TraceStep(StepBase):
         self._tracer._active_step = self
         self.active = True
         if self._capturing:
-            self._tracer.capture.reset()
+            # DDP must not expect reducer hooks that autograd.grad never fires; the reduction
+            # of the task gradients replaces DDP's on this step.
+            self._no_sync = _distributed.no_sync(self._tracer.model)
+            self._no_sync.__enter__()
+            capture = self._tracer.capture
+            capture.reset()
+            if isinstance(capture, TaskSketches):
+                capture.begin()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.active = False
         self._tracer._active_step = None
+        if self._no_sync is not None:
+            self._no_sync.__exit__(None, None, None)
+            self._no_sync = None
         if exc_type is not None or not self.traced:
             return  # an interrupted step writes nothing: the trace keeps its last good snapshot
-        if self._tracer.probe is not None:
-            gram, losses = self._tracer.probe_gram()
-            self._tracer.record(self.step, gram, losses, source="probe")
-        else:
-            self._tracer.record(self.step, self._tracer.capture.gram(), self.mean_losses())
+        tracer = self._tracer
+        if tracer.probe is not None:
+            gram, losses = tracer.probe_gram()
+            tracer.record(self.step, gram, losses, source="probe")
+            return
+        capture = tracer.capture
+        gram = capture.gram()
+        if capture.process_group is not None:
+            if isinstance(capture, TaskSketches):
+                _distributed.all_reduce_grads(capture.params, capture.process_group)
+            else:
+                ones = torch.ones(len(capture.groups), capture.num_tasks, device=capture.device)
+                summed = capture.combine(ones)
+                params, grads = [], []
+                for p, g, touched in zip(capture.params, summed, capture.touched, strict=True):
+                    if touched:
+                        params.append(p)
+                        grads.append(g if g.dtype == p.dtype else g.to(p.dtype))
+                accumulate_grads(params, grads)
+        tracer.record(self.step, gram, self.mean_losses())
 
 
 class Tracer:
@@ -239,10 +302,14 @@ class Tracer:
         probe: Mapping[str, Any] | None = None,
         probe_loss: Callable[[nn.Module, str, Any], torch.Tensor] | None = None,
         overwrite: bool = False,
+        sketch: int | None = None,
+        seed: int = 0,
+        process_group: Any = _distributed.AUTO,
     ) -> None:
         self.model = model
         self.tasks = validate_tasks(tasks)
-        self.groups: list[ParameterGroup] = resolve_groups(model, groups)
+        # Groups of the inner module: parameter names as in a single-process run.
+        self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
         self.should_trace = make_schedule(every)
         if (probe is None) != (probe_loss is None):
             raise InvalidInputError("probe mode needs both probe={task: batch} and probe_loss")
@@ -254,15 +321,29 @@ class Tracer:
                 )
         self.probe = dict(probe) if probe is not None else None
         self.probe_loss = probe_loss
-        self.capture = TaskGradients(self.groups, len(self.tasks))
+        self.sketch = None if sketch is None else check_sketch_dim(sketch)
+        if self.sketch is None:
+            self.capture = TaskGradients(self.groups, len(self.tasks), process_group=process_group)
+        else:
+            self.capture = TaskSketches(
+                self.groups, len(self.tasks), self.sketch, seed, process_group=process_group
+            )
         self.last_gram: torch.Tensor | None = None
         self.zero_norm_warnings = 0
         self._active_step: StepBase | None = None
+        # Only global rank 0 writes (the Gram matrices are identical on every rank).
         self.writer = (
             TraceWriter(out, self.tasks, self.groups, iso_codes, config, overwrite)
-            if out is not None
+            if out is not None and _distributed.global_rank() == 0
             else None
         )
+        if self.writer is not None:
+            world = _distributed.world_size(self.capture.process_group)
+            if world > 1:
+                self.writer.set_meta("world_size", world)
+            if self.sketch is not None:
+                self.writer.set_meta("sketch", self.sketch)
+                self.writer.set_meta("sketch_seed", seed)
 
     def step(self, step: int) -> TraceStep:
         """Context manager for one training step; traced when the schedule says so."""
@@ -276,15 +357,19 @@ class Tracer:
         self.model.eval()  # no dropout noise: the probe measures the same function every time
         losses = {}
         try:
-            for task, batch in self.probe.items():
-                loss = self.probe_loss(self.model, task, batch)
-                grads = torch.autograd.grad(loss, capture.params, allow_unused=True)
-                capture.add(self.tasks.index(task), grads)
-                losses[task] = loss.detach()
+            with _distributed.no_sync(self.model):
+                for task, batch in self.probe.items():
+                    loss = self.probe_loss(self.model, task, batch)
+                    grads = torch.autograd.grad(loss, capture.params, allow_unused=True)
+                    capture.add(self.tasks.index(task), grads)
+                    losses[task] = loss.detach()
         finally:
             self.model.train(was_training)
-        values = torch.stack(list(losses.values())).float().cpu().tolist()
-        return capture.gram(), dict(zip(losses, values, strict=True))
+        values = torch.stack(list(losses.values())).float()
+        group = capture.process_group
+        if group is not None:  # probe batches may differ per rank: average like the gradients
+            values = _distributed.mean_over_ranks(values, torch.ones_like(values), group)
+        return capture.gram(), dict(zip(losses, values.cpu().tolist(), strict=True))
 
     def record(
         self,

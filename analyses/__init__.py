@@ -1,0 +1,68 @@
+"""analyses: numbers from geomtrace traces (pandas frames and numpy arrays; no torch, no plots).
+
+Every analysis takes a trace (``geomtrace.open_trace(run)``) or plain arrays plus a task list,
+and returns a frame whose columns are documented in its docstring (and listed in the
+``*_COLUMNS`` constants). Group ``"all"`` is the whole model: the sum of the groups' Gram
+matrices. Default step window: every snapshot after step 0; step 0 (untrained model) is
+reported separately as a baseline. Formulas and statistics: ``analyses/README.md``.
+"""
+
+from analyses._clustering import (
+    AGREEMENT_COLUMNS,
+    ClusterTree,
+    adjusted_rand_index,
+    cluster_tasks,
+    family_agreement,
+)
+from analyses._covariates import (
+    COVARIATES,
+    char_overlap_distance,
+    covariate_distances,
+    script_distance,
+)
+from analyses._evolution import (
+    FAMILY_TRAJECTORY_COLUMNS,
+    GROUP_TRAJECTORY_COLUMNS,
+    PAIR_TRAJECTORY_COLUMNS,
+    SETTLING_COLUMNS,
+    family_trajectories,
+    group_trajectories,
+    pair_trajectories,
+    settling,
+    settling_step,
+)
+from analyses._inputs import ALL
+from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
+from analyses._quality import QUALITY_CORRELATION_COLUMNS, quality_correlation, task_quality
+from analyses._similarity import (
+    ALIGNMENT_COLUMNS,
+    SUMMARY_COLUMNS,
+    similarity_matrix,
+    similarity_summary,
+    task_alignment,
+)
+from analyses._stats import PermutationResult, mantel, partial_mantel, permutation_correlation
+from analyses._summary import PARTS, Summary, summary
+from analyses._typology import (
+    DISTANCES,
+    cache_dir,
+    check_languages,
+    language_families,
+    task_families,
+    typological_distance,
+    typological_distances,
+)
+
+__all__ = [
+    "AGREEMENT_COLUMNS", "ALIGNMENT_COLUMNS", "ALL", "CORRELATION_COLUMNS", "COVARIATES",
+    "DISTANCES", "FAMILY_TRAJECTORY_COLUMNS", "GROUP_TRAJECTORY_COLUMNS",
+    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "QUALITY_CORRELATION_COLUMNS", "SETTLING_COLUMNS",
+    "SUMMARY_COLUMNS", "ClusterTree", "PermutationResult", "Summary", "adjusted_rand_index",
+    "cache_dir", "char_overlap_distance", "check_languages", "cluster_tasks",
+    "covariate_distances", "family_agreement", "family_trajectories", "group_trajectories",
+    "language_families", "mantel", "pair_trajectories", "partial_mantel",
+    "permutation_correlation", "quality_correlation", "script_distance", "settling",
+    "settling_step", "similarity_matrix", "similarity_summary", "summary", "task_alignment",
+    "task_families", "task_quality", "typological_distance", "typological_distances",
+    "typology_correlation",
+]  # fmt: skip

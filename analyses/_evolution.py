@@ -1,0 +1,207 @@
+"""How similarity evolves: across groups in model order, over steps, per pair, and when it settles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyses._inputs import ALL, cosine_stack, is_trace, off_diagonal_pairs, part_of
+from geomtrace._errors import InvalidInputError
+
+GROUP_TRAJECTORY_COLUMNS = ["group", "position", "part", "step", "mean_cosine", "conflict_rate"]
+FAMILY_TRAJECTORY_COLUMNS = ["group", "step", "kind", "mean_cosine", "n_pairs"]
+PAIR_TRAJECTORY_COLUMNS = ["group", "step", "task_a", "task_b", "cosine", "same_family"]
+SETTLING_COLUMNS = ["final_value", "settle_step", "last_step", "tol", "n_final"]
+
+
+def _pair_values(stack) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    iu = off_diagonal_pairs(len(stack.tasks))
+    return stack.cosine[:, iu[0], iu[1]], iu
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    n = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(finite, values, 0).sum(axis=1) / n, np.nan)
+
+
+def group_trajectories(trace: Any, groups: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean off-diagonal cosine and conflict rate of every group at every snapshot.
+
+    Groups in model order (``position`` = index in ``trace.groups``, -1 for ``all``); ``part``
+    is embedding / encoder / decoder / other from the group name. Step 0 included.
+    Columns: group, position, part, step, mean_cosine, conflict_rate.
+    """
+    if not is_trace(trace):
+        raise InvalidInputError("group_trajectories needs a trace (it spans the groups)")
+    groups = (
+        ([ALL] if ALL not in trace.groups else []) + list(trace.groups)
+        if groups is None
+        else list(groups)
+    )
+    parts = []
+    for g in groups:
+        stack = cosine_stack(trace, g)
+        values, _ = _pair_values(stack)
+        finite = np.isfinite(values)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conflict = (np.where(finite, values, 0) < 0).sum(1) / finite.sum(1)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "group": g,
+                    "position": trace.groups.index(g) if g in trace.groups else -1,
+                    "part": "whole" if g == ALL else part_of(g),
+                    "step": stack.steps,
+                    "mean_cosine": _nanmean_rows(values),
+                    "conflict_rate": conflict,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)[GROUP_TRAJECTORY_COLUMNS]
+
+
+def _family_list(families, tasks: list[str]) -> list[str | None]:
+    if isinstance(families, Mapping):
+        return [None if families.get(t) is None else str(families[t]) for t in tasks]
+    fam = [None if f is None else str(f) for f in families]
+    if len(fam) != len(tasks):
+        raise InvalidInputError(f"{len(fam)} families for {len(tasks)} tasks")
+    return fam
+
+
+def family_trajectories(
+    source: Any,
+    families: Mapping[str, str] | Sequence[str],
+    group: str | None = None,
+    *,
+    tasks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Within-family vs across-family mean cosine at every snapshot.
+
+    kind ``within``: mean cos_ij over pairs i<j of the same family; ``across``: different
+    families (NaN cosines skipped; tasks without a family are left out). n_pairs counts the
+    pairs of that kind. Columns: group, step, kind, mean_cosine, n_pairs.
+    """
+    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
+    fam = _family_list(families, stack.tasks)
+    values, (i, j) = _pair_values(stack)
+    known = np.array([fam[a] is not None and fam[b] is not None for a, b in zip(i, j, strict=True)])
+    same = np.array([fam[a] == fam[b] for a, b in zip(i, j, strict=True)]) & known
+    rows = []
+    for kind, mask in (("within", same), ("across", known & ~same)):
+        mean = _nanmean_rows(values[:, mask]) if mask.any() else np.full(len(stack.steps), np.nan)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "group": stack.group,
+                    "step": stack.steps,
+                    "kind": kind,
+                    "mean_cosine": mean,
+                    "n_pairs": int(mask.sum()),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)[FAMILY_TRAJECTORY_COLUMNS]
+
+
+def pair_trajectories(
+    source: Any,
+    group: str | None = None,
+    *,
+    families: Mapping[str, str] | Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """cos_ij of every unordered pair i<j (task order) at every snapshot.
+
+    same_family: True/False when both tasks have a family, else None.
+    Columns: group, step, task_a, task_b, cosine, same_family.
+    """
+    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
+    values, (i, j) = _pair_values(stack)
+    S, P = values.shape
+    fam = _family_list(families, stack.tasks) if families is not None else [None] * len(stack.tasks)
+    same = [
+        None if fam[a] is None or fam[b] is None else fam[a] == fam[b]
+        for a, b in zip(i, j, strict=True)
+    ]
+    tasks_arr = np.array(stack.tasks, dtype=object)
+    return pd.DataFrame(
+        {
+            "group": stack.group,
+            "step": np.repeat(stack.steps, P),
+            "task_a": np.tile(tasks_arr[i], S),
+            "task_b": np.tile(tasks_arr[j], S),
+            "cosine": values.reshape(-1),
+            "same_family": np.tile(np.array(same, dtype=object), S),
+        },
+        columns=PAIR_TRAJECTORY_COLUMNS,
+    )
+
+
+def settling_step(
+    steps: Sequence[int], values: Sequence[float], *, tol: float = 0.05, final_fraction: float = 0.2
+) -> tuple[int | None, float]:
+    """When a trajectory settles: ``(settle_step, final_value)``.
+
+    final_value = mean of the last ceil(final_fraction * S) finite values (at least one);
+    settle_step = the first step s such that every finite value at steps >= s lies within
+    [final_value - tol, final_value + tol]. None when the last value is outside the band
+    (still moving) or there is no finite value.
+    """
+    if tol < 0 or not 0 < final_fraction <= 1:
+        raise InvalidInputError(
+            f"need tol >= 0 and 0 < final_fraction <= 1, got {tol}, {final_fraction}"
+        )
+    steps = np.asarray(steps)
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    steps, values = steps[ok], values[ok]
+    if not len(values):
+        return None, float("nan")
+    order = np.argsort(steps, kind="stable")
+    steps, values = steps[order], values[order]
+    n_final = max(1, math.ceil(final_fraction * len(values)))
+    final = float(values[-n_final:].mean())
+    outside = np.abs(values - final) > tol + 1e-12
+    if outside[-1]:
+        return None, final
+    last_out = np.flatnonzero(outside)
+    first = 0 if not last_out.size else last_out[-1] + 1
+    return int(steps[first]), final
+
+
+def settling(
+    frame: pd.DataFrame,
+    *,
+    by: Sequence[str] = ("group", "kind"),
+    value: str = "mean_cosine",
+    tol: float = 0.05,
+    final_fraction: float = 0.2,
+) -> pd.DataFrame:
+    """:func:`settling_step` for every trajectory in a long frame (one per ``by`` key).
+
+    Works on ``family_trajectories`` (by group, kind), ``group_trajectories`` (by group) and
+    ``pair_trajectories`` (by group, task_a, task_b). Columns: the ``by`` columns, then
+    final_value, settle_step (NaN: never settles), last_step, tol, n_final.
+    """
+    by = [c for c in by if c in frame.columns]
+    rows = []
+    for key, part in frame.groupby(by, sort=False) if by else [((), frame)]:
+        key = key if isinstance(key, tuple) else (key,)
+        step, final = settling_step(
+            part["step"], part[value], tol=tol, final_fraction=final_fraction
+        )
+        n = int(np.isfinite(part[value].to_numpy(dtype=float)).sum())
+        rows.append(
+            (*key, final, np.nan if step is None else step, int(part["step"].max()), tol,
+             max(1, math.ceil(final_fraction * n)) if n else 0)
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=[*by, *SETTLING_COLUMNS])

@@ -1,0 +1,170 @@
+"""Gradient similarity against typological similarity, with step-0 baselines and controls."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyses._covariates import covariate_distances
+from analyses._inputs import (
+    Window,
+    cosine_stack,
+    is_trace,
+    mean_matrix,
+    select_window,
+    step0_matrix,
+    tasks_with_nan,
+)
+from analyses._stats import mantel, partial_mantel
+from analyses._typology import DISTANCES, _kinds, typological_distances
+from geomtrace._errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+CORRELATION_COLUMNS = [
+    "group", "distance", "control", "n_languages", "rho", "p_value", "rho_step0",
+    "p_value_step0", "partial_rho", "partial_p_value", "partial_rho_step0",
+    "partial_p_value_step0", "n_permutations", "excluded", "note",
+]  # fmt: skip
+
+
+def task_iso_codes(
+    source: Any, iso_codes: Mapping[str, str | None] | None
+) -> dict[str, str | None]:
+    if iso_codes is not None:
+        return dict(iso_codes)
+    if is_trace(source):
+        return dict(getattr(source, "iso_codes", {}) or {})
+    return {}
+
+
+def typology_correlation(
+    source: Any,
+    group: str | None = None,
+    *,
+    distances: str | Sequence[str] | None = None,
+    covariates: str | Mapping[str, pd.DataFrame] | None = "auto",
+    iso_codes: Mapping[str, str | None] | None = None,
+    window: Window | None = None,
+    tasks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    n_permutations: int = 9999,
+    seed: int = 0,
+    method: str = "spearman",
+    cache: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Mantel correlation of gradient similarity with each typological similarity.
+
+    x = step-averaged gradient cosine phi_ij over ``window`` (default: after step 0);
+    y = typological similarity = -distance_ij (so rho > 0 means typologically closer languages
+    have more aligned gradients). For every distance in ``distances`` (default: all of
+    :data:`~analyses.DISTANCES`) and every covariate distance (built-ins from trace meta:
+    ``char_overlap``, ``script``; or ``{name: [K, K] DataFrame}`` over tasks):
+
+    - rho, p_value: Mantel test (Spearman, joint permutation of languages, two-sided);
+    - rho_step0, p_value_step0: the same with the step-0 (untrained) cosine matrix: what the
+      initialisation and the data alone already give;
+    - partial_rho, partial_p_value (+ ``_step0``): partial Mantel controlling for ``control``
+      (one row per control; the covariates are also correlated as distances themselves).
+    Tasks without an ISO code, or with NaN similarity (absent from the window), are excluded
+    and listed in ``excluded``. Needs >= 4 languages. Columns: see ``CORRELATION_COLUMNS``.
+    """
+    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
+    sim = mean_matrix(select_window(stack, window).cosine)
+    sim0 = step0_matrix(stack)
+    codes = task_iso_codes(source, iso_codes)
+    all_tasks = stack.tasks
+    excluded = [f"{t} (no ISO code)" for t in all_tasks if not codes.get(t)]
+    keep = [k for k, t in enumerate(all_tasks) if codes.get(t)]
+    labels = [all_tasks[k] for k in keep]
+    sub = sim[np.ix_(keep, keep)]
+    drop = tasks_with_nan(sub, labels)
+    excluded += [f"{t} (missing similarity)" for t in drop]
+    notes = []
+    if sim0 is not None:
+        drop0 = tasks_with_nan(sim0[np.ix_(keep, keep)], labels)
+        if set(drop0) - set(drop):
+            notes.append(f"step-0 baseline lacks {sorted(set(drop0) - set(drop))}: no baseline")
+            sim0 = None
+    keep = [k for k in keep if all_tasks[k] not in drop]
+    labels = [all_tasks[k] for k in keep]
+    if len(labels) < 4:
+        raise InvalidInputError(
+            f"typology correlation needs at least 4 languages with ISO codes and similarities, "
+            f"got {len(labels)} ({labels}); excluded: {excluded}"
+        )
+    x = pd.DataFrame(sim[np.ix_(keep, keep)], index=labels, columns=labels)
+    x0 = (
+        None
+        if sim0 is None
+        else pd.DataFrame(sim0[np.ix_(keep, keep)], index=labels, columns=labels)
+    )
+    if sim0 is None and not notes:
+        notes.append("no step-0 snapshot: no baseline")
+
+    task_codes = [str(codes[t]).lower() for t in labels]
+    unique = list(dict.fromkeys(task_codes))
+    kinds = _kinds(distances)
+    typ = typological_distances(unique, kinds, cache=cache)
+    ys: dict[str, pd.DataFrame] = {}
+    for kind, frame in typ.items():
+        m = frame.loc[task_codes, task_codes].to_numpy()
+        ys[kind] = pd.DataFrame(-m, index=labels, columns=labels)
+
+    if isinstance(covariates, str):
+        if covariates != "auto":
+            raise InvalidInputError(f"covariates={covariates!r}; allowed: 'auto', a mapping, None")
+        found, skipped = covariate_distances(source, all_tasks) if is_trace(source) else ({}, {})
+        notes += [f"no {k} control: {v}" for k, v in skipped.items()]
+    else:
+        found = dict(covariates or {})
+    controls: dict[str, pd.DataFrame] = {}
+    for name, frame in found.items():
+        if not isinstance(frame, pd.DataFrame):
+            raise InvalidInputError(f"covariate {name!r} must be a [K, K] DataFrame over tasks")
+        missing = [t for t in labels if t not in frame.index]
+        if missing:
+            raise InvalidInputError(f"covariate {name!r} lacks tasks {missing}")
+        controls[name] = -frame.loc[labels, labels]
+    for name in controls:
+        if name in DISTANCES:
+            raise InvalidInputError(f"covariate name {name!r} clashes with a typology distance")
+    ys.update(controls)
+
+    kw = {"n_permutations": n_permutations, "seed": seed, "method": method}
+    rows = []
+    for kind, y in ys.items():
+        row_note = list(notes)
+        if np.ptp(y.to_numpy()[np.triu_indices(len(labels), 1)]) == 0:
+            row_note.append(f"{kind} is constant over these languages")
+        r = mantel(x, y, **kw)
+        r0 = mantel(x0, y, **kw) if x0 is not None else None
+        ctrl = [c for c in controls if c != kind] or [None]
+        for c in ctrl:
+            pr = partial_mantel(x, y, controls[c], **kw) if c else None
+            pr0 = partial_mantel(x0, y, controls[c], **kw) if c and x0 is not None else None
+            rows.append(
+                {
+                    "group": stack.group,
+                    "distance": kind,
+                    "control": c,
+                    "n_languages": len(labels),
+                    "rho": r.statistic,
+                    "p_value": r.p_value,
+                    "rho_step0": r0.statistic if r0 else np.nan,
+                    "p_value_step0": r0.p_value if r0 else np.nan,
+                    "partial_rho": pr.statistic if pr else np.nan,
+                    "partial_p_value": pr.p_value if pr else np.nan,
+                    "partial_rho_step0": pr0.statistic if pr0 else np.nan,
+                    "partial_p_value_step0": pr0.p_value if pr0 else np.nan,
+                    "n_permutations": n_permutations,
+                    "excluded": "; ".join(excluded),
+                    "note": "; ".join(row_note + ([] if c else ["no control distance available"])),
+                }
+            )
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)

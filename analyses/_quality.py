@@ -1,0 +1,170 @@
+"""Gradient similarity against model quality (chrF, held-out loss) per task."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyses._covariates import covariate_distances
+from analyses._inputs import Window, cosine_stack, is_trace, step0_matrix
+from analyses._similarity import task_alignment
+from analyses._stats import permutation_correlation
+from geomtrace._errors import InvalidInputError
+
+QUALITY_CORRELATION_COLUMNS = [
+    "group", "metric", "n_tasks", "rho", "p_value", "rho_step0", "p_value_step0", "control",
+    "partial_rho", "partial_p_value", "n_permutations", "excluded", "note",
+]  # fmt: skip
+
+
+def _quality_table(source: Any, quality) -> pd.DataFrame:
+    """Wide table task x metric holding, per (task, metric), the value at the latest step."""
+    if quality is None:
+        if not is_trace(source):
+            raise InvalidInputError("pass quality=... (a frame step, task, metric, value)")
+        quality = source.quality()
+    if isinstance(quality, Mapping):
+        quality = pd.DataFrame(
+            [(0, t, m, v) for m, per in quality.items() for t, v in per.items()],
+            columns=["step", "task", "metric", "value"],
+        )
+    need = {"task", "metric", "value"}
+    if not need <= set(quality.columns):
+        raise InvalidInputError(
+            f"quality frame needs columns {sorted(need)}, has {list(quality.columns)}"
+        )
+    if quality.empty:
+        return pd.DataFrame()
+    q = quality if "step" in quality else quality.assign(step=0)
+    latest = q.sort_values("step").groupby(["task", "metric"], sort=False).tail(1)
+    return latest.pivot(index="task", columns="metric", values="value")
+
+
+def task_quality(
+    source: Any,
+    group: str | None = None,
+    *,
+    quality=None,
+    window: Window | None = None,
+    tasks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Per task: mean gradient similarity with the other tasks, and its quality numbers.
+
+    Columns: group, task, mean_similarity (``task_alignment``'s mean_alignment over the window),
+    mean_similarity_step0 (mean cosine with the others at step 0, NaN without a step-0
+    snapshot), then one column per quality metric (e.g. chrf, heldout_loss) holding the value
+    at the latest step it was measured (NaN when not measured for that task).
+    ``quality``: a frame (step, task, metric, value), ``{metric: {task: value}}``, or None to
+    read ``trace.quality()``.
+    """
+    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
+    align = task_alignment(source, group, window=window, tasks=tasks, steps=steps)
+    out = pd.DataFrame(
+        {"group": align["group"], "task": align["task"], "mean_similarity": align["mean_alignment"]}
+    )
+    m0 = step0_matrix(stack)
+    if m0 is not None:
+        off = np.where(np.eye(len(stack.tasks), dtype=bool), np.nan, m0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an absent task: all-NaN row
+            out["mean_similarity_step0"] = np.nanmean(off, axis=1)
+    else:
+        out["mean_similarity_step0"] = np.nan
+    table = _quality_table(source, quality)
+    for metric in table.columns:
+        out[str(metric)] = out["task"].map(table[metric])
+    return out
+
+
+def quality_correlation(
+    source: Any,
+    group: str | None = None,
+    *,
+    quality=None,
+    metrics: Sequence[str] | None = None,
+    control: str | Mapping[str, float] | None = "auto",
+    window: Window | None = None,
+    tasks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    n_permutations: int = 9999,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Spearman correlation between a task's mean similarity and its quality, per metric.
+
+    rho = Spearman(mean_similarity_i, quality_i) over tasks with both values; p by permuting
+    tasks (two-sided). For chrF the paper's finding is rho > 0; for held-out loss, rho < 0.
+    rho_step0 uses the step-0 mean similarity (does the untrained geometry already predict
+    quality?). partial_rho controls for ``control``: ``auto`` = each task's mean character
+    overlap 1 - d_char with the others (trace meta ``char_profiles``), or a {task: value}
+    mapping. Columns: see ``QUALITY_CORRELATION_COLUMNS``.
+    """
+    table = task_quality(source, group, quality=quality, window=window, tasks=tasks, steps=steps)
+    base = {"group", "task", "mean_similarity", "mean_similarity_step0"}
+    available = [c for c in table.columns if c not in base]
+    metrics = available if metrics is None else list(metrics)
+    unknown = [m for m in metrics if m not in available]
+    if unknown:
+        raise InvalidInputError(f"no quality metric {unknown} in the trace; it has {available}")
+    if not metrics:
+        raise InvalidInputError("no quality measurements: the trace has no quality rows")
+    notes = []
+    ctrl_name, ctrl = None, None
+    if isinstance(control, str):
+        if control != "auto":
+            raise InvalidInputError(f"control={control!r}; allowed: 'auto', a mapping, None")
+        if is_trace(source):
+            found, skipped = covariate_distances(source, list(table["task"]))
+            if "char_overlap" in found:
+                d = found["char_overlap"].to_numpy()
+                K = len(d)
+                ctrl = pd.Series(1 - (d.sum(1) / (K - 1)), index=table["task"].to_numpy())
+                ctrl_name = "char_overlap"
+            else:
+                notes.append(f"no control: {skipped.get('char_overlap', 'no char_profiles')}")
+        else:
+            notes.append("no control: arrays carry no corpus metadata")
+    elif control is not None:
+        ctrl, ctrl_name = pd.Series(dict(control)), "given"
+    kw = {"n_permutations": n_permutations, "seed": seed}
+    rows = []
+    for metric in metrics:
+        cols = ["mean_similarity", metric, "mean_similarity_step0"]
+        frame = table.set_index("task")[cols]
+        if ctrl is not None:
+            frame = frame.assign(_ctrl=ctrl.reindex(frame.index))
+        ok = (
+            frame[["mean_similarity", metric] + (["_ctrl"] if ctrl is not None else [])]
+            .notna()
+            .all(axis=1)
+        )
+        excluded = [t for t in frame.index if not ok[t]]
+        f = frame[ok]
+        row = {
+            "group": table["group"].iloc[0],
+            "metric": metric,
+            "n_tasks": len(f),
+            "rho": np.nan, "p_value": np.nan, "rho_step0": np.nan, "p_value_step0": np.nan,
+            "control": ctrl_name, "partial_rho": np.nan, "partial_p_value": np.nan,
+            "n_permutations": n_permutations,
+            "excluded": "; ".join(f"{t} (missing value)" for t in excluded),
+            "note": "; ".join(notes),
+        }  # fmt: skip
+        if len(f) < 4:
+            row["note"] = "; ".join(notes + [f"only {len(f)} tasks with values: need >= 4"])
+            rows.append(row)
+            continue
+        r = permutation_correlation(f["mean_similarity"], f[metric], **kw)
+        row.update(rho=r.statistic, p_value=r.p_value)
+        if f["mean_similarity_step0"].notna().all():
+            r0 = permutation_correlation(f["mean_similarity_step0"], f[metric], **kw)
+            row.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
+        if ctrl is not None:
+            pr = permutation_correlation(f["mean_similarity"], f[metric], f["_ctrl"], **kw)
+            row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=QUALITY_CORRELATION_COLUMNS)

@@ -1,0 +1,152 @@
+"""F1: the gradient-similarity matrix, clustered, with family and script strips.
+
+Paper (Gradient Vaccine, finding 1 in shared/PAPER.md): the step-averaged cosine similarity of
+language gradients, grouped by hierarchical clustering, groups languages largely by family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from figures._style import HEATMAP_CMAP, categorical_colors, new_figure, style
+from geomtrace._errors import InvalidInputError
+
+
+def similarity_heatmap(
+    similarity: pd.DataFrame,
+    tree=None,
+    *,
+    families: Mapping[str, str] | None = None,
+    scripts: Mapping[str, str] | None = None,
+    title: str = "Gradient similarity between languages",
+    subtitle: str = "",
+    annotate: bool | None = None,
+):
+    """Clustered heatmap of a [K, K] similarity frame (``analyses.similarity_matrix``).
+
+    ``tree``: an ``analyses.ClusterTree`` of the same tasks (``analyses.cluster_tasks``);
+    rows and columns follow its leaf order and its dendrogram is drawn left and on top.
+    Without it, the frame's order is kept and no dendrogram is drawn. ``families`` and
+    ``scripts`` ({task: label}) add colour strips. ``annotate``: write the values in the
+    cells (default: when K <= 14). Returns the Figure.
+    """
+    from matplotlib.colors import ListedColormap, to_hex
+    from matplotlib.patches import Patch
+    from scipy.cluster.hierarchy import dendrogram
+
+    if not isinstance(similarity, pd.DataFrame) or similarity.shape[0] != similarity.shape[1]:
+        raise InvalidInputError(
+            "similarity must be a square DataFrame (analyses.similarity_matrix)"
+        )
+    tasks = [str(t) for t in similarity.index]
+    if len(tasks) < 2:
+        raise InvalidInputError(f"a similarity heatmap needs at least 2 tasks, got {tasks}")
+    if tree is not None and sorted(tree.tasks) != sorted(tasks):
+        raise InvalidInputError(f"the tree's tasks {tree.tasks} differ from the matrix's {tasks}")
+    order = list(tree.leaves) if tree is not None else tasks
+    m = similarity.loc[order, order].to_numpy(dtype=float)
+    K = len(order)
+    annotate = K <= 14 if annotate is None else annotate
+    strips = [(name, lab) for name, lab in (("family", families), ("script", scripts)) if lab]
+
+    size = min(max(5.0, 0.42 * K + 3.2), 16.0)
+    with style():
+        fig = new_figure(size + 1.2, size + 0.6)
+        fig.set_layout_engine("none")
+        n_strip = len(strips)
+        label_room = 0.12 * max(len(t) for t in order) + 0.3  # row labels sit right of the map
+        widths = [1.4] + [0.28] * n_strip + [9.0, label_room, 0.3]
+        gs = fig.add_gridspec(
+            2, len(widths), width_ratios=widths, height_ratios=[1.4, 10],
+            wspace=0.03, hspace=0.03, left=0.04, right=0.9, top=0.86, bottom=0.17,
+        )  # fmt: skip
+        ax = fig.add_subplot(gs[1, 1 + n_strip])
+        off = ~np.eye(K, dtype=bool)
+        finite = m[off][np.isfinite(m[off])]
+        lim = float(np.max(np.abs(finite))) if finite.size else 1.0
+        lim = max(lim, 1e-6)
+        ax.set_facecolor("#DDDDDD")  # the diagonal (cos = 1 by definition) is left grey
+        mesh = ax.pcolormesh(
+            np.ma.masked_invalid(np.where(off, m, np.nan)), cmap=HEATMAP_CMAP, vmin=-lim, vmax=lim, edgecolors="white",
+            linewidth=0.3 if K <= 30 else 0,
+        )  # fmt: skip
+        ax.set_xlim(0, K)
+        ax.set_ylim(K, 0)
+        ax.set_xticks(np.arange(K) + 0.5, order, rotation=90)
+        ax.yaxis.tick_right()
+        ax.set_yticks(np.arange(K) + 0.5, order)
+        ax.tick_params(length=0)
+        ax.grid(False)
+        ax.set_xlabel("language (task)")
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if annotate:
+            for i in range(K):
+                for j in range(K):
+                    if i != j and np.isfinite(m[i, j]):
+                        ax.text(
+                            j + 0.5, i + 0.5, f"{m[i, j]:.2f}".replace("0.", "."), ha="center",
+                            va="center", fontsize=6.5,
+                            color="white" if abs(m[i, j]) > 0.6 * lim else "black",
+                        )  # fmt: skip
+        cax = fig.add_subplot(gs[1, -1])
+        fig.colorbar(mesh, cax=cax, label="gradient cosine (mean over steps)")
+
+        if tree is not None:
+            left = fig.add_subplot(gs[1, 0])
+            dendrogram(tree.linkage, ax=left, orientation="left", no_labels=True,
+                       color_threshold=0, above_threshold_color="#444444")  # fmt: skip
+            left.set_ylim(10 * K, 0)
+            top = fig.add_subplot(gs[0, 1 + n_strip])
+            dendrogram(tree.linkage, ax=top, no_labels=True, color_threshold=0,
+                       above_threshold_color="#444444")  # fmt: skip
+            top.set_xlim(0, 10 * K)
+            for a in (left, top):
+                a.axis("off")
+
+        handles = []
+        for s, (name, labels) in enumerate(strips):
+            values = [str(labels.get(t, "?")) for t in order]
+            used = [c for _, patches in handles for c in (p.get_facecolor() for p in patches)]
+            colors = categorical_colors(sorted(set(values)), exclude=[to_hex(c) for c in used])
+            cats = list(colors)
+            sax = fig.add_subplot(gs[1, 1 + s])
+            sax.pcolormesh(
+                np.array([[cats.index(v)] for v in values]),
+                cmap=ListedColormap([colors[c] for c in cats]), vmin=-0.5, vmax=len(cats) - 0.5,
+                edgecolors="white", linewidth=0.3,
+            )  # fmt: skip
+            if name == "script" and K <= 60:
+                # Codes written in the cells: readable whatever the number of colours.
+                for i, v in enumerate(values):
+                    sax.text(0.5, i + 0.5, v[:4], ha="center", va="center", rotation=90,
+                             fontsize=5, color=_ink(colors[v]))  # fmt: skip
+            sax.set_ylim(K, 0)
+            sax.set_xticks([0.5], [name], rotation=90)
+            sax.set_yticks([])
+            sax.tick_params(length=0)
+            sax.grid(False)
+            for side in sax.spines.values():
+                side.set_visible(False)
+            handles.append((name, [Patch(color=colors[c], label=c) for c in cats]))
+        for n, (name, patches) in enumerate(handles):  # one legend row per strip
+            fig.legend(
+                handles=patches, title=f"{name}:", loc="lower left", ncol=len(patches),
+                bbox_to_anchor=(0.04, 0.045 * (len(handles) - 1 - n)), frameon=False,
+                fontsize=7, title_fontsize=8, alignment="left", columnspacing=1.0,
+            )  # fmt: skip
+        fig.suptitle(title, x=0.04, ha="left", y=0.975)
+        if subtitle:
+            fig.text(0.04, 0.93, subtitle, ha="left", va="top", fontsize=8, color="#333333")
+    return fig
+
+
+def _ink(background: str) -> str:
+    """Black or white text, whichever reads better on ``background`` (relative luminance)."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(background)
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"

@@ -1,0 +1,181 @@
+"""The one shared style of every figure: palette, fonts, sizes, titles and saving.
+
+Colours come from the Okabe-Ito palette (Okabe & Ito 2008), readable with every common form of
+colour-vision deficiency; categorical sets larger than it fall back to seaborn's
+``colorblind`` palette and then to distinct markers. Heatmaps use the diverging ``RdBu_r``
+map centred on 0 (cosine sign is the quantity that matters). Figures are built on
+``matplotlib.figure.Figure`` objects (no pyplot state), so drawing is thread-safe and needs no
+display; the Agg canvas renders PNG, PDF and SVG.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from geomtrace._errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+#: Okabe-Ito colours, in the order categorical sets use them (black last: reserved for baselines).
+OKABE_ITO = {
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "green": "#009E73",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "purple": "#CC79A7",
+    "yellow": "#F0E442",
+    "black": "#000000",
+}
+CATEGORICAL = [c for name, c in OKABE_ITO.items() if name != "black"]
+#: seaborn's ``colorblind`` colours that are not near-copies of Okabe-Ito ones (tan, pink, grey).
+EXTRA = ["#CA9161", "#FBAFE4", "#949494"]
+WITHIN = OKABE_ITO["blue"]  # within-family pairs
+ACROSS = OKABE_ITO["vermillion"]  # across-family pairs
+ALL_PAIRS = "#555555"  # every pair
+BASELINE = OKABE_ITO["black"]  # step-0 / sum baseline
+PART_SHADE = {
+    "embedding": "#F2F2F2",
+    "encoder": "#E3EEF7",
+    "decoder": "#F8ECE3",
+    "other": "#FFFFFF",
+}
+METHOD_COLORS = {
+    "sum": OKABE_ITO["black"],
+    "pcgrad": OKABE_ITO["orange"],
+    "gradvac": OKABE_ITO["green"],
+}
+HEATMAP_CMAP = "RdBu_r"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+FORMATS = ("png", "pdf", "svg")
+DPI = 120
+
+RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "savefig.bbox": "tight",
+    "svg.fonttype": "none",  # text stays text in SVG (searchable, smaller)
+    "pdf.fonttype": 42,
+}
+
+
+@contextmanager
+def style():
+    """Matplotlib rc settings of every geomtrace figure (restored on exit)."""
+    import matplotlib
+
+    with matplotlib.rc_context(RC):
+        yield
+
+
+def new_figure(width: float, height: float):
+    """A pyplot-free Figure with an Agg canvas (``savefig`` works, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def categorical_colors(labels: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, str]:
+    """A colour per distinct label (first-seen order): Okabe-Ito, then three more from seaborn's
+    ``colorblind``; larger sets cycle.
+
+    ``exclude``: colours already used by another categorical strip of the same figure
+    (scripts next to families), skipped while enough others remain.
+    """
+    distinct = list(dict.fromkeys(str(x) for x in labels))
+    pool = list(CATEGORICAL) + EXTRA
+    used = {c.upper() for c in exclude}
+    free = [c for c in pool if c.upper() not in used]
+    pool = free if len(free) >= len(distinct) else pool
+    return {label: pool[i % len(pool)] for i, label in enumerate(distinct)}
+
+
+def method_label(method: str | None, granularity: str | None = None) -> str:
+    """``gradvac (all_layer)`` for methods with groups, ``sum`` for the baseline."""
+    method = method or "sum"
+    return method if method == "sum" or not granularity else f"{method} ({granularity})"
+
+
+def method_color(method: str | None, index: int = 0) -> str:
+    """Baseline black, PCGrad orange, GradVac green; variants of one method cycle the rest."""
+    base = METHOD_COLORS.get(method or "sum")
+    if index == 0 and base is not None:
+        return base
+    others = [c for c in CATEGORICAL if c not in METHOD_COLORS.values()]
+    return others[(index - 1) % len(others)] if base else CATEGORICAL[index % len(CATEGORICAL)]
+
+
+def parse_formats(formats: str | Sequence[str]) -> list[str]:
+    """``"png,pdf"`` or ``["png"]`` -> checked list of formats."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    items = [f.strip().lower().lstrip(".") for f in items if f.strip()]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise InvalidInputError(
+            f"format(s) {bad or formats!r} not supported; allowed: {', '.join(FORMATS)}"
+        )
+    return list(dict.fromkeys(items))
+
+
+def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = DPI) -> list[Path]:
+    """Write ``fig`` to ``stem.<format>`` for each format; returns the paths written."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in parse_formats(formats):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=dpi)
+        log.debug("wrote %s", path)
+        paths.append(path)
+    return paths
+
+
+def set_titles(fig, title: str, subtitle: str = "") -> None:
+    """Suptitle plus a smaller subtitle line, wrapped to the figure's width."""
+    import textwrap
+
+    chars = max(40, int(fig.get_figwidth() * 10.5))  # ~7 pt per character at the title size
+    text = "\n".join(textwrap.wrap(title, chars))
+    if subtitle:
+        text += "\n" + "\n".join(textwrap.wrap(subtitle, chars))
+    fig.suptitle(text)
+
+
+def stats_box(ax, lines: Sequence[str]) -> None:
+    """Numbers in a legend box placed where it hides the fewest points (``loc="best"``)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="") for _ in lines]
+    box = ax.legend(handles, lines, loc="best", handlelength=0, handletextpad=0, fontsize=7,
+                    framealpha=0.9, borderpad=0.4)  # fmt: skip
+    box.set_zorder(5)
+
+
+def short_p(p: float) -> str:
+    """A p-value for a legend: ``p=0.012``, ``p<0.001``, ``p=n/a``."""
+    if p is None or p != p:
+        return "p=n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    """A number for a legend, ``n/a`` for NaN/None."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:+.{digits}f}"

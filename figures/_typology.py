@@ -1,0 +1,181 @@
+"""F2: gradient similarity against typological similarity, one panel per distance.
+
+Paper (Gradient Vaccine, finding 1): gradient similarity correlates with typological
+similarity of the languages (URIEL / lang2vec features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from figures._style import (
+    ACROSS,
+    ALL_PAIRS,
+    BASELINE,
+    WITHIN,
+    fmt,
+    new_figure,
+    set_titles,
+    short_p,
+    stats_box,
+    style,
+)
+from geomtrace._errors import InvalidInputError
+
+#: Axis labels of the distances (``analyses.DISTANCES`` and the covariates).
+DISTANCE_LABELS = {
+    "syntactic": "syntactic distance (URIEL, cosine)",
+    "phonological": "phonological distance (URIEL, cosine)",
+    "inventory": "phoneme-inventory distance (URIEL, cosine)",
+    "featural": "featural distance (URIEL, cosine)",
+    "geographic": "geographic distance (km)",
+    "genetic": "genetic distance (Glottolog path)",
+    "char_overlap": "character-profile distance (1 - overlap)",
+    "script": "script differs (0/1)",
+}
+#: Controls preferred for the partial value shown in a panel, first found wins.
+CONTROL_PREFERENCE = ("char_overlap", "script")
+
+
+def _pairs(frame: pd.DataFrame, tasks: list[str]) -> np.ndarray:
+    m = frame.loc[tasks, tasks].to_numpy(dtype=float)
+    return m[np.triu_indices(len(tasks), 1)]
+
+
+def _row(correlation: pd.DataFrame, kind: str) -> pd.Series | None:
+    rows = correlation[correlation["distance"] == kind]
+    if rows.empty:
+        return None
+    for control in CONTROL_PREFERENCE:
+        hit = rows[rows["control"] == control]
+        if not hit.empty:
+            return hit.iloc[0]
+    return rows.iloc[0]
+
+
+def typology_scatter(
+    similarity: pd.DataFrame,
+    distances: Mapping[str, pd.DataFrame],
+    correlation: pd.DataFrame,
+    *,
+    similarity_step0: pd.DataFrame | None = None,
+    families: Mapping[str, str] | None = None,
+    title: str = "Gradient similarity vs typological distance",
+    subtitle: str = "",
+):
+    """One panel per distance: points are language pairs (distance, gradient cosine).
+
+    ``similarity``: [K, K] step-averaged cosines (``analyses.similarity_matrix``);
+    ``distances``: {kind: [K, K] distance frame indexed by the same tasks} (typology
+    distances reindexed from ISO codes to tasks); ``correlation``: the
+    ``analyses.typology_correlation`` frame, whose rho, Mantel p, step-0 rho and partial rho
+    (controlling for the character-overlap or script covariate) go in each panel's legend.
+    ``similarity_step0`` adds the untrained model's pairs as grey crosses. ``families``
+    colours within- vs across-family pairs. Returns the Figure.
+    """
+    if not distances:
+        raise InvalidInputError("typology_scatter needs at least one distance matrix")
+    tasks = [str(t) for t in similarity.index]
+    missing = {k: [t for t in tasks if t not in d.index] for k, d in distances.items()}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing:
+        raise InvalidInputError(f"distance matrices lack tasks: {missing}")
+    iu = np.triu_indices(len(tasks), 1)
+    y = _pairs(similarity, tasks)
+    y0 = _pairs(similarity_step0, tasks) if similarity_step0 is not None else None
+    same = None
+    if families:
+        fam = [families.get(t) for t in tasks]
+        same = np.array([fam[i] is not None and fam[i] == fam[j] for i, j in zip(*iu, strict=True)])
+    kinds = list(distances)
+    ncol = min(3, len(kinds))
+    nrow = int(np.ceil(len(kinds) / ncol))
+    with style():
+        fig = new_figure(3.6 * ncol, 3.2 * nrow + 0.9)
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, sharey=True, squeeze=False)).ravel()
+        for ax, kind in zip(axes, kinds, strict=False):
+            x = _pairs(distances[kind], tasks)
+            if y0 is not None:
+                ax.scatter(x, y0, marker="x", s=14, color="#AAAAAA", linewidths=0.8, zorder=1)
+            if same is not None:
+                ax.scatter(
+                    x[same],
+                    y[same],
+                    s=18,
+                    color=WITHIN,
+                    edgecolors="white",
+                    linewidths=0.4,
+                    zorder=3,
+                )
+                ax.scatter(
+                    x[~same],
+                    y[~same],
+                    s=18,
+                    color=ACROSS,
+                    edgecolors="white",
+                    linewidths=0.4,
+                    zorder=2,
+                )
+            else:
+                ax.scatter(
+                    x, y, s=18, color=ALL_PAIRS, edgecolors="white", linewidths=0.4, zorder=2
+                )
+            row = _row(correlation, kind)
+            lines = []
+            if row is not None:
+                lines.append(f"ρ = {fmt(row['rho'])}, Mantel {short_p(row['p_value'])}")
+                if row["control"] is not None and row["control"] == row["control"]:
+                    lines.append(
+                        f"partial | {row['control']}: ρ = {fmt(row['partial_rho'])}, "
+                        f"{short_p(row['partial_p_value'])}"
+                    )
+                lines.append(
+                    f"step 0: ρ = {fmt(row['rho_step0'])}, {short_p(row['p_value_step0'])}"
+                )
+            else:
+                lines.append("no correlation row for this distance")
+            stats_box(ax, lines)
+            ax.set_title(kind)
+            ax.set_xlabel(DISTANCE_LABELS.get(kind, f"{kind} distance"))
+        for ax in axes[len(kinds) :]:
+            ax.set_visible(False)
+        for ax in axes[::ncol]:
+            ax.set_ylabel("gradient cosine (mean over steps)")
+        from matplotlib.lines import Line2D
+
+        handles = []
+        if same is not None:
+            handles += [
+                Line2D([], [], ls="", marker="o", color=WITHIN, label="pair, same family"),
+                Line2D([], [], ls="", marker="o", color=ACROSS, label="pair, different families"),
+            ]
+        else:
+            handles.append(
+                Line2D([], [], ls="", marker="o", color=ALL_PAIRS, label="language pair")
+            )
+        if y0 is not None:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="x",
+                    color="#AAAAAA",
+                    label="same pair at step 0 (untrained)",
+                )
+            )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                label="ρ: Spearman of cosine with similarity = −distance",
+                color=BASELINE,
+            )
+        )
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+        set_titles(fig, title, subtitle)
+    return fig

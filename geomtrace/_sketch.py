@@ -1,0 +1,263 @@
+"""Sketch mode: a CountSketch of each task gradient instead of the gradient itself.
+
+For models too large to hold K full task gradients, each task gradient restricted to group k,
+x = g_i|_k in R^{P_k}, is replaced by its CountSketch y = S_k x in R^d:
+
+    y[b] = sum_{j : h_k(j) = b} s_k(j) x_j        (h_k : columns -> [d], s_k : columns -> +-1)
+
+with (h_k, s_k) read off one degree-3 polynomial hash modulo the Mersenne prime p = 2^31 - 1
+(a 4-wise independent family; bucket = value mod d, sign = a bit of value div d), seeded per
+group. Nothing of size P is stored: the hashes of a chunk of
+columns are computed on the fly, on the gradient's device, from Python-int coefficients.
+
+Estimator. The Gram estimate is G~_k = Y_k Y_k^T with Y_k = [y_1 .. y_K] ([K, d] per group),
+so memory is G x K x d floats. For any x, z:
+
+    E[<Sx, Sz>] = <x, z>                                   (unbiased)
+    Var[<Sx, Sz>] = (|x|^2 |z|^2 + <x, z>^2 - 2 sum_j x_j^2 z_j^2) / d  <=  2 |x|^2 |z|^2 / d
+
+The cosine estimate cos~ = G~_ij / sqrt(G~_ii G~_jj) (a ratio of such estimates) has, for
+gradients whose mass is spread over many coordinates, standard deviation about
+(1 - cos^2) / sqrt(d) <= 1 / sqrt(d) (the delta method, as for a Gaussian JL projection);
+we document and test the bound |cos~ - cos| <= 3 / sqrt(d) for at least 99% of pairs, and that
+the error shrinks as 1/sqrt(d). Norms are estimated with relative standard deviation
+<= sqrt(2 / d). Gradients concentrated on a few coordinates can do worse (the sum_j x_j^2 z_j^2
+term then matters); increase d or use exact mode for such groups.
+
+Aggregation (PCGrad, GradVac) needs the full task gradients for its combination sum_i w_i g_i:
+a sketch cannot be un-projected. Sketch mode is therefore for tracing only; ``combine`` raises.
+
+In the Tracer, a sketched step keeps plain ``loss.backward()`` into ``.grad`` and sketches the
+*change* of ``.grad`` caused by each task's backward (S is linear: S(grad_after) - S(grad_before)
+= S g_i), so the step needs no gradient copy of size P at all: extra memory is G K d floats plus
+one bounded chunk of hashing scratch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from geomtrace import _distributed
+from geomtrace._errors import InvalidInputError
+from geomtrace._groups import ParameterGroup
+
+MERSENNE = (1 << 31) - 1
+
+
+def check_sketch_dim(sketch: Any) -> int:
+    if isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 1:
+        raise InvalidInputError(f"sketch={sketch!r}: give a positive int d (sketch dimension)")
+    return sketch
+
+
+class CountSketch:
+    """Seeded CountSketch transforms, one per group, over a [P] column layout.
+
+    ``offsets[k] = (a, b)``: group k covers columns [a, b); its hash takes the column index
+    relative to a. ``chunk``: columns hashed at once (bounds the scratch memory to ~10 x chunk
+    floats; default scales with P between 2^12 and 2^22 to keep kernel launches few).
+    """
+
+    def __init__(
+        self,
+        offsets: Sequence[tuple[int, int]],
+        dim: int,
+        seed: int = 0,
+        chunk: int | None = None,
+    ) -> None:
+        self.dim = check_sketch_dim(dim)
+        self.offsets = list(offsets)
+        numel = self.offsets[-1][1] if self.offsets else 0
+        self.chunk = chunk or min(max(numel // 64, 1 << 12), 1 << 22)
+        rng = random.Random(seed)
+        # Per group, one degree-3 polynomial (4 coefficients) whose value in [0, p) gives both
+        # the bucket (h mod d) and the sign (bit of h div d): one 4-wise independent hash into
+        # 2d cells, the usual CountSketch construction at half the cost of two hashes. A fifth
+        # coefficient folds in the column index's part above p (groups over 2^31 columns).
+        self.coeffs = [tuple(rng.randrange(1, MERSENNE) for _ in range(5)) for _ in self.offsets]
+
+    def hashes(
+        self, group: int, start: int, stop: int, device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buckets (int64 in [0, d)) and signs (float32 +-1) of group-relative columns
+        [start, stop) of ``group``."""
+        a3, a2, a1, a0, fold = self.coeffs[group]
+        x = torch.arange(start, stop, dtype=torch.int64, device=device)
+        if stop > MERSENNE:  # host-side ints: no sync
+            x = (x % MERSENNE + (x // MERSENNE) * fold) % MERSENNE
+        # Horner's rule modulo p; every product is < 2^62, exact in int64.
+        h = (x * a3 + a2).remainder_(MERSENNE)
+        h = h.mul_(x).add_(a1).remainder_(MERSENNE)
+        h = h.mul_(x).add_(a0).remainder_(MERSENNE)
+        buckets = h % self.dim
+        signs = h.div_(self.dim, rounding_mode="floor").bitwise_and_(1).to(torch.float32)
+        return buckets, signs.mul_(-2.0).add_(1.0)
+
+    def accumulate(
+        self,
+        out: torch.Tensor,
+        group: int,
+        column: int,
+        values: torch.Tensor,
+        alpha: float = 1.0,
+    ) -> None:
+        """``out += alpha * S_group x`` where x is ``values`` (flattened) placed at
+        group-relative columns [column, column + values.numel())."""
+        flat = values.reshape(-1)
+        for lo in range(0, flat.numel(), self.chunk):
+            part = flat[lo : lo + self.chunk]
+            buckets, signs = self.hashes(group, column + lo, column + lo + part.numel(), out.device)
+            signs.mul_(part)
+            if alpha != 1.0:
+                signs.mul_(alpha)
+            out.index_add_(0, buckets, signs)
+
+
+class TaskSketches:
+    """CountSketches of K task gradients per group: the sketch-mode twin of TaskGradients.
+
+    Same interface (``params``, ``offsets``, ``present``, ``reset``, ``add``, ``gram``), plus
+    ``add_grad_change`` for the Tracer's copy-free path. Memory: a [G, K, d] float32 tensor.
+    ``combine`` raises: aggregation needs full gradients (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[ParameterGroup],
+        num_tasks: int,
+        dim: int,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        process_group: Any = _distributed.AUTO,
+        chunk: int | None = None,
+    ) -> None:
+        self.groups = list(groups)
+        self.num_tasks = num_tasks
+        self.dim = check_sketch_dim(dim)
+        self.params = [p for group in self.groups for p in group.params]
+        self.device = torch.device(device) if device is not None else self.params[0].device
+        self.offsets: list[tuple[int, int]] = []
+        start = 0
+        # Per parameter: (group index, column offset inside its group).
+        self._places: list[tuple[int, int]] = []
+        for k, group in enumerate(self.groups):
+            self.offsets.append((start, start + group.numel))
+            column = 0
+            for p in group.params:
+                self._places.append((k, column))
+                column += p.numel()
+            start += group.numel
+        self.numel = start
+        self.sketch = CountSketch(self.offsets, dim, seed, chunk)
+        self.process_group = _distributed.resolve_group(process_group)
+        self.present = [False] * num_tasks
+        self.touched = [False] * len(self.params)
+        self._sketches: torch.Tensor | None = None  # [G, K, d]
+        self._present_mask: torch.Tensor | None = None
+        self._grad_sketch: torch.Tensor | None = None  # [G, d] sketch of .grad so far
+        self._reduced = False
+
+    @property
+    def sketches(self) -> torch.Tensor:
+        """The [G, K, d] sketches of this rank's task gradients."""
+        if self._sketches is None:
+            self.reset()
+        return self._sketches
+
+    def reset(self) -> None:
+        G, K = len(self.groups), self.num_tasks
+        if self._sketches is None:
+            self._sketches = torch.zeros(G, K, self.dim, dtype=torch.float32, device=self.device)
+            self._present_mask = torch.zeros(K, dtype=torch.bool, device=self.device)
+        else:
+            self._sketches.zero_()
+            self._present_mask.zero_()
+        self._grad_sketch = None
+        self._reduced = False
+        self.present = [False] * K
+        self.touched = [False] * len(self.params)
+
+    def release(self) -> None:
+        self._sketches = None
+        self._present_mask = None
+        self._grad_sketch = None
+
+    def _mark(self, task_index: int) -> None:
+        if self._reduced:
+            raise RuntimeError("TaskSketches.add after gram in the same step: reset first")
+        if not self.present[task_index]:
+            self._present_mask[task_index].fill_(True)
+        self.present[task_index] = True
+
+    def add(self, task_index: int, grads: Sequence[torch.Tensor | None]) -> None:
+        """Add the sketch of one backward's gradients (aligned with ``params``) to a task."""
+        if self._sketches is None:
+            self.reset()
+        self._mark(task_index)
+        for n, g in enumerate(grads):
+            if g is not None:
+                k, column = self._places[n]
+                self.sketch.accumulate(self._sketches[k, task_index], k, column, g.float())
+                self.touched[n] = True
+
+    def grad_sketch(self) -> torch.Tensor:
+        """[G, d]: the sketch of the parameters' current ``.grad`` (None = 0)."""
+        out = torch.zeros(len(self.groups), self.dim, dtype=torch.float32, device=self.device)
+        for n, p in enumerate(self.params):
+            if p.grad is not None:
+                k, column = self._places[n]
+                self.sketch.accumulate(out[k], k, column, p.grad)
+        return out
+
+    def begin(self) -> None:
+        """Remember the sketch of ``.grad`` before the step's first backward."""
+        if self._sketches is None:
+            self.reset()
+        self._grad_sketch = self.grad_sketch()
+
+    def add_grad_change(self, task_index: int) -> None:
+        """Credit the change of ``.grad`` since the last call (one task's ``loss.backward()``)
+        to ``task_index``: S(grad_now) - S(grad_before) = S(g_task), by linearity."""
+        if self._grad_sketch is None:
+            self.begin()
+        self._mark(task_index)
+        now = self.grad_sketch()
+        self._sketches[:, task_index] += now - self._grad_sketch
+        self._grad_sketch = now
+        for n, p in enumerate(self.params):
+            if p.grad is not None:
+                self.touched[n] = True
+
+    def gram(self) -> torch.Tensor:
+        """Estimated Gram matrices [G, K, K] = Y Y^T per group; absent tasks NaN.
+
+        Distributed: the sketches are averaged over ranks first (one all-reduce of G K d + K
+        floats; collective call).
+        """
+        sketches, present = self.sketches, self._present_mask
+        if self.process_group is not None:
+            if not self._reduced:
+                packed = torch.cat([sketches.reshape(-1), present.float()])
+                _distributed.all_reduce_sum(packed, self.process_group)
+                w = _distributed.world_size(self.process_group)
+                self._sketches = packed[: sketches.numel()].view_as(sketches).div_(w)
+                self._present_mask = packed[sketches.numel() :] > 0
+                self._reduced = True
+            sketches, present = self._sketches, self._present_mask
+        grams = sketches @ sketches.transpose(1, 2)
+        if self.process_group is None and all(self.present):
+            return grams
+        absent = ~present
+        nan = torch.full_like(grams, float("nan"))
+        return torch.where(absent[None, :, None] | absent[None, None, :], nan, grams)
+
+    def combine(self, weights: torch.Tensor) -> list[torch.Tensor]:
+        raise InvalidInputError(
+            "sketch mode keeps only random projections of the task gradients: it can trace "
+            "but not combine them (aggregators need full gradients); use exact mode "
+            "(sketch=None) for MultiTask"
+        )

@@ -1,0 +1,281 @@
+"""Hugging Face ``Trainer`` integration: per-task backward passes inside ``Trainer.train()``.
+
+    from geomtrace.integrations.hf import GeomtraceTrainer, TaskCollator
+
+    tracer = gt.Tracer(model, tasks=langs, groups="all_layer", every=50, out="runs/hf")
+    trainer = GeomtraceTrainer(
+        model=model, args=args, train_dataset=ds,            # each example has a "task" name
+        data_collator=TaskCollator(langs),                   # batch["task"]: LongTensor of indices
+        tracer=tracer,                                       # or multitask=gt.MultiTask(...)
+    )
+    trainer.train(); tracer.close()
+
+Design: a ``Trainer`` subclass overriding ``training_step``. Each batch carries one task index per
+row (``TaskCollator`` turns the examples' task names into a LongTensor); the batch is split into
+one sub-batch per task present, and each sub-batch gets its own forward
+(``Trainer.compute_loss``) and its own backward through the Tracer's or MultiTask's step. One
+geomtrace step spans one optimizer update: it opens at the first micro-batch of a gradient
+accumulation window and closes after the last one (``accelerator.sync_gradients``), i.e. before
+the Trainer clips gradients and steps the optimizer, so a MultiTask's combined gradient is what
+gets clipped and applied.
+
+Loss scaling (why the per-task losses add up to the plain Trainer's loss): with B rows of which
+task t has the rows R_t, and n_r the loss items of row r (labels != -100; 1 per row without
+labels),
+
+- when the Trainer passes ``num_items_in_batch`` N to a loss that divides by it (checked once,
+  by evaluating one sub-batch's loss with N and 2N under ``no_grad`` in eval mode), each task's
+  loss is already ``sum_{r in R_t} l_r / N`` and the task losses sum to the batch loss as they
+  are;
+- otherwise the loss is a mean over the sub-batch's items (many models accept ``**kwargs`` yet
+  ignore N, e.g. ``BertForMaskedLM``), and task t's loss is weighted by
+  ``sum_{r in R_t} n_r / sum_r n_r``, and divided by the accumulation steps when the Trainer
+  would divide the whole batch's loss by them.
+
+So with ``MultiTask(aggregator=Sum())`` or a ``Tracer``, ``.grad`` equals the plain Trainer's up
+to float rounding (tested to 1e-5 after several steps). The per-task losses stored in the trace
+are these scaled contributions, not per-task means. The Gram matrices are of the contributions'
+gradients (they sum to the batch gradient); cosines do not depend on the scaling.
+
+Supported: one process (CPU, one GPU), fp32/bf16, fp16 with a GradScaler (the Gram matrices are
+then in scaled units; cosines unaffected), gradient accumulation. Not supported: DeepSpeed,
+FSDP, multi-process data parallel (raises ``InvalidInputError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from geomtrace._errors import InvalidInputError
+from geomtrace.integrations._extras import require
+from geomtrace.integrations._stepping import check_stepper, follow_device
+
+transformers = require("transformers")
+require("accelerate")
+
+__all__ = ["GeomtraceTrainer", "TaskCollator"]
+
+IGNORE_INDEX = -100  # the label value Transformers losses ignore
+
+
+class TaskCollator:
+    """Collates examples that each name their task, for :class:`GeomtraceTrainer`.
+
+    Each example is a mapping with ``example[task_column]`` a task name (one of ``tasks``) or
+    its index; the other keys go to ``collator`` (default: ``transformers.default_data_collator``)
+    and the result gets ``batch[task_column]``, a LongTensor [B] of task indices.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        task_column: str = "task",
+    ) -> None:
+        self.tasks = list(tasks)
+        self.index = {t: i for i, t in enumerate(self.tasks)}
+        self.collator = collator if collator is not None else transformers.default_data_collator
+        self.task_column = task_column
+
+    def _task_index(self, value: Any) -> int:
+        if isinstance(value, str):
+            if value not in self.index:
+                raise InvalidInputError(f"unknown task {value!r}; the tasks are {self.tasks}")
+            return self.index[value]
+        index = int(value)
+        if not 0 <= index < len(self.tasks):
+            raise InvalidInputError(
+                f"task index {index} out of range: there are {len(self.tasks)} tasks"
+            )
+        return index
+
+    def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
+        column = self.task_column
+        missing = [n for n, f in enumerate(features) if column not in f]
+        if missing:
+            raise InvalidInputError(
+                f"example {missing[0]} of the batch has no {column!r} key naming its task"
+            )
+        indices = [self._task_index(f[column]) for f in features]
+        batch = self.collator([{k: v for k, v in f.items() if k != column} for f in features])
+        batch = dict(batch)
+        batch[column] = torch.tensor(indices, dtype=torch.long)
+        return batch
+
+
+def _select_rows(inputs: Mapping[str, Any], rows: torch.Tensor, batch_size: int) -> dict:
+    """The sub-batch of ``rows``: every tensor with a leading batch dimension is indexed."""
+    return {
+        k: v.index_select(0, rows)
+        if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch_size
+        else v
+        for k, v in inputs.items()
+    }
+
+
+class GeomtraceTrainer(transformers.Trainer):
+    """A ``Trainer`` whose every batch gets one backward per task, through geomtrace.
+
+    Args (besides the ``Trainer``'s own):
+        tracer: a :class:`geomtrace.Tracer` (trace the scheduled steps; the update is the plain
+            summed-loss update).
+        multitask: a :class:`geomtrace.MultiTask` instead (update with its aggregator, e.g.
+            ``PCGrad()`` or ``GradVac()``; give it a ``tracer`` to record). Exactly one of the two.
+        task_column: the batch key holding each row's task index (see :class:`TaskCollator`).
+
+    The geomtrace step number is ``state.global_step``, the number of optimizer updates done.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        tracer: Any = None,
+        multitask: Any = None,
+        task_column: str = "task",
+        **kwargs: Any,
+    ) -> None:
+        self.geometry = check_stepper(tracer, multitask)
+        self.task_column = task_column
+        collator = kwargs.get("data_collator")
+        if isinstance(collator, TaskCollator) and collator.tasks != list(self.geometry.tasks):
+            raise InvalidInputError(
+                f"the TaskCollator's tasks {collator.tasks} differ from the tracer's "
+                f"{list(self.geometry.tasks)}: task indices would name the wrong tasks"
+            )
+        self._geometry_step = None
+        self._loss_divides_by_items: bool | None = None  # probed once, see the module docstring
+        super().__init__(*args, **kwargs)
+
+    # The task column is not an argument of model.forward: keep remove_unused_columns from
+    # dropping it before the collator sees it.
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.task_column not in self._signature_columns:
+            self._signature_columns.append(self.task_column)
+
+    def _check_supported(self) -> None:
+        from accelerate.utils import DistributedType
+
+        kind = self.accelerator.distributed_type
+        if kind in (DistributedType.DEEPSPEED, DistributedType.FSDP) or self.args.world_size > 1:
+            raise InvalidInputError(
+                f"GeomtraceTrainer runs in one process without DeepSpeed/FSDP; this run uses "
+                f"{kind} with world size {self.args.world_size}"
+            )
+
+    def _loss_already_scaled(self, num_items_in_batch: Any) -> bool:
+        """Whether ``compute_loss`` already divides by the whole update's item count (as the
+        plain ``training_step`` decides it)."""
+        explicit = getattr(self, "loss_is_scaled_for_ga", None)
+        if explicit is not None:
+            return bool(explicit)
+        return bool(
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+            or self.compute_loss_func is not None
+        )
+
+    def _divides_by_items(self, model: torch.nn.Module, sub: dict, num_items: Any) -> bool:
+        """Whether ``compute_loss`` divides by ``num_items_in_batch``: its loss halves when
+        that count doubles (one probe, no gradients, dropout off)."""
+        if self._loss_divides_by_items is None:
+            model.eval()
+            try:
+                with torch.no_grad(), self.compute_loss_context_manager():
+                    once = self.compute_loss(model, dict(sub), num_items_in_batch=num_items)
+                    twice = self.compute_loss(model, dict(sub), num_items_in_batch=2 * num_items)
+            finally:
+                model.train()
+            ratio = (once / twice).item()
+            self._loss_divides_by_items = abs(ratio - 2.0) < 1e-3
+        return self._loss_divides_by_items
+
+    def _item_counts(self, inputs: Mapping[str, Any], batch_size: int) -> torch.Tensor:
+        """Loss items per row: labels != -100 (shifted for causal LMs), or 1 without labels."""
+        labels = inputs.get("labels")
+        if not torch.is_tensor(labels) or labels.dim() == 0 or labels.shape[0] != batch_size:
+            return torch.ones(batch_size)
+        if getattr(self, "_loss_shifts_labels", False) and labels.dim() > 1:
+            labels = labels[..., 1:]
+        return labels.ne(IGNORE_INDEX).reshape(batch_size, -1).sum(1)
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        if self.task_column not in inputs:
+            raise InvalidInputError(
+                f"the batch has no {self.task_column!r} column of task indices: give the Trainer "
+                f"data_collator=TaskCollator(tasks) and a {self.task_column!r} key per example"
+            )
+        tasks = self.geometry.tasks
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        task_ids = inputs[self.task_column]
+        inputs = {k: v for k, v in inputs.items() if k != self.task_column}
+        batch_size = task_ids.shape[0]
+        # One host sync per micro-batch: which tasks have rows decides the Python loop.
+        counts = torch.bincount(task_ids, minlength=len(tasks)).tolist()
+        if len(counts) > len(tasks) or task_ids.min() < 0:
+            raise InvalidInputError(
+                f"task indices must lie in 0..{len(tasks) - 1} (tasks {tasks}); got "
+                f"{task_ids.tolist()}"
+            )
+        # How the plain Trainer treats the batch loss: already normalised over the update or not.
+        scaled = self._loss_already_scaled(num_items_in_batch)
+        items = self._item_counts(inputs, batch_size).to(task_ids.device)
+        total_items = items.sum()
+
+        if self._geometry_step is None:
+            self._check_supported()
+            follow_device(self.geometry)
+            self._geometry_step = self.geometry.step(self.state.global_step).__enter__()
+        step = self._geometry_step
+        scaler = getattr(self.accelerator, "scaler", None)
+        total = None
+        try:
+            for index, count in enumerate(counts):
+                if count == 0:
+                    continue
+                rows = (task_ids == index).nonzero().squeeze(1)
+                sub = _select_rows(inputs, rows, batch_size)
+                # Decided before the training forward: compute_loss may pop "labels" from its input.
+                divided = (
+                    scaled
+                    and num_items_in_batch is not None
+                    and self._divides_by_items(model, sub, num_items_in_batch)
+                )
+                with self.compute_loss_context_manager():
+                    loss = self.compute_loss(model, sub, num_items_in_batch=num_items_in_batch)
+                if self.args.n_gpu > 1:
+                    loss = loss.mean()
+                if not divided:
+                    loss = loss * (items.index_select(0, rows).sum() / total_items)
+                    if not scaled:
+                        loss = loss / self.current_gradient_accumulation_steps
+                step.backward(tasks[index], scaler.scale(loss) if scaler is not None else loss)
+                total = loss.detach() if total is None else total + loss.detach()
+        except BaseException as exc:
+            self._geometry_step = None
+            step.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if self.accelerator.sync_gradients:  # the last micro-batch before the optimizer step
+            self._geometry_step = None
+            step.__exit__(None, None, None)
+        return total
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ):
+        inputs = {k: v for k, v in inputs.items() if k != self.task_column}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)

@@ -1,0 +1,44 @@
+"""The embedded recipe: a real multilingual experiment that runs offline.
+
+An English <-> X parallel corpus from the gettext catalogs of installed packages
+(:mod:`.corpus`, :mod:`.languages`), a small byte-level Transformer (:mod:`.model`), a traced
+training loop over any :class:`Recipe` (:mod:`.training`) and ``run(config) -> run directory``
+(:mod:`.runner`), the entry point of ``geomtrace trace`` and ``geomtrace reproduce``.
+
+Names are imported lazily: ``import geomtrace.recipe`` does not import torch.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "RecipeConfig": "geomtrace.recipe.config",
+    "PRESETS": "geomtrace.recipe.config",
+    "preset": "geomtrace.recipe.config",
+    "LANGUAGES": "geomtrace.recipe.languages",
+    "DEFAULT_LANGUAGES": "geomtrace.recipe.languages",
+    "Language": "geomtrace.recipe.languages",
+    "Corpus": "geomtrace.recipe.corpus",
+    "build_corpus": "geomtrace.recipe.corpus",
+    "split_of": "geomtrace.recipe.corpus",
+    "Recipe": "geomtrace.recipe.training",
+    "train": "geomtrace.recipe.training",
+    "ByteTransformer": "geomtrace.recipe.model",
+    "make_recipe": "geomtrace.recipe.embedded",
+    "run": "geomtrace.recipe.runner",
+    "summarize": "geomtrace.recipe.runner",
+    "load_model": "geomtrace.recipe.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'geomtrace.recipe' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,171 @@
+"""Arguments and body of ``geomtrace trace`` (cli.py registers them; the CLI owns the terminal).
+
+Precedence: the preset (``--preset``, default "default"), then ``--config FILE.toml``, then
+``--set key=value`` pairs, then the dedicated flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from geomtrace._errors import InvalidInputError
+
+DESCRIPTION = """\
+Train a model with per-task gradient tracing and write runs/<name>/ (trace.sqlite,
+config.toml, model.safetensors).
+
+Without arguments: the embedded experiment. An English<->X parallel corpus built offline from
+the gettext catalogs Django ships (24 languages, 7 scripts, 9 families), a 0.7M-parameter
+byte-level Transformer translating X->English, a Gram-matrix snapshot every 20 steps (and at
+step 0, untrained), then chrF and held-out loss per language on the test split. A few minutes
+on a laptop CPU; `--preset full --device cuda` is the same experiment at GPU scale.
+
+Ctrl-C stops after the current step and leaves a valid trace (then evaluates the model).
+"""
+
+# (flag, config key, type, help)
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--direction", "direction", str, "x2en (many-to-one, default) or en2x (one-to-many)"),
+    ("--steps", "steps", int, "optimizer steps (default 320)"),
+    ("--every", "every", int, "trace every N steps (default 20; step 0 and the last always)"),
+    ("--groups", "groups", str, "parameter groups of the trace with method sum: whole_model, "
+     "enc_dec, all_layer (default), all_matrix"),
+    ("--seed", "seed", int, "seed of the model, dropout and batch sampling (default 0)"),
+    ("--device", "device", str, "torch device (default cpu)"),
+    ("--threads", "threads", int, "torch CPU threads; 0 = torch's default (default 1)"),
+    ("--out", "out", str, "parent folder of run directories (default runs)"),
+    ("--name", "name", str, "run directory name (default <direction>-<method>-<timestamp>)"),
+    ("--recipe", "recipe", str, "module:function returning a geomtrace.recipe.Recipe "
+     "(your own model and data)"),
+    ("--method", "method", str, "sum (plain training, default), pcgrad or gradvac"),
+    ("--granularity", "granularity", str, "parameter groups pcgrad/gradvac act on (and the "
+     "trace records): whole_model, enc_dec, all_layer (default), all_matrix"),
+    ("--beta", "beta", float, "GradVac's EMA rate (default 0.01)"),
+    ("--batch-per-lang", "batch_per_lang", int, "rows per language per step (default 12)"),
+    ("--max-bytes", "max_bytes", int, "longest string kept, in UTF-8 bytes (default 40)"),
+]  # fmt: skip
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--langs",
+        nargs="+",
+        metavar="LANG",
+        help="languages (locale codes, e.g. es fr zh_Hans pt-BR; commas also work); "
+        "default: es fr it pt de nl sv ru uk bg pl cs fi hu et tr az kk ar he hi mr zh_Hans ja",
+    )
+    for flag, key, typ, text in _FLAGS:
+        p.add_argument(flag, dest=key, type=typ, default=None, help=text)
+    p.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="snapshots from fixed multi-way-parallel probe batches (the same English strings "
+        "in every language) instead of the training batches (default: --no-probe)",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
+    p.add_argument(
+        "--preset", default="default", help="starting config: default, quick, full (GPU scale)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config key, e.g. --set lr=0.001 --set d_model=256 (repeatable)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument(
+        "--list-languages", action="store_true", help="print the language table and exit"
+    )
+
+
+def _parse_value(raw: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string
+
+
+def resolve_config(args: argparse.Namespace):
+    """The run's config from preset, file, --set and flags (in that order of precedence)."""
+    from geomtrace.recipe.config import RecipeConfig, preset
+
+    config = preset(args.preset)
+    if args.config:
+        config = RecipeConfig.from_toml(args.config, base=config)
+    values = {}
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise InvalidInputError(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = _parse_value(raw.strip())
+    for _, key, _, _ in _FLAGS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.probe is not None:
+        values["probe"] = args.probe
+    if args.langs:
+        values["langs"] = [c for item in args.langs for c in item.replace(",", " ").split()]
+    return RecipeConfig.from_dict(values, base=config).validate()
+
+
+def language_table() -> str:
+    from geomtrace.recipe.languages import LANGUAGES, NOT_IN_URIEL
+
+    lines = [f"{'locale':<8} {'bcp47':<8} {'iso':<4} {'script':<5} {'family':<14} name / note"]
+    for row in LANGUAGES.values():
+        flag = " [not in URIEL]" if row.iso639_3 in NOT_IN_URIEL else ""
+        note = f" ({row.note})" if row.note else ""
+        lines.append(
+            f"{row.locale:<8} {row.bcp47:<8} {row.iso639_3:<4} {row.script:<5} "
+            f"{row.family:<14} {row.name}{note}{flag}"
+        )
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.list_languages:
+        print(language_table())
+        return 0
+    config = resolve_config(args)
+
+    from tqdm import tqdm
+
+    from geomtrace.recipe.runner import run, summarize
+
+    bar = None
+    started = time.perf_counter()
+
+    def on_start(run_dir, recipe) -> None:
+        nonlocal bar
+        print(f"run directory {run_dir}", file=sys.stderr)
+        for line in recipe.describe:
+            print(line, file=sys.stderr)
+        params = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
+        print(
+            f"model: {params:,} parameters; {len(recipe.tasks)} tasks; method {config.method}; "
+            f"{config.steps} steps, snapshot every {config.every}",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=config.steps + 1, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if step == config.steps:
+            bar.set_description("train done; evaluating (greedy decoding of the test split)")
+
+    try:
+        run_dir = run(config, force=args.force, on_start=on_start, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(summarize(run_dir))
+    print(f"wall time {time.perf_counter() - started:.0f} s; trace in {run_dir}/trace.sqlite")
+    return 0

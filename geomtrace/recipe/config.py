@@ -1,0 +1,225 @@
+"""The recipe's configuration: one flat dataclass, presets, and TOML in and out.
+
+Flat on purpose: every field is one ``--flag`` on the command line and one ``key = value`` line
+in the TOML file, and flags override the file. ``RecipeConfig.from_toml`` reads with the standard
+``tomllib``; :func:`to_toml` is a tiny writer for the value types used here (str, int, float,
+bool, list of str).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geomtrace._errors import InvalidInputError
+from geomtrace.recipe.languages import DEFAULT_LANGUAGES
+
+DIRECTIONS = ("x2en", "en2x")
+METHODS = ("sum", "pcgrad", "gradvac")
+
+
+@dataclass
+class RecipeConfig:
+    """Everything a run depends on (stored as ``config.toml`` in the run and in the trace)."""
+
+    # run
+    name: str = ""  # run directory name under ``out``; "" = "<direction>-<method>-<timestamp>"
+    out: str = "runs"
+    recipe: str = ""  # "module:function" for a user recipe; "" = the embedded corpus + model
+    seed: int = 0
+    device: str = "cpu"
+    # torch.set_num_threads; 0 = torch's default. 1 by default: with 2 threads on 2 cores that
+    # other jobs share, each step waits for the descheduled thread (measured 4-5x slower).
+    threads: int = 1
+    # data
+    langs: list[str] = field(default_factory=lambda: list(DEFAULT_LANGUAGES))
+    direction: str = "x2en"
+    domains: list[str] = field(default_factory=lambda: ["django"])
+    max_bytes: int = 40  # pairs longer than this (UTF-8 bytes, either side) are left out
+    batch_per_lang: int = 12  # rows per language per step (one sub-batch per language)
+    sampling_temperature: float = 0.0  # 0: equal rows per language; T > 0: rows ∝ n_l^(1/T)
+    bucket: bool = True  # draw each step's rows from one length window (less padding)
+    dev_fraction: float = 0.05
+    test_fraction: float = 0.10
+    # model
+    d_model: int = 128
+    nhead: int = 4
+    enc_layers: int = 2
+    dec_layers: int = 2
+    d_ff: int = 256  # 512 gave +0.7 chrF for ~25% more time: not worth it at this budget
+    dropout: float = 0.1
+    # optimisation
+    steps: int = 320
+    lr: float = 3e-3
+    warmup: int = 40
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    method: str = "sum"  # sum (plain Tracer) | pcgrad | gradvac (MultiTask)
+    granularity: str = "all_layer"  # parameter groups of pcgrad/gradvac (and of their trace)
+    beta: float = 0.01  # GradVac's EMA rate
+    # tracing
+    every: int = 20
+    groups: str = "all_layer"
+    probe: bool = False
+    probe_size: int = 16
+    # evaluation
+    eval_batch: int = 512
+
+    def validate(self) -> RecipeConfig:
+        """Check values a user can get wrong; raise :class:`InvalidInputError` naming them."""
+        if self.direction not in DIRECTIONS:
+            raise InvalidInputError(
+                f"direction={self.direction!r}; allowed: {', '.join(DIRECTIONS)}"
+            )
+        if self.method not in METHODS:
+            raise InvalidInputError(f"method={self.method!r}; allowed: {', '.join(METHODS)}")
+        for key in ("steps", "every", "batch_per_lang", "d_model", "nhead", "max_bytes"):
+            if getattr(self, key) < 1:
+                raise InvalidInputError(f"{key}={getattr(self, key)}: must be >= 1")
+        if self.d_model % self.nhead:
+            raise InvalidInputError(
+                f"d_model={self.d_model} must be a multiple of nhead={self.nhead}"
+            )
+        if not self.langs and not self.recipe:
+            raise InvalidInputError("langs is empty: give at least one language")
+        if not (0 < self.test_fraction and 0 <= self.dev_fraction) or (
+            self.test_fraction + self.dev_fraction >= 1
+        ):
+            raise InvalidInputError(
+                f"test_fraction={self.test_fraction}, dev_fraction={self.dev_fraction}: "
+                "need 0 < test, 0 <= dev, test + dev < 1"
+            )
+        if self.method != "sum" and self.probe:
+            raise InvalidInputError(
+                f"--probe needs method 'sum': with {self.method!r} the trace records the Gram "
+                "matrices the optimizer used, so probe batches would measure something else"
+            )
+        if self.sampling_temperature < 0 or not math.isfinite(self.sampling_temperature):
+            raise InvalidInputError(
+                f"sampling_temperature={self.sampling_temperature}: must be >= 0 (0 = equal rows)"
+            )
+        return self
+
+    @property
+    def trace_groups(self) -> str:
+        """The groups of the trace: ``groups`` with method sum, ``granularity`` otherwise
+        (the optimizer's Gram matrices are the ones recorded)."""
+        return self.groups if self.method == "sum" else self.granularity
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: RecipeConfig | None = None) -> RecipeConfig:
+        """A config from ``values`` over ``base`` (default: the defaults); unknown keys are
+        an error naming them."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        merged = (base or cls()).to_dict()
+        for key, value in values.items():
+            default = merged[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise InvalidInputError(f"config {key}={value!r}: expected true or false")
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
+                value = float(value)
+            if isinstance(default, list) and isinstance(value, str):
+                value = value.replace(",", " ").split()
+            merged[key] = list(value) if isinstance(value, list | tuple) else value
+        return cls(**merged)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, base: RecipeConfig | None = None) -> RecipeConfig:
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                values = tomllib.load(f)
+        except FileNotFoundError:
+            raise InvalidInputError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidInputError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        return cls.from_dict(values, base)
+
+    def write_toml(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(to_toml(self.to_dict()), encoding="utf-8")
+
+
+#: Named starting points; ``quick`` is what ``geomtrace reproduce`` uses for a fast check,
+#: ``full`` is the same experiment at GPU scale (every language with enough data, a bigger model).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quick": {
+        "langs": ["es", "fr", "de", "ru", "fi", "tr", "ar", "hi"],
+        "steps": 120,
+        "every": 10,
+        "batch_per_lang": 8,
+        "d_model": 96,
+        "d_ff": 384,
+    },
+    "full": {
+        "langs": [],  # filled in by preset(): every base locale of the table
+        "device": "cuda",
+        "threads": 0,
+        "max_bytes": 128,
+        "batch_per_lang": 64,
+        "d_model": 512,
+        "nhead": 8,
+        "enc_layers": 6,
+        "dec_layers": 6,
+        "d_ff": 2048,
+        "steps": 20000,
+        "lr": 7e-4,
+        "warmup": 1000,
+        "every": 200,
+        "eval_batch": 1024,
+    },
+}
+
+
+def preset(name: str) -> RecipeConfig:
+    """The config of a named preset (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise InvalidInputError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    values = dict(PRESETS[name])
+    if name == "full":
+        from geomtrace.recipe.languages import LANGUAGES, VARIANT_BASE
+
+        values["langs"] = [loc for loc in LANGUAGES if loc not in VARIANT_BASE]
+    return RecipeConfig.from_dict(values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInputError(f"cannot write non-finite float {value} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        # json-style escaping is valid TOML basic-string escaping for these characters
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise InvalidInputError(f"cannot write {type(value).__name__} value {value!r} to TOML")
+
+
+def to_toml(values: Mapping[str, Any]) -> str:
+    """Flat ``key = value`` TOML (str, int, float, bool and lists of them)."""
+    return "".join(f"{key} = {_toml_value(v)}\n" for key, v in values.items())

@@ -1,0 +1,306 @@
+"""The embedded recipe: the gettext corpus + the byte-level Transformer, as a :class:`Recipe`.
+
+Data per language: the train split of :mod:`geomtrace.recipe.corpus`, pairs whose two sides
+are both at most ``max_bytes`` UTF-8 bytes, encoded once into padded int64 tensors sorted by
+length. Each step draws ``batch_per_lang`` rows per language (or rows ∝ n_l^(1/T) with
+``sampling_temperature`` T > 0). With ``bucket`` the rows come from one length window: a
+quantile u ~ U(0, 1) is drawn per step and every language samples from the rows around its own
+u-quantile of length, so sub-batches carry little padding (a CPU spends its time on real bytes).
+
+Loss: token-level cross-entropy with label smoothing, mean over the target bytes of the
+sub-batch. Evaluation: greedy decoding of the test split (batched over all languages at once,
+:func:`geomtrace.recipe.model.greedy_decode`) scored with sacrebleu's chrF, and the held-out
+cross-entropy (no smoothing) on the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomtrace._errors import InvalidInputError
+from geomtrace.recipe.config import RecipeConfig
+from geomtrace.recipe.corpus import Corpus, Pair, build_corpus, char_profile, probe_strings
+from geomtrace.recipe.languages import LANGUAGES, iso_codes_for, normalize_locale
+from geomtrace.recipe.model import BOS, EOS, FIRST_TAG, PAD, ByteTransformer, decode_bytes
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (src [B, S], tgt [B, T]) int64, PAD-padded
+
+
+@dataclass
+class Encoded:
+    """One language's pairs as padded tensors, rows sorted by length."""
+
+    src: torch.Tensor  # [N, S]
+    tgt: torch.Tensor  # [N, T]
+    src_len: torch.Tensor  # [N]
+    tgt_len: torch.Tensor  # [N]
+    refs: list[str]  # target-side text, row-aligned (for chrF)
+
+
+def resolve_languages(codes: Sequence[str]) -> list[str]:
+    """Table locale keys for user codes (``pt-BR`` -> ``pt_BR``); unknown codes raise an error
+    that lists the available ones; duplicates are an error."""
+    out = [normalize_locale(c) for c in codes]
+    dupes = sorted({c for c in out if out.count(c) > 1})
+    if dupes:
+        raise InvalidInputError(f"language(s) listed twice: {', '.join(dupes)}")
+    return out
+
+
+def select_pairs(pairs: Sequence[Pair], max_bytes: int) -> list[Pair]:
+    return [p for p in pairs if len(p.en.encode()) <= max_bytes and len(p.x.encode()) <= max_bytes]
+
+
+def encode_pairs(pairs: Sequence[Pair], tag: int, direction: str) -> Encoded:
+    """Token ids of ``pairs`` for ``direction`` (see :mod:`geomtrace.recipe.model`)."""
+    srcs, tgts, refs = [], [], []
+    for p in pairs:
+        source, target = (p.x, p.en) if direction == "x2en" else (p.en, p.x)
+        start = BOS if direction == "x2en" else tag
+        srcs.append([tag, *source.encode("utf-8"), EOS])
+        tgts.append([start, *target.encode("utf-8"), EOS])
+        refs.append(target)
+    order = sorted(range(len(pairs)), key=lambda i: (len(srcs[i]) + len(tgts[i]), i))
+    srcs = [srcs[i] for i in order]
+    tgts = [tgts[i] for i in order]
+    refs = [refs[i] for i in order]
+    return Encoded(_pad(srcs), _pad(tgts), _lengths(srcs), _lengths(tgts), refs)
+
+
+def _pad(rows: list[list[int]]) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=1)
+    out = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def _row(row: torch.Tensor, width: int) -> torch.Tensor:
+    """``row`` cut or PAD-extended to ``width``."""
+    return F.pad(row[:width], (0, max(0, width - row.shape[0])), value=PAD)
+
+
+def _lengths(rows: list[list[int]]) -> torch.Tensor:
+    return torch.tensor([len(r) for r in rows], dtype=torch.long)
+
+
+def _trim(
+    src: torch.Tensor, tgt: torch.Tensor, src_len: torch.Tensor, tgt_len: torch.Tensor
+) -> Batch:
+    return src[:, : int(src_len.max())], tgt[:, : int(tgt_len.max())]
+
+
+def token_losses(
+    model: nn.Module, src: torch.Tensor, tgt: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Per-token cross-entropy [B, T-1] (0 at padding) of predicting tgt[1:] from tgt[:-1]."""
+    logits = model(src, tgt[:, :-1])
+    gold = tgt[:, 1:]
+    return F.cross_entropy(
+        logits.transpose(1, 2), gold, ignore_index=PAD, label_smoothing=label_smoothing,
+        reduction="none",
+    )  # fmt: skip
+
+
+def rows_per_language(sizes: Sequence[int], batch: int, temperature: float) -> list[int]:
+    """Rows per step per language: ``batch`` each when ``temperature`` is 0, otherwise
+    K·batch rows shared as p_l ∝ n_l^(1/T) (at least 1 row each)."""
+    if temperature <= 0:
+        return [batch] * len(sizes)
+    weights = torch.tensor(sizes, dtype=torch.float64) ** (1.0 / temperature)
+    share = weights / weights.sum() * batch * len(sizes)
+    return [max(1, int(round(float(s)))) for s in share]
+
+
+def make_recipe(config: RecipeConfig) -> tuple:
+    """Build the embedded recipe; returns ``(Recipe, corpus_counts)``. See the module doc."""
+    from geomtrace.recipe.training import Recipe
+
+    langs = resolve_languages(config.langs)
+    corpus = build_corpus(
+        langs, config.domains, dev_fraction=config.dev_fraction, test_fraction=config.test_fraction
+    )
+    direction = config.direction
+    tags = {lang: FIRST_TAG + i for i, lang in enumerate(langs)}
+    train: dict[str, Encoded] = {}
+    test: dict[str, Encoded] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for lang in langs:
+        tr = select_pairs(corpus.split(lang, "train"), config.max_bytes)
+        te = select_pairs(corpus.split(lang, "test"), config.max_bytes)
+        if not tr or not te:
+            raise InvalidInputError(
+                f"language {lang!r} has {len(tr)} train and {len(te)} test pairs of at most "
+                f"{config.max_bytes} bytes: raise max_bytes or drop the language"
+            )
+        train[lang] = encode_pairs(tr, tags[lang], direction)
+        test[lang] = encode_pairs(te, tags[lang], direction)
+        counts[lang] = {"train": len(tr), "test": len(te)} | {
+            f"catalog_{k}": v for k, v in corpus.counts()[lang].items()
+        }
+    max_len = config.max_bytes + 2
+    model = ByteTransformer(
+        len(langs), config.d_model, config.nhead, config.enc_layers, config.dec_layers,
+        config.d_ff, config.dropout, max_len=max_len,
+    )  # fmt: skip
+    rows = dict(zip(langs, rows_per_language(
+        [len(train[lg].refs) for lg in langs], config.batch_per_lang, config.sampling_temperature
+    ), strict=True))  # fmt: skip
+    smoothing = config.label_smoothing
+
+    def sample(step: int, generator: torch.Generator) -> dict[str, Batch]:
+        u = float(torch.rand((), generator=generator)) if config.bucket else 0.0
+        out = {}
+        for lang in langs:
+            enc = train[lang]
+            n, b = enc.src.shape[0], rows[lang]
+            if config.bucket:
+                window = min(n, max(4 * b, n // 8))
+                start = min(max(0, int(u * n) - window // 2), n - window)
+                idx = start + torch.randint(window, (b,), generator=generator)
+            else:
+                idx = torch.randint(n, (b,), generator=generator)
+            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
+        return out
+
+    def loss(model: nn.Module, task: str, batch: Batch) -> torch.Tensor:
+        src, tgt = batch
+        tok = token_losses(model, src, tgt, smoothing)
+        return tok.sum() / (tgt[:, 1:] != PAD).sum()
+
+    def joint_loss(model: nn.Module, batches: Mapping[str, Batch]) -> dict[str, torch.Tensor]:
+        # One forward over every sub-batch: pad all to the longest, then per-task token means.
+        # sum_l mean_l is exactly the sum of the per-task losses, so gradients match.
+        order = list(batches)
+        width_s = max(batches[t][0].shape[1] for t in order)
+        width_t = max(batches[t][1].shape[1] for t in order)
+        src = torch.cat(
+            [F.pad(batches[t][0], (0, width_s - batches[t][0].shape[1]), value=PAD) for t in order]
+        )
+        tgt = torch.cat(
+            [F.pad(batches[t][1], (0, width_t - batches[t][1].shape[1]), value=PAD) for t in order]
+        )
+        tok = token_losses(model, src, tgt, smoothing)
+        mask = tgt[:, 1:] != PAD
+        out, row = {}, 0
+        for t in order:
+            b = batches[t][0].shape[0]
+            out[t] = tok[row : row + b].sum() / mask[row : row + b].sum()
+            row += b
+        return out
+
+    def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
+        return evaluate_model(model, test, direction, tags, config.eval_batch, max_len - 1)
+
+    probe = None
+    if config.probe:
+        probe = make_probe(corpus, langs, tags, direction, config.max_bytes, config.probe_size)
+
+    iso_codes, problems = iso_codes_for(langs)
+    meta = {
+        "scripts": {lg: LANGUAGES[lg].script for lg in langs},
+        "char_profiles": {
+            lg: char_profile(p.x for p in select_pairs(corpus.split(lg, "train"), config.max_bytes))
+            for lg in langs
+        },
+        "languages": {
+            lg: {
+                "bcp47": LANGUAGES[lg].bcp47,
+                "iso639_3": LANGUAGES[lg].iso639_3,
+                "name": LANGUAGES[lg].name,
+                "family": LANGUAGES[lg].family,
+                "note": LANGUAGES[lg].note,
+            }
+            for lg in langs
+        },  # fmt: skip
+        "iso_problems": problems,
+        "corpus_counts": counts,
+        "corpus_skipped": {lg: dict(corpus.skipped[lg]) for lg in langs},
+        "domains": list(config.domains),
+    }
+    describe = [
+        f"corpus: {len(langs)} languages, train pairs {min(c['train'] for c in counts.values())}"
+        f"-{max(c['train'] for c in counts.values())}, test pairs "
+        f"{min(c['test'] for c in counts.values())}-{max(c['test'] for c in counts.values())} "
+        f"(<= {config.max_bytes} bytes)"
+    ]
+    if problems:
+        describe.append(
+            "not in URIEL (no typology): "
+            + ", ".join(f"{t} ({why})" for t, why in problems.items())
+        )
+    recipe = Recipe(
+        model=model, tasks=langs, sample=sample, loss=loss, iso_codes=iso_codes, probe=probe,
+        evaluate=evaluate, joint_loss=joint_loss, meta=meta, describe=describe,
+    )  # fmt: skip
+    return recipe, counts
+
+
+def make_probe(
+    corpus: Corpus, langs: Sequence[str], tags: Mapping[str, int], direction: str,
+    max_bytes: int, size: int,
+) -> dict[str, Batch]:  # fmt: skip
+    """The multi-way-parallel probe batches: the same English strings in every language."""
+    short = Corpus(
+        {lg: select_pairs(corpus.pairs[lg], max_bytes) for lg in langs},
+        corpus.skipped, corpus.dev_fraction, corpus.test_fraction,
+    )  # fmt: skip
+    english = probe_strings(short, "train", size)
+    if not english:
+        raise InvalidInputError(
+            "no English string is translated in every selected language: cannot build a "
+            "multi-way-parallel probe set (drop --probe or choose other languages)"
+        )
+    out = {}
+    for lg in langs:
+        by_en = {p.en: p for p in short.pairs[lg]}
+        enc = encode_pairs([by_en[e] for e in english], tags[lg], direction)
+        out[lg] = _trim(enc.src, enc.tgt, enc.src_len, enc.tgt_len)
+    return out
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, test: Mapping[str, Encoded], direction: str, tags: Mapping[str, int],
+    batch_size: int, max_new: int,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """chrF of greedy decoding and held-out cross-entropy per language (model in eval mode)."""
+    import sacrebleu
+
+    from geomtrace.recipe.model import greedy_decode
+
+    device = next(model.parameters()).device
+    langs = list(test)
+    # All languages' test rows in one list, sorted by source length so batches pad little.
+    rows = [(lg, i) for lg in langs for i in range(test[lg].src.shape[0])]
+    rows.sort(key=lambda r: int(test[r[0]].src_len[r[1]]))
+    hyps: dict[str, list[str | None]] = {lg: [None] * test[lg].src.shape[0] for lg in langs}
+    loss_sum = dict.fromkeys(langs, 0.0)
+    tok_count = dict.fromkeys(langs, 0)
+    for b0 in range(0, len(rows), batch_size):
+        chunk = rows[b0 : b0 + batch_size]
+        s_w = max(int(test[lg].src_len[i]) for lg, i in chunk)
+        t_w = max(int(test[lg].tgt_len[i]) for lg, i in chunk)
+        src = torch.stack([_row(test[lg].src[i], s_w) for lg, i in chunk]).to(device)
+        tgt = torch.stack([_row(test[lg].tgt[i], t_w) for lg, i in chunk]).to(device)
+        tok = token_losses(model, src, tgt, 0.0)
+        per_row = tok.sum(1).cpu().tolist()
+        n_tok = (tgt[:, 1:] != PAD).sum(1).cpu().tolist()
+        out = greedy_decode(model, src, tgt[:, 0], max_new).cpu().tolist()
+        for (lg, i), ids, ls, nt in zip(chunk, out, per_row, n_tok, strict=True):
+            hyps[lg][i] = decode_bytes(ids)
+            loss_sum[lg] += ls
+            tok_count[lg] += nt
+    result = {}
+    for lg in langs:
+        chrf = sacrebleu.corpus_chrf(hyps[lg], [test[lg].refs]).score
+        result[lg] = {"chrf": float(chrf), "heldout_loss": loss_sum[lg] / max(1, tok_count[lg])}
+    return result

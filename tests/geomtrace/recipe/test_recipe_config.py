@@ -1,0 +1,80 @@
+"""RecipeConfig: TOML round trip, presets, validation, CLI precedence."""
+
+import tomllib
+
+import pytest
+
+from cli import build_parser
+from geomtrace import InvalidInputError
+from geomtrace.recipe._cli import resolve_config
+from geomtrace.recipe.config import PRESETS, RecipeConfig, preset, to_toml
+from geomtrace.recipe.languages import DEFAULT_LANGUAGES
+
+
+def test_toml_round_trip(tmp_path):
+    config = RecipeConfig(
+        name='odd "name" \\ here', langs=["es", "zh_Hans"], lr=1e-4, probe=True, beta=0.5
+    )
+    path = tmp_path / "c.toml"
+    config.write_toml(path)
+    assert RecipeConfig.from_toml(path) == config
+    raw = tomllib.loads(path.read_text())
+    assert raw["langs"] == ["es", "zh_Hans"] and raw["lr"] == 1e-4 and raw["probe"] is True
+
+
+def test_to_toml_by_hand():
+    assert to_toml({"a": 1, "b": 0.5, "c": "x", "d": [1, 2], "e": False}) == (
+        'a = 1\nb = 0.5\nc = "x"\nd = [1, 2]\ne = false\n'
+    )
+
+
+def test_defaults():
+    config = RecipeConfig()
+    assert config.langs == list(DEFAULT_LANGUAGES)
+    assert (config.direction, config.method, config.groups) == ("x2en", "sum", "all_layer")
+    assert config.every == 20
+    config.validate()
+
+
+def test_from_dict_errors_and_coercions():
+    with pytest.raises(InvalidInputError, match="unknown config key.*bogus"):
+        RecipeConfig.from_dict({"bogus": 1})
+    assert RecipeConfig.from_dict({"lr": 1}).lr == 1.0
+    assert RecipeConfig.from_dict({"langs": "es,fr de"}).langs == ["es", "fr", "de"]
+    with pytest.raises(InvalidInputError, match="probe"):
+        RecipeConfig.from_dict({"probe": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"direction": "x2y"}, "direction"), ({"method": "adam"}, "method"),
+     ({"steps": 0}, "steps"), ({"d_model": 100, "nhead": 3}, "multiple"),
+     ({"method": "gradvac", "probe": True}, "probe"), ({"langs": []}, "langs")],
+)  # fmt: skip
+def test_validate(values, message):
+    with pytest.raises(InvalidInputError, match=message):
+        RecipeConfig.from_dict(values).validate()
+
+
+def test_presets():
+    assert set(PRESETS) == {"default", "quick", "full"}
+    quick = preset("quick")
+    assert len(quick.langs) == 8 and quick.steps < RecipeConfig().steps
+    full = preset("full")
+    assert full.device == "cuda" and len(full.langs) > 80 and "pt_BR" not in full.langs
+    with pytest.raises(InvalidInputError, match="available: default, quick, full"):
+        preset("huge")
+
+
+def test_cli_precedence(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('steps = 7\nevery = 3\nlangs = ["es", "fr"]\nseed = 5\n')
+    args = build_parser().parse_args(
+        ["trace", "--config", str(path), "--steps", "9", "--set", "lr=0.01", "--no-probe",
+         "--langs", "de,ru", "ja"]
+    )  # fmt: skip
+    config = resolve_config(args)
+    assert (config.steps, config.every, config.seed, config.lr) == (9, 3, 5, 0.01)
+    assert config.langs == ["de", "ru", "ja"] and config.probe is False
+    quick = resolve_config(build_parser().parse_args(["trace", "--preset", "quick"]))
+    assert quick == preset("quick")
