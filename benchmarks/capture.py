@@ -43,7 +43,10 @@ def measure(num_tasks: int, repeats: int, rows: int, length: int) -> tuple[float
     tasks = [f"lang{i}" for i in range(num_tasks)]
     g = torch.Generator().manual_seed(0)
     batches = {
-        t: (torch.randint(0, 260, (rows, length), generator=g), torch.randint(0, 260, (rows, length), generator=g))
+        t: (
+            torch.randint(0, 260, (rows, length), generator=g),
+            torch.randint(0, 260, (rows, length), generator=g),
+        )
         for t in tasks
     }
     tracer = gt.Tracer(model, tasks, groups="all_matrix", every=2)  # even steps traced
@@ -71,7 +74,9 @@ def measure(num_tasks: int, repeats: int, rows: int, length: int) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, nargs="+", default=[8, 24])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rows", type=int, default=8, help="rows per task sub-batch")

@@ -89,6 +89,7 @@ td:first-child,th:first-child{text-align:left}
 .note{background:#f7f7f7;border-left:4px solid #E69F00;padding:.4em .8em;font-size:.92em}
 .skip{color:#8a4b00}details{margin:.4em 0}summary{cursor:pointer;color:#0072B2}
 nav ul{columns:2}code{background:#f2f2f2;padding:0 3px}
+.tbl{overflow-x:auto;max-width:100%}
 """
 
 
@@ -98,9 +99,10 @@ def _table(
     if frame is None or frame.empty:
         return "<p><em>no rows</em></p>"
     frame = frame.head(max_rows)
-    return frame.to_html(
+    table = frame.to_html(
         index=index, float_format=lambda v: f"{v:.{digits}f}", na_rep="–", border=0, escape=True
     )
+    return f'<div class="tbl">{table}</div>'
 
 
 def _details(summary: str, body: str) -> str:

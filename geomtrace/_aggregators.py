@@ -259,7 +259,12 @@ class _Shuffling(Aggregator):
     def _order(self, gram: Tensor, order: Tensor | None) -> Tensor:
         num_groups, num_tasks = gram.shape[0], gram.shape[1]
         if order is None:
-            return random_order(num_groups, num_tasks, self.generator).to(gram.device)
+            order = random_order(num_groups, num_tasks, self.generator)
+            if gram.device.type == "cuda":
+                # Drawn on the CPU so CPU and GPU runs visit in the same order; a copy from
+                # pinned memory is asynchronous (a pageable copy would block on the GPU).
+                return order.pin_memory().to(gram.device, non_blocking=True)
+            return order.to(gram.device)
         return _check_order(order, num_groups, num_tasks, gram.device)
 
     def state_dict(self) -> dict[str, Any]:

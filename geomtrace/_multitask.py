@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from geomtrace import _distributed
 from geomtrace._aggregators import Aggregator
 from geomtrace._capture import TaskGradients
 from geomtrace._errors import InvalidInputError
@@ -51,6 +52,7 @@ class MultiTaskStep(StepBase):
         self.weights: torch.Tensor | None = None
         #: the Gram matrices [G, K, K] of this step (set on exit)
         self.gram: torch.Tensor | None = None
+        self._no_sync = None
 
     def _backward(self, index: int, loss: torch.Tensor, retain_graph: bool) -> None:
         capture = self._owner.capture
@@ -73,15 +75,24 @@ class MultiTaskStep(StepBase):
         owner._active_step = self
         self.active = True
         owner.capture.reset()
+        # DDP's reducer never sees autograd.grad's gradients; the capture reduces them itself.
+        # Entered here so it covers the forward passes (DDP decides at forward time).
+        self._no_sync = _distributed.no_sync(owner.model)
+        self._no_sync.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         owner = self._owner
         self.active = False
         owner._active_step = None
+        if self._no_sync is not None:
+            self._no_sync.__exit__(None, None, None)
+            self._no_sync = None
+        distributed = owner.capture.process_group is not None
         # An interrupted step, or one without any backward, changes neither .grad nor the
-        # aggregator's state.
-        if exc_type is not None or not any(owner.capture.present):
+        # aggregator's state. Distributed, gram()/combine() are collective: every rank must
+        # take part even if it saw no task this step.
+        if exc_type is not None or (not distributed and not any(owner.capture.present)):
             return
         capture = owner.capture
         self.gram = capture.gram()
@@ -132,7 +143,12 @@ class MultiTask:
         self.model = model
         self.tasks = validate_tasks(tasks)
         self.aggregator = aggregator
-        self.groups: list[ParameterGroup] = resolve_groups(model, groups)
+        # Groups on the module inside a DDP wrapper, so names match the Tracer's.
+        self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
+        if tracer is not None and getattr(tracer, "sketch", None) is not None:
+            raise InvalidInputError(
+                "a MultiTask records exact Gram matrices: give it a tracer without sketch="
+            )
         if tracer is not None:
             ours = [g.name for g in self.groups]
             theirs = [g.name for g in tracer.groups]

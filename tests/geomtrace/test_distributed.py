@@ -30,7 +30,7 @@ from geomtrace._sketch import TaskSketches
 TASKS = ["es", "fr", "ru"]
 STEPS = 3
 TRACED = [0, 2]
-SCENARIOS = ["ddp", "plain", "multitask", "sketch"]
+SCENARIOS = ["ddp", "plain", "multitask", "multitask_ddp", "sketch"]
 
 
 def make_model() -> nn.Module:
@@ -63,17 +63,17 @@ def run(scenario: str, out: Path, rank: int = 0, world: int = 1) -> dict[str, to
     """Train STEPS steps of ``scenario``; return the final parameters (by name)."""
     model = make_model()
     wrapped = model
-    if scenario in ("ddp", "sketch") and world > 1:
+    if scenario in ("ddp", "sketch", "multitask_ddp") and world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sketch = 32 if scenario == "sketch" else None
     tracer = gt.Tracer(wrapped, TASKS, groups="all_layer", every=TRACED, out=out, sketch=sketch)
     mt = None
-    if scenario == "multitask":
+    if scenario.startswith("multitask"):
         from geomtrace._aggregators import GradVac
         from geomtrace._multitask import MultiTask
 
-        mt = MultiTask(model, TASKS, GradVac(beta=0.5, seed=3), groups="all_layer", tracer=tracer)
+        mt = MultiTask(wrapped, TASKS, GradVac(beta=0.5, seed=3), groups="all_layer", tracer=tracer)
     for step in range(STEPS):
         with (mt or tracer).step(step) as s:
             for i, task in enumerate(TASKS):
