@@ -28,7 +28,7 @@ Ctrl-C stops after the current step and leaves a valid trace (then evaluates the
 # (flag, config key, type, help)
 _FLAGS: list[tuple[str, str, type, str]] = [
     ("--direction", "direction", str, "x2en (many-to-one, default) or en2x (one-to-many)"),
-    ("--steps", "steps", int, "optimizer steps (default 320)"),
+    ("--steps", "steps", int, "optimizer steps (default 400)"),
     ("--every", "every", int, "trace every N steps (default 20; step 0 and the last always)"),
     ("--groups", "groups", str, "parameter groups of the trace with method sum: whole_model, "
      "enc_dec, all_layer (default), all_matrix"),
