@@ -21,19 +21,30 @@ from analyses._covariates import (
     script_distance,
 )
 from analyses._evolution import (
+    FAMILY_GROUP_COLUMNS,
     FAMILY_TRAJECTORY_COLUMNS,
     GROUP_TRAJECTORY_COLUMNS,
+    PAIR_SPREAD_COLUMNS,
     PAIR_TRAJECTORY_COLUMNS,
     SETTLING_COLUMNS,
+    family_means_by_group,
     family_trajectories,
     group_trajectories,
+    pair_spread,
     pair_trajectories,
     settling,
     settling_step,
 )
-from analyses._inputs import ALL
+from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
-from analyses._quality import QUALITY_CORRELATION_COLUMNS, quality_correlation, task_quality
+from analyses._optimizers import GRADVAC_TARGET_COLUMNS, gradvac_target_trajectories
+from analyses._quality import (
+    QUALITY_CORRELATION_COLUMNS,
+    QUALITY_DIFFERENCE_COLUMNS,
+    quality_correlation,
+    quality_difference,
+    task_quality,
+)
 from analyses._similarity import (
     ALIGNMENT_COLUMNS,
     SUMMARY_COLUMNS,
@@ -45,6 +56,7 @@ from analyses._stats import PermutationResult, mantel, partial_mantel, permutati
 from analyses._summary import PARTS, Summary, summary
 from analyses._typology import (
     DISTANCES,
+    MACROLANGUAGE_FALLBACK,
     cache_dir,
     check_languages,
     language_families,
@@ -55,14 +67,16 @@ from analyses._typology import (
 
 __all__ = [
     "AGREEMENT_COLUMNS", "ALIGNMENT_COLUMNS", "ALL", "CORRELATION_COLUMNS", "COVARIATES",
-    "DISTANCES", "FAMILY_TRAJECTORY_COLUMNS", "GROUP_TRAJECTORY_COLUMNS",
-    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "QUALITY_CORRELATION_COLUMNS", "SETTLING_COLUMNS",
-    "SUMMARY_COLUMNS", "ClusterTree", "PermutationResult", "Summary", "adjusted_rand_index",
-    "cache_dir", "char_overlap_distance", "check_languages", "cluster_tasks",
-    "covariate_distances", "family_agreement", "family_trajectories", "group_trajectories",
-    "language_families", "mantel", "pair_trajectories", "partial_mantel",
-    "permutation_correlation", "quality_correlation", "script_distance", "settling",
-    "settling_step", "similarity_matrix", "similarity_summary", "summary", "task_alignment",
-    "task_families", "task_quality", "typological_distance", "typological_distances",
-    "typology_correlation",
+    "DISTANCES", "FAMILY_GROUP_COLUMNS", "FAMILY_TRAJECTORY_COLUMNS", "GRADVAC_TARGET_COLUMNS",
+    "GROUP_TRAJECTORY_COLUMNS", "MACROLANGUAGE_FALLBACK", "PAIR_SPREAD_COLUMNS",
+    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "QUALITY_CORRELATION_COLUMNS",
+    "QUALITY_DIFFERENCE_COLUMNS", "SETTLING_COLUMNS", "SUMMARY_COLUMNS", "ClusterTree",
+    "PermutationResult", "Summary", "adjusted_rand_index", "cache_dir", "char_overlap_distance",
+    "check_languages", "cluster_tasks", "complete_tasks", "covariate_distances",
+    "family_agreement", "family_means_by_group", "family_trajectories",
+    "gradvac_target_trajectories", "group_trajectories", "language_families", "mantel",
+    "pair_spread", "pair_trajectories", "partial_mantel", "permutation_correlation",
+    "quality_correlation", "quality_difference", "script_distance", "settling", "settling_step",
+    "similarity_matrix", "similarity_summary", "summary", "task_alignment", "task_families",
+    "task_quality", "typological_distance", "typological_distances", "typology_correlation",
 ]  # fmt: skip

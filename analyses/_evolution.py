@@ -9,13 +9,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses._inputs import ALL, cosine_stack, is_trace, off_diagonal_pairs, part_of
+from analyses._inputs import (
+    ALL,
+    Window,
+    cosine_stack,
+    is_trace,
+    off_diagonal_pairs,
+    part_of,
+    window_mask,
+)
 from geomtrace._errors import InvalidInputError
 
 GROUP_TRAJECTORY_COLUMNS = ["group", "position", "part", "step", "mean_cosine", "conflict_rate"]
 FAMILY_TRAJECTORY_COLUMNS = ["group", "step", "kind", "mean_cosine", "n_pairs"]
 PAIR_TRAJECTORY_COLUMNS = ["group", "step", "task_a", "task_b", "cosine", "same_family"]
 SETTLING_COLUMNS = ["final_value", "settle_step", "last_step", "tol", "n_final"]
+FAMILY_GROUP_COLUMNS = ["group", "position", "part", "kind", "mean_cosine", "n_snapshots"]
+PAIR_SPREAD_COLUMNS = ["group", "step", "kind", "q25", "q75", "n_pairs"]
 
 
 def _pair_values(stack) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -111,6 +121,45 @@ def family_trajectories(
     return pd.concat(rows, ignore_index=True)[FAMILY_TRAJECTORY_COLUMNS]
 
 
+def family_means_by_group(
+    trace: Any,
+    families: Mapping[str, str] | Sequence[str],
+    groups: Sequence[str] | None = None,
+    *,
+    window: Window | None = None,
+) -> pd.DataFrame:
+    """Within- and across-family mean cosine of every parameter group, averaged over a window.
+
+    For group g and kind k (``within``/``across``, as in :func:`family_trajectories`), with
+    m_gk(s) the mean of cos_ij over the pairs i<j of that kind at snapshot s:
+    mean_cosine = mean of m_gk(s) over the snapshots s in ``window`` where m_gk(s) is finite
+    (default window: every snapshot after step 0), n_snapshots = how many such s.
+    Groups in the order asked (default: ``trace.groups``, model order); ``position`` = index
+    in ``trace.groups`` (-1 for ``all``), ``part`` = embedding / encoder / decoder / other
+    (``whole`` for ``all``). Columns: group, position, part, kind, mean_cosine, n_snapshots.
+    """
+    if not is_trace(trace):
+        raise InvalidInputError("family_means_by_group needs a trace (it spans the groups)")
+    rows = []
+    for g in list(trace.groups) if groups is None else list(groups):
+        traj = family_trajectories(trace, families, g)
+        traj = traj[window_mask(traj["step"].to_numpy(), window)]
+        for kind, part in traj.groupby("kind", sort=False):
+            values = part["mean_cosine"].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            rows.append(
+                {
+                    "group": g,
+                    "position": trace.groups.index(g) if g in trace.groups else -1,
+                    "part": "whole" if g == ALL else part_of(g),
+                    "kind": kind,
+                    "mean_cosine": float(values.mean()) if values.size else np.nan,
+                    "n_snapshots": int(values.size),
+                }
+            )
+    return pd.DataFrame(rows, columns=FAMILY_GROUP_COLUMNS)
+
+
 def pair_trajectories(
     source: Any,
     group: str | None = None,
@@ -144,6 +193,34 @@ def pair_trajectories(
         },
         columns=PAIR_TRAJECTORY_COLUMNS,
     )
+
+
+def pair_spread(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Interquartile band of the pairs' cosines per group, step and kind.
+
+    ``pairs``: a :func:`pair_trajectories` frame. kind = ``within`` / ``across``
+    (same_family True / False) or ``all`` when the pair's families are unknown. q25, q75 =
+    the 25th and 75th percentiles (linear interpolation, as ``numpy.quantile``) of the finite
+    cosines of that kind at that step; n_pairs = how many. Columns: group, step, kind, q25,
+    q75, n_pairs.
+    """
+    need = {"group", "step", "cosine", "same_family"}
+    if not need <= set(pairs.columns):
+        raise InvalidInputError(
+            f"pair_spread needs a pair_trajectories frame with columns {sorted(need)}, "
+            f"got {list(pairs.columns)}"
+        )
+    frame = pairs[np.isfinite(pairs["cosine"].to_numpy(dtype=float))]
+    kind = frame["same_family"].map({True: "within", False: "across"}).fillna("all")
+    grouped = frame.assign(kind=kind).groupby(["group", "step", "kind"])["cosine"]
+    out = pd.DataFrame(
+        {
+            "q25": grouped.quantile(0.25),
+            "q75": grouped.quantile(0.75),
+            "n_pairs": grouped.size(),
+        }
+    ).reset_index()
+    return out[PAIR_SPREAD_COLUMNS]
 
 
 def settling_step(

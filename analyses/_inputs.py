@@ -196,6 +196,19 @@ def tasks_with_nan(m: np.ndarray, labels: Sequence[str]) -> list[str]:
         dropped.append(labels[worst])
 
 
+def complete_tasks(matrix: Any, labels: Sequence[str] | None = None) -> list[str]:
+    """The tasks left once every task with a missing similarity is dropped, in input order.
+
+    ``matrix``: a square frame (labels from its index) or array plus ``labels``. Greedy, as
+    :func:`tasks_with_nan`: while some off-diagonal entry (i, j) is NaN (in either triangle),
+    drop the task with the most such entries (first in order on a tie). The submatrix of the
+    tasks returned has no NaN off the diagonal, so clustering and Mantel tests can use it.
+    """
+    m, labels = as_square(matrix, labels, what="similarity matrix")
+    dropped = set(tasks_with_nan(m, labels))
+    return [t for t in labels if t not in dropped]
+
+
 def part_of(group: str) -> str:
     """Coarse model part of a group name: embedding, encoder, decoder, or other."""
     name = group.lower()

@@ -19,6 +19,7 @@ QUALITY_CORRELATION_COLUMNS = [
     "group", "metric", "n_tasks", "rho", "p_value", "rho_step0", "p_value_step0", "control",
     "partial_rho", "partial_p_value", "n_permutations", "excluded", "note",
 ]  # fmt: skip
+QUALITY_DIFFERENCE_COLUMNS = ["run", "task", "value", "baseline", "delta"]
 
 
 def _quality_table(source: Any, quality) -> pd.DataFrame:
@@ -168,3 +169,42 @@ def quality_correlation(
             row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value)
         rows.append(row)
     return pd.DataFrame(rows, columns=QUALITY_CORRELATION_COLUMNS)
+
+
+def quality_difference(
+    runs: Mapping[str, Any], baseline: str, *, metric: str = "chrf"
+) -> pd.DataFrame:
+    """Per run and task: the run's quality minus the baseline run's (e.g. chrF gain of GradVac).
+
+    ``runs``: {run name: trace, quality frame (step, task, metric, value) or
+    ``{metric: {task: value}}``}; ``baseline``: the name of one of them. For each other run r
+    and each task t the baseline measured: value = q_r(t), baseline = q_base(t), delta = value -
+    baseline, where q(t) is ``metric`` at the latest step it was measured for t (value and
+    delta NaN when run r did not measure t). Runs in the order given, tasks in the baseline
+    trace's task order (sorted for a frame). Columns: run, task, value, baseline, delta.
+    """
+    if baseline not in runs:
+        raise InvalidInputError(f"baseline {baseline!r} is not one of the runs {list(runs)}")
+    tables = {}
+    for name, source in runs.items():
+        table = _quality_table(source, None if is_trace(source) else source)
+        if metric not in table.columns:
+            have = [str(m) for m in table.columns]
+            raise InvalidInputError(
+                f"run {name!r} has no {metric!r} quality values (it has {have}); the recipe "
+                f"records {metric!r} after the last step: did the run finish?"
+            )
+        values = table[metric].astype(float)
+        if is_trace(source):  # the trace's task order, not the pivot's sorted one
+            order = [t for t in source.tasks if t in values.index]
+            values = values.reindex(order + [t for t in values.index if t not in order])
+        tables[name] = values
+    base = tables[baseline].dropna()
+    rows = []
+    for name, values in tables.items():
+        if name == baseline:
+            continue
+        for task, b in base.items():
+            v = float(values.get(task, np.nan))
+            rows.append((name, str(task), v, float(b), v - float(b)))
+    return pd.DataFrame(rows, columns=QUALITY_DIFFERENCE_COLUMNS)

@@ -18,6 +18,9 @@ lang2vec 1.1.2 ships feature vectors, not distances; every distance here is ours
   by ties, which made it uninformative.) A language with an empty path (an isolate such as
   Basque, or an unclassified code) is its own family, at distance 1 from every other.
 
+Individual codes without data for a feature set read their macrolanguage's data for that set
+only (``MACROLANGUAGE_FALLBACK``, e.g. ``ekk -> est`` for the Glottolog path); never silently.
+
 Family = first node of the path (top-level Glottolog family), genus = second node (the family
 itself when the path has one node); a language with no path gets its ISO code as family.
 
@@ -45,9 +48,28 @@ from geomtrace._errors import GeomtraceError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
+#: Individual language -> its ISO 639-3 macrolanguage, read for a feature set only where
+#: URIEL (lang2vec 1.1.2) has no data for the individual code. URIEL wants individual codes
+#: (the recipe maps locale ``et`` to ``ekk``), but its ``fam`` features give ``ekk``, ``lvs``
+#: and ``nob`` an empty Glottolog path, which would make Estonian, Latvian and Bokmal isolates;
+#: their macrolanguages ``est``, ``lav``, ``nor`` have the path (Uralic > Finnic, ...).
+#: Checked against the data for the 24 default languages: only ``ekk`` lacks a feature set
+#: (``fam``); ``arb``, ``azj``, ``cmn`` have every set themselves, so they are not listed.
+#: Every use is logged (INFO) and reported by :func:`language_families` (``source_code``,
+#: ``note``) and in ``typological_distances(...)[kind].attrs["fallbacks"]``.
+MACROLANGUAGE_FALLBACK: dict[str, str] = {"ekk": "est", "lvs": "lav", "nob": "nor"}
+#: Feature set read for each distance (the names in ``language_data()["fallbacks"]``).
+_SOURCES = {
+    "syntactic": "syntactic", "phonological": "phonological", "inventory": "inventory",
+    "featural": ("syntactic", "phonological", "inventory"), "geographic": "geographic",
+    "genetic": "genetic",
+}  # fmt: skip
 DISTANCES = ("syntactic", "phonological", "inventory", "geographic", "featural", "genetic")
 _FEATURE_SETS = {"syntactic": "S_", "phonological": "P_", "inventory": "INV_"}
-_CACHE_FORMAT = 1
+FAMILY_COLUMNS = [
+    "language", "family", "genus", "depth", "path", "latitude", "longitude", "source_code", "note",
+]  # fmt: skip
+_CACHE_FORMAT = 2  # 2: macrolanguage fallbacks
 EARTH_RADIUS_KM = 6371.0088
 
 
@@ -205,26 +227,64 @@ def _uriel() -> dict:
     return out
 
 
+def _has_data(u: dict, code: str, feature_set: str) -> bool:
+    """Whether URIEL has ``feature_set`` for ``code`` (no -1 value; a non-empty fam path)."""
+    if feature_set in _FEATURE_SETS:
+        if code not in u["knn_index"]:
+            return False
+        row = u["knn"][u["knn_index"][code]]
+        return not (row[np.char.startswith(u["knn_feats"], _FEATURE_SETS[feature_set])] < 0).any()
+    if feature_set == "geographic":
+        return code in u["geo_index"] and not (u["geo"][u["geo_index"][code]] < 0).any()
+    return code in u["fam_index"] and len(u["fam_nodes"][u["fam_index"][code]]) > 0
+
+
+def _source_codes(u: dict, codes: list[str]) -> dict[str, dict[str, str]]:
+    """{code: {feature set: code to read}}: the code itself, or its macrolanguage
+    (:data:`MACROLANGUAGE_FALLBACK`) where only the macrolanguage has that feature set."""
+    out = {}
+    for c in codes:
+        out[c] = {}
+        for feature_set in (*_FEATURE_SETS, "geographic", "genetic"):
+            macro = MACROLANGUAGE_FALLBACK.get(c)
+            own = _has_data(u, c, feature_set)
+            use_macro = not own and macro is not None and _has_data(u, macro, feature_set)
+            out[c][feature_set] = macro if use_macro else c
+    return out
+
+
 def _load_features(codes: list[str]) -> dict:
     """Per-language arrays the distances need, from lang2vec's data."""
     u = _uriel()
+    src = _source_codes(u, codes)
     out: dict = {}
-    values = u["knn"][[u["knn_index"][c] for c in codes]].astype(np.float64)
     for name, prefix in _FEATURE_SETS.items():
-        out[name] = values[:, np.char.startswith(u["knn_feats"], prefix)]
+        rows = [u["knn_index"][src[c][name]] for c in codes]
+        out[name] = u["knn"][rows][:, np.char.startswith(u["knn_feats"], prefix)]
+        out[name] = out[name].astype(np.float64)
         if (out[name] < 0).any():
             missing = [c for c, r in zip(codes, out[name], strict=True) if (r < 0).any()]
             raise InvalidInputError(f"languages without URIEL {name} features: {missing}")
-    angles = u["geo"][[u["geo_index"][c] for c in codes]].astype(np.float64)
+    missing = [c for c in codes if src[c]["geographic"] not in u["geo_index"]]
+    if missing:
+        raise InvalidInputError(f"languages without URIEL geographic features: {missing}")
+    angles = u["geo"][[u["geo_index"][src[c]["geographic"]] for c in codes]].astype(np.float64)
     if (angles < 0).any():
         missing = [c for c, r in zip(codes, angles, strict=True) if (r < 0).any()]
         raise InvalidInputError(f"languages without URIEL geographic features: {missing}")
     out["coordinates"] = _fit_coordinates(angles, u["anchors"])
     paths = []
     for c in codes:
-        nodes = sorted(u["fam_nodes"][u["fam_index"][c]], key=lambda k: (-u["fam_sizes"][k], k))
-        paths.append([str(u["fam_names"][k]).removeprefix("F_") for k in nodes])
+        k = u["fam_index"].get(src[c]["genetic"])
+        nodes = [] if k is None else u["fam_nodes"][k]
+        nodes = sorted(nodes, key=lambda n: (-u["fam_sizes"][n], n))
+        paths.append([str(u["fam_names"][n]).removeprefix("F_") for n in nodes])
     out["paths"] = paths
+    out["fallbacks"] = {
+        c: {fs: used for fs, used in src[c].items() if used != c}
+        for c in codes
+        if any(used != c for used in src[c].values())
+    }
     return out
 
 
@@ -238,7 +298,10 @@ def language_data(languages: Sequence[str], *, cache: str | os.PathLike | None =
     """Per-language typology data, from the on-disk cache when present.
 
     Returns ``{"languages": codes, "syntactic"|"phonological"|"inventory": [n, F] arrays,
-    "coordinates": [n, 2] (lat, lon), "paths": list of Glottolog paths}`` in input order.
+    "coordinates": [n, 2] (lat, lon), "paths": list of Glottolog paths, "fallbacks":
+    {code: {feature set: macrolanguage read instead}}}`` in input order; feature sets are
+    syntactic, phonological, inventory, geographic, genetic (see
+    :data:`MACROLANGUAGE_FALLBACK`).
     """
     codes = check_languages(languages)
     order = sorted(codes)
@@ -252,6 +315,7 @@ def language_data(languages: Sequence[str], *, cache: str | os.PathLike | None =
                     k: f[k] for k in ("syntactic", "phonological", "inventory", "coordinates")
                 }
                 loaded["paths"] = json.loads(str(f["paths"]))
+                loaded["fallbacks"] = json.loads(str(f["fallbacks"]))
                 if list(f["languages"].astype(str)) != order:
                     loaded = None
         except (OSError, ValueError, KeyError) as err:
@@ -266,6 +330,7 @@ def language_data(languages: Sequence[str], *, cache: str | os.PathLike | None =
                 tmp,
                 languages=np.array(order),
                 paths=np.array(json.dumps(loaded["paths"])),
+                fallbacks=np.array(json.dumps(loaded["fallbacks"])),
                 **{k: loaded[k] for k in ("syntactic", "phonological", "inventory", "coordinates")},
             )
             os.replace(tmp, path)  # atomic: concurrent readers never see half a file
@@ -278,6 +343,12 @@ def language_data(languages: Sequence[str], *, cache: str | os.PathLike | None =
     }
     out["paths"] = [loaded["paths"][p] for p in pos]
     out["languages"] = codes
+    out["fallbacks"] = {c: loaded["fallbacks"][c] for c in codes if c in loaded["fallbacks"]}
+    for c, used in out["fallbacks"].items():
+        log.info(
+            "URIEL has no %s data for %r: using its macrolanguage's (%s)",
+            "/".join(used), c, ", ".join(f"{k}: {v}" for k, v in used.items()),
+        )  # fmt: skip
     return out
 
 
@@ -349,13 +420,21 @@ def typological_distances(
     Returns ``{kind: DataFrame}`` in the order asked (default: all of :data:`DISTANCES`); each
     frame is [n, n], index and columns the codes, symmetric with a zero diagonal. Units:
     cosine distances in [0, 1] for 0/1 features, km for geographic, [0, 1] for genetic.
+    Each frame's ``attrs["fallbacks"]`` is {code: macrolanguage whose data it used} for the
+    languages that had no data of their own for that kind (:data:`MACROLANGUAGE_FALLBACK`).
     """
     kinds = _kinds(kinds)
     data = language_data(languages, cache=cache)
     codes = data["languages"]
-    return {
-        k: pd.DataFrame(_distance_from_data(data, k), index=codes, columns=codes) for k in kinds
-    }
+    out = {}
+    for k in kinds:
+        frame = pd.DataFrame(_distance_from_data(data, k), index=codes, columns=codes)
+        sets = _SOURCES[k] if isinstance(_SOURCES[k], tuple) else (_SOURCES[k],)
+        frame.attrs["fallbacks"] = {
+            c: used[s] for c, used in data["fallbacks"].items() for s in sets if s in used
+        }
+        out[k] = frame
+    return out
 
 
 def typological_distance(
@@ -372,7 +451,10 @@ def language_families(
 
     Columns: language (ISO code), family (top-level node; the code itself for an isolate or an
     unclassified language), genus (second node; the family when the path has one node), depth
-    (path length), path (nodes joined by " > "), latitude, longitude (fitted, degrees).
+    (path length), path (nodes joined by " > "), latitude, longitude (fitted, degrees),
+    source_code (the code whose Glottolog path was read: the language itself, or its
+    macrolanguage when URIEL has no path for it, see :data:`MACROLANGUAGE_FALLBACK`), note
+    (which feature sets came from the macrolanguage; empty when none did).
     """
     data = language_data(languages, cache=cache)
     rows = []
@@ -381,10 +463,18 @@ def language_families(
     ):
         family = path[0] if path else code
         genus = path[1] if len(path) > 1 else family
-        rows.append((code, family, genus, len(path), " > ".join(path), lat, lon))
-    return pd.DataFrame(
-        rows, columns=["language", "family", "genus", "depth", "path", "latitude", "longitude"]
-    )
+        used = data["fallbacks"].get(code, {})
+        note = (
+            f"no URIEL {'/'.join(used)} data for {code}: used macrolanguage "
+            + ", ".join(sorted(set(used.values())))
+            if used
+            else ""
+        )
+        rows.append(
+            (code, family, genus, len(path), " > ".join(path), lat, lon,
+             used.get("genetic", code), note)
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
 
 
 def task_families(

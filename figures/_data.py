@@ -1,16 +1,15 @@
-"""What the figures draw, gathered from one run or several: analyses results plus a few helpers.
+"""What the figures draw, gathered from one run or several: analyses results only.
 
-The analyses (``analyses.summary`` and friends) compute every statistic. The helpers below,
-marked *helper*, compute small derived numbers the analyses do not provide yet (candidates to
-move to analyses/): per-group within/across-family means, interquartile bands over pairs,
-chrF differences between runs and GradVac target means.
+The analyses (``analyses.summary``, ``analyses.family_means_by_group``, ``analyses.pair_spread``,
+``analyses.quality_difference``, ``analyses.gradvac_target_trajectories`` ...) compute every
+number; this module opens the runs, calls them and keeps the results with the run's labels.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,94 +102,6 @@ def open_run(run: str | os.PathLike) -> Any:
     return trace
 
 
-def complete_tasks(similarity: pd.DataFrame) -> list[str]:
-    """Tasks left after dropping, one at a time, the task with the most NaN off-diagonal
-    cosines (absent from the window), until none remain."""
-    m = similarity.to_numpy(dtype=float).copy()
-    np.fill_diagonal(m, 0.0)
-    keep = list(range(len(m)))
-    while keep:
-        bad = ~np.isfinite(m[np.ix_(keep, keep)])
-        counts = bad.sum(axis=1)
-        if counts.max() == 0:
-            break
-        keep.pop(int(np.argmax(counts)))
-    return [str(similarity.index[k]) for k in keep]
-
-
-def family_means_by_group(
-    trace: Any, families: Mapping[str, str], groups: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """*Helper.* Within- and across-family mean cosine per parameter group.
-
-    For each group: ``analyses.family_trajectories`` per snapshot, then the mean of those
-    per-snapshot means over the snapshots after step 0 (the analyses' default window).
-    Columns: group, position, part, kind, mean_cosine.
-    """
-    from analyses import family_trajectories
-    from analyses._inputs import part_of
-
-    rows = []
-    for g in trace.groups if groups is None else groups:
-        traj = family_trajectories(trace, families, g)
-        traj = traj[traj["step"] > 0]
-        for kind, part in traj.groupby("kind", sort=False):
-            values = part["mean_cosine"].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            rows.append(
-                {
-                    "group": g,
-                    "position": list(trace.groups).index(g),
-                    "part": part_of(g),
-                    "kind": kind,
-                    "mean_cosine": float(values.mean()) if values.size else np.nan,
-                }
-            )
-    return pd.DataFrame(rows, columns=["group", "position", "part", "kind", "mean_cosine"])
-
-
-def pair_spread(pair_trajectories: pd.DataFrame) -> pd.DataFrame:
-    """*Helper.* Interquartile range of the pairs' cosines per step and kind.
-
-    kind = within / across (``same_family`` True / False) or ``all`` when families are
-    unknown. Columns: step, kind, q25, q75.
-    """
-    frame = pair_trajectories.dropna(subset=["cosine"])
-    kind = frame["same_family"].map({True: "within", False: "across"}).fillna("all")
-    grouped = frame.assign(kind=kind).groupby(["step", "kind"])["cosine"]
-    out = pd.DataFrame({"q25": grouped.quantile(0.25), "q75": grouped.quantile(0.75)}).reset_index()
-    return out[["step", "kind", "q25", "q75"]]
-
-
-def chrf_difference(
-    runs: Sequence[RunData], baseline: RunData, metric: str = "chrf"
-) -> pd.DataFrame:
-    """*Helper.* Per run and task: ``metric`` of the run minus that of ``baseline``.
-
-    Columns: run, task, value, baseline, delta (tasks of the baseline only).
-    """
-    base = _metric(baseline, metric)
-    rows = []
-    for run in runs:
-        if run is baseline:
-            continue
-        values = _metric(run, metric)
-        for task, b in base.items():
-            v = values.get(task, np.nan)
-            rows.append({"run": run.label, "task": task, "value": v, "baseline": b, "delta": v - b})
-    return pd.DataFrame(rows, columns=["run", "task", "value", "baseline", "delta"])
-
-
-def _metric(run: RunData, metric: str) -> dict[str, float]:
-    table = run.frames.get("task_quality")
-    if table is None or metric not in table:
-        raise InvalidInputError(
-            f"run {run.label!r} has no {metric!r} quality values; F6 compares per-language "
-            f"{metric} (the recipe records it after the last step: did the run finish?)"
-        )
-    return dict(zip(table["task"], table[metric].astype(float), strict=True))
-
-
 def final_cosines(run: RunData) -> pd.DataFrame:
     """Pairwise cosines (whole model) at the run's last snapshot: rows run, task_a, task_b, cosine."""
     from analyses import pair_trajectories
@@ -198,32 +109,6 @@ def final_cosines(run: RunData) -> pd.DataFrame:
     pairs = pair_trajectories(run.trace, "all")
     last = pairs[pairs["step"] == pairs["step"].max()]
     return last.assign(run=run.label)[["run", "task_a", "task_b", "cosine"]]
-
-
-def gradvac_target_trajectories(run: RunData) -> pd.DataFrame:
-    """*Helper.* Mean off-diagonal GradVac EMA target per group and step.
-
-    From the trace array ``gradvac_target`` [S, G, K, K]: mean of phi_hat_ij over i != j.
-    Columns: run, step, group, mean_target. Empty when the run has no such array.
-    """
-    if "gradvac_target" not in run.trace.array_names():
-        return pd.DataFrame(columns=["run", "step", "group", "mean_target"])
-    target = run.trace.array("gradvac_target")  # [S, G, K, K]
-    K = target.shape[-1]
-    off = ~np.eye(K, dtype=bool)
-    means = target[..., off].mean(axis=-1)  # [S, G]
-    S, G = means.shape
-    groups = (
-        list(run.trace.groups) if G == len(run.trace.groups) else [f"group {g}" for g in range(G)]
-    )
-    return pd.DataFrame(
-        {
-            "run": run.label,
-            "step": np.repeat(run.trace.steps, G),
-            "group": np.tile(groups, S),
-            "mean_target": means.reshape(-1),
-        }
-    )
 
 
 def collect_run(
@@ -263,7 +148,7 @@ def collect_run(
     if sim is None:
         data.skipped["f1"] = summary.skipped.get("similarity_matrix", "no similarity matrix")
     else:
-        keep = complete_tasks(sim)
+        keep = analyses.complete_tasks(sim)
         if len(keep) >= 3:
             data.tree = analyses.cluster_tasks(sim.loc[keep, keep])
         if len(keep) < 2:
@@ -294,13 +179,13 @@ def collect_run(
     if len(trace.groups) < 2:
         data.skipped["f4"] = f"the trace has one parameter group ({trace.groups}): no layer profile"
     elif data.families:
-        data.by_family = family_means_by_group(trace, data.families)
+        data.by_family = analyses.family_means_by_group(trace, data.families)
 
     if len(trace.steps) < 2:
         data.skipped["f5"] = f"the trace has {len(trace.steps)} snapshot: no evolution to draw"
     else:
         pairs = analyses.pair_trajectories(trace, group, families=data.families or None)
-        data.spread = pair_spread(pairs)
+        data.spread = analyses.pair_spread(pairs)
         from figures._time import pick_pairs
 
         chosen = set(pick_pairs(pairs))

@@ -15,15 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from figures._data import (
-    FIGURES,
-    RunData,
-    chrf_difference,
-    collect_run,
-    final_cosines,
-    gradvac_target_trajectories,
-    run_label,
-)
+from figures._data import FIGURES, RunData, collect_run, final_cosines, run_label
 from figures._style import parse_formats, save
 from geomtrace._errors import GeomtraceError, InvalidInputError
 
@@ -37,7 +29,7 @@ def _group(data: RunData) -> str:
 
 
 def figure_f1(data: RunData):
-    from figures._data import complete_tasks
+    from analyses import complete_tasks
     from figures._heatmap import similarity_heatmap
 
     sim = data.frames["similarity_matrix"]
@@ -156,11 +148,17 @@ def compare_runs(runs: Sequence[RunData]) -> Comparison:
     labels = {r.label: r.method_label if unique else f"{r.method_label} · {r.label}" for r in runs}
     ordered = [baseline] + [r for r in runs if r is not baseline]
     methods = {labels[r.label]: r.method for r in ordered}
-    delta = chrf_difference(ordered, baseline).assign(run=lambda f: f["run"].map(labels))
+    from analyses import gradvac_target_trajectories, quality_difference
+
+    traces = {r.label: r.trace for r in ordered}
+    delta = quality_difference(traces, baseline.label, metric="chrf")
+    delta["run"] = delta["run"].map(labels)
     cos = pd.concat([final_cosines(r) for r in ordered], ignore_index=True)
     cos["run"] = cos["run"].map(labels)
-    targets = pd.concat([gradvac_target_trajectories(r) for r in ordered], ignore_index=True)
-    targets["run"] = targets["run"].map(labels)
+    targets = pd.concat(
+        [gradvac_target_trajectories(r.trace).assign(run=labels[r.label]) for r in ordered],
+        ignore_index=True,
+    )
     return Comparison(methods, labels[baseline.label], delta, cos, targets)
 
 

@@ -295,9 +295,11 @@ def write_report(
         skipped.get("f6"), _comparison_tables(comparison), "f6",
     )  # fmt: skip
     helpers = (
-        "<p>Numbers computed in figures/ (not analyses/): per-group within/across-family means "
-        "(mean over snapshots of <code>family_trajectories</code>), interquartile bands over "
-        "pairs, chrF differences between runs, GradVac target means.</p>"
+        "<p>Every number comes from <code>analyses/</code>, including the per-group "
+        "within/across-family means (<code>family_means_by_group</code>), the interquartile "
+        "bands over pairs (<code>pair_spread</code>), chrF differences between runs "
+        "(<code>quality_difference</code>) and GradVac target means "
+        "(<code>gradvac_target_trajectories</code>).</p>"
     )
     from geomtrace import __version__
 

@@ -3,12 +3,16 @@ import pytest
 
 import geomtrace as gt
 from analyses import (
+    FAMILY_GROUP_COLUMNS,
     FAMILY_TRAJECTORY_COLUMNS,
     GROUP_TRAJECTORY_COLUMNS,
+    PAIR_SPREAD_COLUMNS,
     PAIR_TRAJECTORY_COLUMNS,
     SETTLING_COLUMNS,
+    family_means_by_group,
     family_trajectories,
     group_trajectories,
+    pair_spread,
     pair_trajectories,
     settling,
     settling_step,
@@ -92,3 +96,85 @@ def test_group_trajectories_in_model_order(tmp_path):
         "encoder.0",
         "decoder.0",
     ]
+
+
+def unit_gram(xy: float, xz: float, yz: float) -> np.ndarray:
+    """A Gram matrix with unit norms, so its cosines are its entries."""
+    return np.array([[1.0, xy, xz], [xy, 1.0, yz], [xz, yz, 1.0]])
+
+
+def test_family_means_by_group_by_hand(tmp_path):
+    # x, y in family A, z in B: within = cos_xy, across = (cos_xz + cos_yz) / 2. Dyadic
+    # values: exact in the trace's float32 Gram matrices.
+    cos = {
+        "encoder.0": {0: (0.875,) * 3, 10: (0.5, 0.125, -0.375), 20: (0.75, 0.375, 0.125)},
+        "decoder.0": {0: (0.875,) * 3, 10: (0.25, 0.0, 0.5), 20: (0.5, -0.25, 0.0)},
+    }
+    groups = [("encoder.0", 4, ["e"]), ("decoder.0", 4, ["d"])]
+    with gt.TraceWriter(tmp_path, ["x", "y", "z"], groups) as w:
+        for step in (0, 10, 20):
+            w.write_snapshot(step, np.stack([unit_gram(*cos[g][step]) for g, _, _ in groups]))
+    trace = gt.open_trace(tmp_path)
+    families = {"x": "A", "y": "A", "z": "B"}
+    frame = family_means_by_group(trace, families, ["all", "encoder.0", "decoder.0"])
+    assert list(frame.columns) == FAMILY_GROUP_COLUMNS
+    got = {(g, k): v for g, k, v in frame[["group", "kind", "mean_cosine"]].values}
+    # Window after step 0. encoder: within (0.5 + 0.75) / 2, across (-0.125 + 0.25) / 2.
+    assert got["encoder.0", "within"] == 0.625
+    assert got["encoder.0", "across"] == 0.0625
+    # decoder: within (0.25 + 0.5) / 2, across (0.25 + -0.125) / 2.
+    assert got["decoder.0", "within"] == 0.375
+    assert got["decoder.0", "across"] == 0.0625
+    # all: the Gram sum has norms sqrt(2), so cos = mean of the two groups' entries:
+    # step 10 (0.375, 0.0625, 0.0625), step 20 (0.625, 0.0625, 0.0625).
+    assert got["all", "within"] == pytest.approx(0.5, abs=1e-12)
+    assert got["all", "across"] == pytest.approx(0.0625, abs=1e-12)
+    assert frame[["group", "position", "part"]].drop_duplicates().values.tolist() == [
+        ["all", -1, "whole"], ["encoder.0", 0, "encoder"], ["decoder.0", 1, "decoder"],
+    ]  # fmt: skip
+    assert set(frame["n_snapshots"]) == {2}
+    # Window including step 0, default groups (trace.groups, model order).
+    with0 = family_means_by_group(trace, families, window=(0, None))
+    assert with0["group"].tolist() == ["encoder.0"] * 2 + ["decoder.0"] * 2
+    enc = with0[with0.group == "encoder.0"].set_index("kind")["mean_cosine"]
+    assert enc["within"] == pytest.approx((0.875 + 0.5 + 0.75) / 3, abs=1e-12)
+    assert enc["across"] == pytest.approx((0.875 - 0.125 + 0.25) / 3, abs=1e-12)
+    with pytest.raises(InvalidInputError, match="needs a trace"):
+        family_means_by_group(np.zeros((2, 3, 3)), families)
+
+
+def test_pair_spread_by_hand():
+    # a, b in family A; c, d in B. Step 1: d absent (NaN row and column).
+    m0 = np.array(
+        [[1.0, 0.2, 0.0, 0.4], [0.2, 1.0, 0.1, -0.2], [0.0, 0.1, 1.0, 0.6], [0.4, -0.2, 0.6, 1.0]]
+    )
+    m1 = np.array(
+        [[1.0, 0.5, 0.3, np.nan], [0.5, 1.0, -0.1, np.nan], [0.3, -0.1, 1.0, np.nan],
+         [np.nan] * 4]
+    )  # fmt: skip
+    families = {"a": "A", "b": "A", "c": "B", "d": "B"}
+    pairs = pair_trajectories(np.stack([m0, m1]), families=families, tasks=list("abcd"))
+    spread = pair_spread(pairs)
+    assert list(spread.columns) == PAIR_SPREAD_COLUMNS
+    got = spread.set_index(["step", "kind"])
+    # step 0 within: {0.2, 0.6} -> q25 = 0.2 + 0.25 * 0.4, q75 = 0.2 + 0.75 * 0.4.
+    assert got.loc[(0, "within"), ["q25", "q75", "n_pairs"]].tolist() == pytest.approx(
+        [0.3, 0.5, 2]
+    )
+    # step 0 across: sorted {-0.2, 0.0, 0.1, 0.4}; positions 0.75 and 2.25.
+    assert got.loc[(0, "across"), ["q25", "q75", "n_pairs"]].tolist() == pytest.approx(
+        [-0.05, 0.175, 4]
+    )
+    # step 1: NaN pairs skipped; within {0.5}, across {0.3, -0.1}.
+    assert got.loc[(1, "within"), ["q25", "q75", "n_pairs"]].tolist() == pytest.approx(
+        [0.5, 0.5, 1]
+    )
+    assert got.loc[(1, "across"), ["q25", "q75", "n_pairs"]].tolist() == pytest.approx(
+        [0.0, 0.2, 2]
+    )
+    # Without families every pair is kind "all".
+    unknown = pair_spread(pair_trajectories(m0, tasks=list("abcd")))
+    assert unknown[["kind", "n_pairs"]].values.tolist() == [["all", 6]]
+    assert unknown["q25"].iloc[0] == pytest.approx(np.quantile([0.2, 0, 0.4, 0.1, -0.2, 0.6], 0.25))
+    with pytest.raises(InvalidInputError, match="pair_trajectories frame"):
+        pair_spread(pairs.drop(columns="same_family"))

@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analyses import QUALITY_CORRELATION_COLUMNS, quality_correlation, task_quality
+import geomtrace as gt
+from analyses import (
+    QUALITY_CORRELATION_COLUMNS,
+    QUALITY_DIFFERENCE_COLUMNS,
+    quality_correlation,
+    quality_difference,
+    task_quality,
+)
 from geomtrace import InvalidInputError
 
 TASKS = [f"t{i}" for i in range(8)]
@@ -82,3 +89,40 @@ def test_latest_quality_step_wins_and_missing_values_are_excluded():
         quality_correlation(cos, tasks=TASKS, steps=[0, 10, 20], quality=few, metrics=["bleu"])
     with pytest.raises(InvalidInputError, match="no quality measurements"):
         quality_correlation(cos, tasks=TASKS, steps=[0, 10, 20], quality={})
+
+
+def test_quality_difference_by_hand():
+    later = pd.DataFrame(
+        {"step": [10, 100, 100], "task": ["a", "a", "b"], "metric": ["chrf", "chrf", "loss"],
+         "value": [30.0, 41.0, 2.0]}
+    )  # fmt: skip
+    runs = {
+        "gv": {"chrf": {"a": 42.5, "b": 49.0}},
+        "base": {"chrf": {"b": 50.0, "a": 40.0}},
+        "pc": later,  # chrF of a at its latest step (100); b has no chrF
+    }
+    frame = quality_difference(runs, "base")
+    assert list(frame.columns) == QUALITY_DIFFERENCE_COLUMNS
+    assert frame[["run", "task"]].values.tolist() == [
+        ["gv", "a"], ["gv", "b"], ["pc", "a"], ["pc", "b"],
+    ]  # fmt: skip
+    np.testing.assert_allclose(frame["value"], [42.5, 49.0, 41.0, np.nan])
+    np.testing.assert_allclose(frame["baseline"], [40.0, 50.0, 40.0, 50.0])
+    np.testing.assert_allclose(frame["delta"], [2.5, -1.0, 1.0, np.nan])
+    with pytest.raises(InvalidInputError, match="baseline 'sum' is not one of the runs"):
+        quality_difference(runs, "sum")
+    with pytest.raises(InvalidInputError, match="run 'gv' has no 'bleu' quality values"):
+        quality_difference(runs, "base", metric="bleu")
+
+
+def test_quality_difference_keeps_the_trace_task_order(tmp_path):
+    traces = {}
+    for name, chrf in {"sum": {"y": 30.0, "x": 20.0}, "gradvac": {"y": 33.0, "x": 19.5}}.items():
+        with gt.TraceWriter(tmp_path / name, ["y", "x"], [("g", 4, ["p"])]) as w:
+            w.write_snapshot(0, np.eye(2)[None])
+            for task, value in chrf.items():
+                w.write_quality(0, task, "chrf", value)
+        traces[name] = gt.open_trace(tmp_path / name)
+    frame = quality_difference(traces, "sum")
+    assert frame["task"].tolist() == ["y", "x"]
+    np.testing.assert_allclose(frame["delta"], [3.0, -0.5])

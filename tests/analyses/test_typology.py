@@ -7,6 +7,7 @@ import pytest
 
 from analyses import (
     DISTANCES,
+    MACROLANGUAGE_FALLBACK,
     cache_dir,
     language_families,
     task_families,
@@ -155,3 +156,26 @@ def test_unknown_codes_are_named_with_suggestions():
     with pytest.raises(InvalidInputError, match="list of ISO"):
         typological_distances("fra")
     assert list(typological_distances(["FRA", "deu"], "genetic")["genetic"].index) == ["fra", "deu"]
+
+
+def test_estonian_falls_back_to_its_macrolanguage_for_genetic_data_only():
+    # URIEL has no Glottolog path for ekk (Standard Estonian); est (Estonian) has Uralic > Finnic.
+    assert MACROLANGUAGE_FALLBACK["ekk"] == "est"
+    fam = language_families(["ekk", "fin", "spa", "arb", "azj", "cmn"]).set_index("language")
+    assert fam.loc["ekk", "family"] == "Uralic" and fam.loc["ekk", "genus"] == "Finnic"
+    assert fam.loc["ekk", "source_code"] == "est"
+    assert fam.loc["ekk", "note"] == "no URIEL genetic data for ekk: used macrolanguage est"
+    for code in ("fin", "spa", "arb", "azj", "cmn"):  # their own data: no fallback
+        assert fam.loc[code, "source_code"] == code and fam.loc[code, "note"] == ""
+    d = typological_distances(["ekk", "fin", "spa", "est"])
+    g = d["genetic"]
+    assert g.loc["ekk", "fin"] < g.loc["ekk", "spa"]
+    # ekk reads est's path (Uralic, Finnic); fin's is (Uralic, Finnic, Nuclear Finnish).
+    assert g.loc["ekk", "fin"] == pytest.approx(1 - 2 / 3)
+    assert g.loc["ekk", "spa"] == 1.0
+    assert g.loc["ekk", "est"] == 0.0
+    assert g.attrs["fallbacks"] == {"ekk": "est"}
+    # ekk has its own syntax/geo vectors: those are not replaced.
+    for kind in ("syntactic", "geographic", "featural"):
+        assert d[kind].attrs["fallbacks"] == {}
+    assert d["syntactic"].loc["ekk", "est"] > 0

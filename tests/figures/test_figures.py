@@ -19,13 +19,6 @@ from figures import (
     similarity_over_time,
     typology_scatter,
 )
-from figures._data import (
-    chrf_difference,
-    complete_tasks,
-    family_means_by_group,
-    gradvac_target_trajectories,
-    pair_spread,
-)
 from figures._plot import compare_runs, figure_f6
 from figures._style import parse_formats, save
 
@@ -163,7 +156,7 @@ def test_f4_layers_in_model_order_with_family_means(sum_data, tmp_path):
 
 def test_family_means_by_group_by_hand(synthetic_runs):
     trace = gt.open_trace(synthetic_runs["sum"])
-    frame = family_means_by_group(trace, FAMILY, ["decoder.1"])
+    frame = analyses.family_means_by_group(trace, FAMILY, ["decoder.1"])
     cos = trace.cosine("decoder.1")[1:]  # snapshots after step 0
     fam = np.array([FAMILY[t] for t in TASKS])
     iu = np.triu_indices(len(TASKS), 1)
@@ -194,7 +187,7 @@ def test_f5_time_and_spread(sum_data, tmp_path):
 
 def test_pair_spread_by_hand(sum_data):
     pairs = analyses.pair_trajectories(sum_data.trace, "all", families=FAMILY)
-    spread = pair_spread(pairs).set_index(["step", "kind"])
+    spread = analyses.pair_spread(pairs).set_index(["step", "kind"])
     at = pairs[(pairs["step"] == 50) & (pairs["same_family"] == True)]["cosine"]  # noqa: E712
     assert spread.loc[(50, "within"), "q25"] == pytest.approx(np.quantile(at, 0.25))
     assert spread.loc[(50, "within"), "q75"] == pytest.approx(np.quantile(at, 0.75))
@@ -223,10 +216,10 @@ def test_f6_optimizers(synthetic_runs, tmp_path):
     # GradVac targets: mean over i != j of the stored EMA
     target = gt.open_trace(synthetic_runs["gradvac"]).array("gradvac_target")
     off = ~np.eye(len(TASKS), dtype=bool)
-    t = gradvac_target_trajectories(runs[2])
+    t = analyses.gradvac_target_trajectories(runs[2].trace)
     assert len(t) == len(STEPS) * len(GROUPS)
     assert t["mean_target"].iloc[-1] == pytest.approx(target[-1, -1][off].mean(), rel=1e-6)
-    assert gradvac_target_trajectories(runs[1]).empty
+    assert analyses.gradvac_target_trajectories(runs[1].trace).empty
     fig = figure_f6(comparison)
     ax_q, ax_c, ax_t = fig.axes[:3]
     assert ax_q.get_ylabel() == "chrF − chrF of sum"
@@ -249,7 +242,7 @@ def test_f6_refuses_a_single_run_or_no_baseline(synthetic_runs):
         )
     noq = collect_run(synthetic_runs["noquality"], n_permutations=PERMS)
     with pytest.raises(gt.InvalidInputError, match="no 'chrf' quality"):
-        chrf_difference([noq, gv], noq)
+        analyses.quality_difference({"noq": noq.trace, "gv": gv.trace}, "noq")
 
 
 def test_empty_run_dir_and_bad_inputs(tmp_path):
@@ -267,7 +260,7 @@ def test_complete_tasks_drops_the_task_with_nan():
     m = pd.DataFrame(np.ones((4, 4)), index=list("abcd"), columns=list("abcd"))
     m.loc["c", ["a", "b", "d"]] = np.nan
     m.loc[["a", "b", "d"], "c"] = np.nan
-    assert complete_tasks(m) == ["a", "b", "d"]
+    assert analyses.complete_tasks(m) == ["a", "b", "d"]
 
 
 def test_tasks_without_iso_codes_still_get_f1_f3_f4_f5(tmp_path):

@@ -1,0 +1,53 @@
+"""What the gradient-surgery optimizers recorded in a trace (GradVac's EMA targets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyses._inputs import is_trace
+from geomtrace._errors import InvalidInputError
+
+GRADVAC_TARGET_COLUMNS = ["step", "group", "mean_target", "n_pairs"]
+
+#: Trace array holding GradVac's EMA targets phi_hat [S, G, K, K].
+GRADVAC_TARGET = "gradvac_target"
+
+
+def gradvac_target_trajectories(trace: Any) -> pd.DataFrame:
+    """Mean off-diagonal GradVac EMA target per parameter group and snapshot.
+
+    From the trace array ``gradvac_target`` [S, G, K, K] (phi_hat_ij of group g at snapshot
+    s): mean_target = mean of phi_hat_ij over the ordered pairs i != j whose target is finite
+    (NaN when none is), n_pairs = how many. Groups named from ``trace.groups`` when the array
+    has one slice per group, else ``group 0``, ``group 1``, ... Empty frame when the trace has
+    no such array (a run that did not use GradVac). Columns: step, group, mean_target, n_pairs.
+    """
+    if not is_trace(trace):
+        raise InvalidInputError("gradvac_target_trajectories needs a trace (gradvac_target)")
+    if GRADVAC_TARGET not in trace.array_names():
+        return pd.DataFrame(columns=GRADVAC_TARGET_COLUMNS)
+    target = np.asarray(trace.array(GRADVAC_TARGET), dtype=np.float64)
+    if target.ndim != 4 or target.shape[-1] != target.shape[-2]:
+        raise InvalidInputError(
+            f"trace array {GRADVAC_TARGET!r} should be [S, G, K, K], got shape {target.shape}"
+        )
+    K = target.shape[-1]
+    off = target[..., ~np.eye(K, dtype=bool)]  # [S, G, K(K-1)]
+    finite = np.isfinite(off)
+    n = finite.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n > 0, np.where(finite, off, 0.0).sum(axis=-1) / n, np.nan)  # [S, G]
+    S, G = means.shape
+    groups = list(trace.groups) if G == len(trace.groups) else [f"group {g}" for g in range(G)]
+    return pd.DataFrame(
+        {
+            "step": np.repeat(np.asarray(trace.steps, dtype=np.int64), G),
+            "group": np.tile(np.array(groups, dtype=object), S),
+            "mean_target": means.reshape(-1),
+            "n_pairs": n.reshape(-1).astype(np.int64),
+        },
+        columns=GRADVAC_TARGET_COLUMNS,
+    )
