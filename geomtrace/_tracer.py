@@ -330,6 +330,7 @@ class Tracer:
             )
         self.last_gram: torch.Tensor | None = None
         self.zero_norm_warnings = 0
+        self._listeners: list[Callable[..., None]] = []
         self._active_step: StepBase | None = None
         # Only global rank 0 writes (the Gram matrices are identical on every rank).
         self.writer = (
@@ -385,6 +386,19 @@ class Tracer:
         self._warn_zero_norms(host)
         if self.writer is not None:
             self.writer.write_snapshot(step, host.numpy(), losses, arrays, source)
+        for listener in self._listeners:
+            listener(step, host.numpy(), losses, arrays, source)
+
+    def add_listener(self, listener: Callable[..., None]) -> None:
+        """Call ``listener(step, gram, losses, arrays, source)`` after every recorded snapshot.
+
+        ``gram`` is the host copy ([G, K, K] float32 numpy) that was written, so a listener
+        (TensorBoard, a dashboard) costs no second device transfer. Listeners run on every rank
+        that records; ``arrays`` values are passed as given (tensors or arrays).
+        """
+        if not callable(listener):
+            raise InvalidInputError(f"listener must be callable, got {listener!r}")
+        self._listeners.append(listener)
 
     def _warn_zero_norms(self, gram: torch.Tensor) -> None:
         diag = torch.diagonal(gram, dim1=-2, dim2=-1)

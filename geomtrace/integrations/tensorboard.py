@@ -132,15 +132,10 @@ class TensorBoardSink:
             raise InvalidInputError(
                 f"the tracer's tasks {list(tracer.tasks)} differ from {self.tasks}"
             )
-        record = tracer.record
-
-        def record_and_log(step, gram, losses=None, arrays=None, source="train"):
-            record(step, gram, losses, arrays=arrays, source=source)
-            self.log(step, gram, losses, arrays)
-
-        # An instance attribute shadows the method: every record call (Tracer's own steps,
-        # MultiTask's, record() by hand) also goes to TensorBoard.
-        tracer.record = record_and_log
+        # Every recorded snapshot (the Tracer's own steps, a MultiTask's, record() by hand).
+        tracer.add_listener(
+            lambda step, gram, losses, arrays, source: self.log(step, gram, losses, arrays)
+        )
         return self
 
     def close(self) -> None:

@@ -259,3 +259,20 @@ def test_half_precision_gradients_give_fp32_gram():
     assert tracer.last_gram.dtype == torch.float32
     # grad_w = +-2 * ones(4), grad_b = +-2 : |g|^2 = 20, g_a . g_b = -16 + 4 = -12
     torch.testing.assert_close(tracer.last_gram[0], torch.tensor([[20.0, -12.0], [-12.0, 20.0]]))
+
+
+def test_listeners_receive_every_recorded_snapshot(tiny_seq2seq, task_batches):
+    seen = []
+    tracer = gt.Tracer(tiny_seq2seq, list(task_batches), groups="enc_dec", every=2)
+    tracer.add_listener(
+        lambda step, gram, losses, arrays, source: seen.append((step, gram, losses))
+    )
+    for step in range(3):
+        with tracer.step(step) as s:
+            for task, batch in task_batches.items():
+                s.backward(task, tiny_seq2seq.loss(*batch))
+    assert [step for step, _, _ in seen] == [0, 2]
+    np.testing.assert_array_equal(seen[-1][1], tracer.last_gram.numpy())
+    assert set(seen[-1][2]) == set(task_batches)
+    with pytest.raises(InvalidInputError, match="callable"):
+        tracer.add_listener("print")
