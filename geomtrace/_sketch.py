@@ -7,8 +7,11 @@ x = g_i|_k in R^{P_k}, is replaced by its CountSketch y = S_k x in R^d:
 
 with (h_k, s_k) read off one degree-3 polynomial hash modulo the Mersenne prime p = 2^31 - 1
 (a 4-wise independent family; bucket = value mod d, sign = a bit of value div d), seeded per
-group. Nothing of size P is stored: the hashes of a chunk of
-columns are computed on the fly, on the gradient's device, from Python-int coefficients.
+group. The hashes are computed on the gradient's device from Python-int coefficients, once,
+and cached as one int32 code per column (``bucket + d * [sign < 0]``: P int32 = P floats of
+memory); sketching a vector is then one ``index_add_`` into 2d cells, y = cells[:d] - cells[d:],
+about 25x faster than re-hashing (measured: 4M columns, 127 ms -> 5 ms on one CPU thread).
+``cache=False`` hashes chunk by chunk on the fly instead, storing nothing of size P.
 
 Estimator. The Gram estimate is G~_k = Y_k Y_k^T with Y_k = [y_1 .. y_K] ([K, d] per group),
 so memory is G x K x d floats. For any x, z:
@@ -30,7 +33,7 @@ a sketch cannot be un-projected. Sketch mode is therefore for tracing only; ``co
 In the Tracer, a sketched step keeps plain ``loss.backward()`` into ``.grad`` and sketches the
 *change* of ``.grad`` caused by each task's backward (S is linear: S(grad_after) - S(grad_before)
 = S g_i), so the step needs no gradient copy of size P at all: extra memory is G K d floats plus
-one bounded chunk of hashing scratch.
+the hash-code cache (P int32) or, with ``cache=False``, one bounded chunk of hashing scratch.
 """
 
 from __future__ import annotations
@@ -68,9 +71,12 @@ class CountSketch:
         dim: int,
         seed: int = 0,
         chunk: int | None = None,
+        cache: bool = True,
     ) -> None:
         self.dim = check_sketch_dim(dim)
         self.offsets = list(offsets)
+        self.cache = cache
+        self._codes: dict[tuple[int, torch.device], torch.Tensor] = {}
         numel = self.offsets[-1][1] if self.offsets else 0
         self.chunk = chunk or min(max(numel // 64, 1 << 12), 1 << 22)
         rng = random.Random(seed)
@@ -108,6 +114,12 @@ class CountSketch:
         """``out += alpha * S_group x`` where x is ``values`` (flattened) placed at
         group-relative columns [column, column + values.numel())."""
         flat = values.reshape(-1)
+        if self.cache:
+            codes = self._group_codes(group, out.device)[column : column + flat.numel()]
+            cells = torch.zeros(2 * self.dim, dtype=out.dtype, device=out.device)
+            cells.index_add_(0, codes, flat.to(out.dtype), alpha=alpha)
+            out.add_(cells[: self.dim]).sub_(cells[self.dim :])
+            return
         for lo in range(0, flat.numel(), self.chunk):
             part = flat[lo : lo + self.chunk]
             buckets, signs = self.hashes(group, column + lo, column + lo + part.numel(), out.device)
@@ -115,6 +127,21 @@ class CountSketch:
             if alpha != 1.0:
                 signs.mul_(alpha)
             out.index_add_(0, buckets, signs)
+
+    def _group_codes(self, group: int, device: torch.device) -> torch.Tensor:
+        """Cached int32 code per column of ``group``: bucket + d * (sign is -1)."""
+        key = (group, torch.device(device))
+        if key not in self._codes:
+            a, b = self.offsets[group]
+            codes = torch.empty(b - a, dtype=torch.int32, device=device)
+            # Small chunks: the int64 hashing scratch stays negligible next to the codes.
+            step = min(self.chunk, 1 << 16)
+            for lo in range(0, b - a, step):
+                hi = min(lo + step, b - a)
+                buckets, signs = self.hashes(group, lo, hi, device)
+                codes[lo:hi] = (buckets + self.dim * (signs < 0)).to(torch.int32)
+            self._codes[key] = codes
+        return self._codes[key]
 
 
 class TaskSketches:
