@@ -14,7 +14,7 @@ self-contained HTML report and ``reproduce`` runs the whole pipeline on the embe
 Names are imported lazily so ``import figures`` does not import matplotlib.
 """
 
-from importlib import import_module
+from geomtrace._lazy import lazy_exports
 
 _EXPORTS = {
     "similarity_heatmap": "figures._heatmap",
@@ -33,16 +33,4 @@ _EXPORTS = {
     "reproduce": "figures._reproduce",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'figures' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ Public names are imported lazily (PEP 562), so ``import geomtrace`` is fast and 
 (``geomtrace.open_trace``) does not import torch.
 """
 
-from importlib import import_module
+from geomtrace._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -31,16 +31,4 @@ _EXPORTS = {
     "TaskSketches": "geomtrace._sketch",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geomtrace' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

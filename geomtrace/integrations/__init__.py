@@ -12,7 +12,7 @@ first access (PEP 562), and a missing framework raises ``MissingExtraError`` (a
 ``GeomtraceError``) naming the extra to install.
 """
 
-from importlib import import_module
+from geomtrace._lazy import lazy_exports
 
 _EXPORTS = {
     "MissingExtraError": "geomtrace.integrations._extras",
@@ -24,16 +24,4 @@ _EXPORTS = {
     "snapshot_scalars": "geomtrace.integrations._scalars",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geomtrace.integrations' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,7 @@ training loop over any :class:`Recipe` (:mod:`.training`) and ``run(config) -> r
 Names are imported lazily: ``import geomtrace.recipe`` does not import torch.
 """
 
-from importlib import import_module
+from geomtrace._lazy import lazy_exports
 
 _EXPORTS = {
     "RecipeConfig": "geomtrace.recipe.config",
@@ -29,16 +29,4 @@ _EXPORTS = {
     "load_model": "geomtrace.recipe.runner",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geomtrace.recipe' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
