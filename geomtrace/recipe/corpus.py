@@ -256,6 +256,26 @@ def probe_strings(corpus: Corpus, split: str = "train", size: int = 16) -> list[
     return sorted(common or (), key=hash_order)[:size]
 
 
+def parallel_strings(
+    languages: Sequence[str], size: int, split: str = "train"
+) -> dict[str, list[str]]:
+    """``size`` multi-way-parallel translations: ``{lang: [x_1 .. x_size]}`` where x_n of every
+    language translates the same English string (Django catalogs, :func:`probe_strings` order).
+    For examples and tests that need a little real multilingual text."""
+    corpus = build_corpus(languages)
+    english = probe_strings(corpus, split, size)
+    if len(english) < size:
+        raise InvalidInputError(
+            f"only {len(english)} {split} strings are translated in all of {list(languages)}; "
+            f"asked for {size}"
+        )
+    out = {}
+    for lang in corpus.languages:
+        translation = {p.en: p.x for p in corpus.split(lang, split)}
+        out[lang] = [translation[en] for en in english]
+    return out
+
+
 def char_profile(texts: Iterable[str], top: int = 300) -> dict[str, float]:
     """Relative frequency of each non-whitespace character over ``texts``, top ``top`` kept
     (frequencies are relative to all characters, so they need not sum to 1 after the cut)."""

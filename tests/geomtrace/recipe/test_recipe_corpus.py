@@ -200,3 +200,15 @@ def test_every_table_locale_has_django_catalogs():
     corpus = build_corpus(list(LANGUAGES))
     assert all(len(pairs) > 0 for pairs in corpus.pairs.values())
     assert len(corpus.pairs) == len(LANGUAGES) >= 90
+
+
+def test_parallel_strings_are_translations_of_the_same_english():
+    from geomtrace.recipe.corpus import build_corpus, parallel_strings, probe_strings
+
+    strings = parallel_strings(["de", "ja"], 5)
+    assert [len(v) for v in strings.values()] == [5, 5]
+    corpus = build_corpus(["de", "ja"])
+    english = probe_strings(corpus, "train", 5)
+    for lang in ("de", "ja"):
+        pairs = {p.en: p.x for p in corpus.split(lang, "train")}
+        assert strings[lang] == [pairs[en] for en in english]
