@@ -269,8 +269,9 @@ def _add_reproduce_parser(sub) -> None:
         help="the paper-figure reproduction end to end: trace runs, analyses, figures, report",
         description="Train and trace the embedded recipe with sum, PCGrad and GradVac, run "
         "every analysis, draw every figure into OUT/figures and write OUT/report.html and "
-        "OUT/results.json. The default takes about 25 minutes on a 2-core CPU; --quick "
-        "(fewer languages and steps, the same code path) about 4 minutes.",
+        "OUT/results.json. The default (24 languages, 4 runs of 400 steps, two at a time) took "
+        "11 minutes on an idle 2-core CPU; --quick (8 languages, 120 steps, the same code "
+        "path) under 2 minutes. Finished runs under OUT/runs are reused on a rerun.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer languages and steps (minutes)")
