@@ -75,16 +75,30 @@ class TaskGradients:
         self._present_mask: torch.Tensor | None = None
         self._row_views: list[list[torch.Tensor]] = []
         self._shard: torch.Tensor | None = None  # [K, S] this rank's reduced columns
+        self._rows_clean = False  # absent tasks' rows zeroed since the last reset
 
     @property
     def buffer(self) -> torch.Tensor:
         """The [K, P] float32 buffer of this rank's (unreduced) gradients (allocated by ``reset``)."""
         if self._buffer is None:
             self.reset()
+        self._zero_absent_rows()
         return self._buffer[:, : self.numel]
 
+    def _zero_absent_rows(self) -> None:
+        # `add` overwrites a task's row on its first gradient of the step instead of `reset`
+        # zeroing all K x P floats (a measurable share of a traced step); rows of tasks that got
+        # no gradient still hold the previous step's values and are zeroed here, once, before
+        # any read (Gram, combination, reduction): absent tasks must count as zero, never as
+        # stale or uninitialised numbers (0 * NaN would poison a combination).
+        if not self._rows_clean:
+            for t, present in enumerate(self.present):
+                if not present:
+                    self._buffer[t].zero_()
+            self._rows_clean = True
+
     def reset(self) -> None:
-        """Zero every task gradient and mark every task absent."""
+        """Mark every task absent: each task's row restarts from zero at its next ``add``."""
         if self._buffer is None:
             # Distributed: rows padded to W * S columns so each row reduce-scatters evenly.
             width = self.sharding.padded if self.sharding is not None else self.numel
@@ -99,9 +113,9 @@ class TaskGradients:
                 for t in range(self.num_tasks)
             ]
         else:
-            self._buffer.zero_()
             self._present_mask.zero_()
         self._shard = None
+        self._rows_clean = False
         self.present = [False] * self.num_tasks
         self.touched = [False] * len(self.params)
 
@@ -122,14 +136,19 @@ class TaskGradients:
         if self._shard is not None:
             raise RuntimeError("TaskGradients.add after gram/combine in the same step: reset first")
         views = self._row_views[task_index]
+        first = not self.present[task_index]
         dst, src = [], []
         for n, (v, g) in enumerate(zip(views, grads, strict=True)):
             if g is not None:
                 dst.append(v)
                 src.append(g.to(torch.float32))
                 self.touched[n] = True
+            elif first:
+                v.zero_()  # no gradient from this backward: the row starts at zero here
         if dst:
-            torch._foreach_add_(dst, src)
+            # The first backward of a task in a step overwrites its row (no K x P zeroing in
+            # reset); later micro-batches add to it.
+            (torch._foreach_copy_ if first else torch._foreach_add_)(dst, src)
         if not self.present[task_index]:
             # A fill kernel with a scalar argument: no host -> device copy, no sync.
             self._present_mask[task_index].fill_(True)
@@ -140,6 +159,7 @@ class TaskGradients:
         if self._shard is None:
             if self._buffer is None:
                 self.reset()
+            self._zero_absent_rows()
             sharding, group = self.sharding, self.process_group
             shard = torch.empty(
                 self.num_tasks, sharding.shard_size, dtype=torch.float32, device=self.device

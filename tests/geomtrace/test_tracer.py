@@ -276,3 +276,21 @@ def test_listeners_receive_every_recorded_snapshot(tiny_seq2seq, task_batches):
     assert set(seen[-1][2]) == set(task_batches)
     with pytest.raises(InvalidInputError, match="callable"):
         tracer.add_listener("print")
+
+
+def test_a_task_absent_after_a_present_step_leaves_no_stale_gradient(tiny_seq2seq, task_batches):
+    """Rows are overwritten, not zeroed, between steps: a task missing at the next traced step
+    must read as absent (NaN) in the Gram and as zero in any combination."""
+    tasks = list(task_batches)
+    tracer = gt.Tracer(tiny_seq2seq, tasks)
+    for step, present in enumerate([tasks, tasks[:2]]):
+        with tracer.step(step) as s:
+            for task in present:
+                s.backward(task, tiny_seq2seq.loss(*task_batches[task]))
+    gram = tracer.last_gram
+    assert torch.isnan(gram[0, 2:]).all() and torch.isfinite(gram[0, :2, :2]).all()
+    combined = tracer.capture.combine(torch.ones(1, 4))
+    expected = tracer.capture.combine(torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+    for got, want in zip(combined, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert tracer.capture.buffer[2:].abs().sum() == 0
