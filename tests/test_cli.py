@@ -21,11 +21,18 @@ def test_inspect_prints_tasks_groups_and_mean_cosine(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "es (spa), fr, ja" in out and "snapshots  2, steps 0..5" in out
-    assert "mean cosine +0.000" in out  # (0.5 + 0.5 - 0.5 - 0.5 + 0 + 0) / 6
+    # Step 5 only (step 0 is the untrained baseline): (0.5 - 0.5 + 0) / 3 pairs.
+    assert "mean similarity +0.000" in out
     assert main(["inspect", str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["groups"][0] == {"group": "enc", "numel": 4, "params": 1, "mean_cosine": 0.0}
+    enc = summary["groups"][1]
+    assert (enc["group"], enc["numel"], enc["params"]) == ("enc", 4, 1)
+    assert enc["mean_similarity"] == pytest.approx(0.0, abs=1e-7)
+    assert summary["groups"][0]["group"] == "all" and summary["groups"][0]["numel"] == 6
     assert summary["steps"] == [0, 5]
+    # One JSON convention: --json FILE writes the file, --json / --json - print.
+    assert main(["inspect", str(tmp_path), "--json", str(tmp_path / "i.json")]) == 0
+    assert json.loads((tmp_path / "i.json").read_text()) == summary
 
 
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys):
