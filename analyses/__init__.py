@@ -14,6 +14,13 @@ from analyses._clustering import (
     cluster_tasks,
     family_agreement,
 )
+from analyses._compare import (
+    Comparison,
+    across_seeds,
+    compare_runs,
+    higher_is_better,
+    t_interval,
+)
 from analyses._covariates import (
     COVARIATES,
     char_overlap_distance,
@@ -87,6 +94,7 @@ from analyses._typology import (
 from analyses._uncertainty import block_bootstrap, holm, interval
 
 __all__ = [
+    "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
     "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
     "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",
     "analyse_runs", "block_bootstrap", "centred_gram", "describe", "has_halves", "holm",
