@@ -44,7 +44,9 @@ def higher_is_better(metric: str) -> bool:
 
 def seed_of(result: RunResults) -> int | str:
     seed = result.config.get("seed")
-    return int(seed) if isinstance(seed, int | float) and not isinstance(seed, bool) else result.label
+    return (
+        int(seed) if isinstance(seed, int | float) and not isinstance(seed, bool) else result.label
+    )
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
@@ -136,7 +138,9 @@ def compare_runs(
         base = base_by_seed.get(seed)
         if base is None:
             base = base_by_seed[first_seed]
-            notes.append(f"{r.label}: no baseline with seed {seed}; compared with seed {first_seed}")
+            notes.append(
+                f"{r.label}: no baseline with seed {seed}; compared with seed {first_seed}"
+            )
         values = _latest(r, metric)
         for task in r.tasks:
             if task in base.index:
@@ -148,7 +152,9 @@ def compare_runs(
     for method, part in deltas.groupby("method", sort=False):
         for task, d in part.groupby("task", sort=False):
             lo, hi = t_interval(d["delta"], level)
-            per_task.append((method, task, float(d["delta"].mean()), lo, hi, int(d["delta"].notna().sum())))
+            per_task.append(
+                (method, task, float(d["delta"].mean()), lo, hi, int(d["delta"].notna().sum()))
+            )
         seed_means = part.groupby("seed")["delta"].mean()
         lo, hi = t_interval(seed_means, level)
         task_means = part.groupby("task")["delta"].mean()
