@@ -438,7 +438,14 @@ def _add_trace_parser(sub) -> None:
 def _cmd_trace(args) -> int:
     from geomtrace.recipe._cli import command
 
-    return command(args)
+    run_dir = command(args)
+    if run_dir is not None:
+        from analyses import analyse_run
+
+        # The same numbers as inspect and analyze (one definition, in analyses).
+        result = analyse_run(run_dir, parts=["similarity", "quality"], n_permutations=999)
+        print(result.summary_text())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

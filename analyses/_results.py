@@ -225,6 +225,12 @@ class RunResults:
 
         return results_text(self)
 
+    def summary_text(self) -> str:
+        """One screen per run (the summary printed by ``geomtrace trace``)."""
+        from analyses._text import summary_text
+
+        return summary_text(self)
+
 
 def _num(value: Any) -> float | None:
     try:
@@ -364,7 +370,10 @@ def analyse_run(
         },  # fmt: skip
         scripts=trace.meta("scripts") if hasattr(trace, "meta") else None,
         config=dict(getattr(trace, "config", {}) or {}),
-        meta={k: trace.meta(k) for k in ("train_seconds", "versions", "interrupted_at_step")}
+        meta={
+            k: trace.meta(k)
+            for k in ("train_seconds", "versions", "interrupted_at_step", "corpus_counts")
+        }
         if hasattr(trace, "meta")
         else {},
     )
