@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analyses._inputs import is_trace
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 COVARIATES = ("char_overlap", "script")
 

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from analyses._inputs import as_square, check_finite_offdiag
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 METHODS = ("spearman", "pearson")

@@ -17,6 +17,14 @@ def _f(value: Any, digits: int = 3) -> str:
     return "–" if not math.isfinite(v) else f"{v:+.{digits}f}" if digits == 2 else f"{v:.{digits}f}"
 
 
+def _plain(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.2f}" if math.isfinite(v) else "–"
+
+
 def with_interval(value: Any, lo: Any, hi: Any, digits: int = 2) -> str:
     """ "+0.41 [+0.12, +0.60]" (a dash for a missing value or bound)."""
     return f"{_f(value, 2)} [{_f(lo, 2)}, {_f(hi, 2)}]"
@@ -211,7 +219,9 @@ def summary_text(res) -> str:
             row += [str(counts.get(task, {}).get("train", "-")),
                     str(counts.get(task, {}).get("test", "-"))]  # fmt: skip
         for m in metrics:
-            row.append(_f(by_task.loc[task, m], 2) if by_task is not None and m in by_task else "–")
+            row.append(
+                _plain(by_task.loc[task, m]) if by_task is not None and m in by_task else "–"
+            )
         if by_align is not None and task in by_align.index:
             a = by_align.loc[task]
             row += [with_interval(a["mean_alignment"], a["ci_low"], a["ci_high"]),
@@ -237,8 +247,9 @@ def summary_text(res) -> str:
             values = quality[m].to_numpy(dtype=float)
             values = values[np.isfinite(values)]
             if values.size:
+                noun = d.task_noun if values.size == 1 else d.tasks_noun
                 out.append(f"{m}: mean {values.mean():.2f} (min {values.min():.2f}, max "
-                           f"{values.max():.2f}) over {values.size} {d.tasks_noun}")  # fmt: skip
+                           f"{values.max():.2f}) over {values.size} {noun}")  # fmt: skip
     sim = res.frames.get("similarity")
     if sim is not None and len(sim) > 2:
         groups = sim[sim["group"] != "all"]
