@@ -12,7 +12,7 @@ for two-sided tests. Ties are counted with a relative tolerance of 1e-12.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -42,9 +42,6 @@ class PermutationResult:
     n_permutations: int
     method: str
     alternative: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def permutations(n: int, n_permutations: int, seed: int) -> np.ndarray:
