@@ -42,6 +42,19 @@ from analyses._evolution import (
     settling,
     settling_step,
 )
+from analyses._grouping import (
+    AFFINITIES,
+    Affinity,
+    Grouping,
+    best_partition,
+    exact_partition,
+    group_tasks,
+    heuristic_partition,
+    lookahead_affinity,
+    partition_score,
+    planted_affinity,
+    task_affinity,
+)
 from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
 from analyses._measures import MEASURES, Similarity, centred_gram, has_halves, similarity
@@ -94,6 +107,9 @@ from analyses._typology import (
 from analyses._uncertainty import block_bootstrap, holm, interval
 
 __all__ = [
+    "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
+    "heuristic_partition", "lookahead_affinity", "partition_score", "planted_affinity",
+    "task_affinity",
     "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
     "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
     "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",
