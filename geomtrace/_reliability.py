@@ -78,7 +78,7 @@ def corrected_cosine(gram: np.ndarray, split_half: np.ndarray) -> np.ndarray:
             f"gram [..., K, K] and split_half [..., K, 3] disagree: {gram.shape} vs "
             f"{np.shape(split_half)}"
         )
-    valid = ab > 0  # NaN compares False
+    valid = (ab > 0) & np.isfinite(np.asarray(split_half, dtype=np.float64)).all(axis=-1)
     signal = np.sqrt(np.where(valid, 4 * ab, np.nan))
     denom = signal[..., :, None] * signal[..., None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
