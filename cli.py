@@ -500,8 +500,8 @@ def _cmd_reproduce(args) -> int:
 
 
 def _add_trace_parser(sub) -> None:
-    from geomtrace.recipe._cli import DESCRIPTION as TRACE_DESCRIPTION
-    from geomtrace.recipe._cli import add_arguments
+    from geomtrace.recipe import TRACE_DESCRIPTION
+    from geomtrace.recipe import add_trace_arguments as add_arguments
 
     p = sub.add_parser(
         "trace",
@@ -514,9 +514,9 @@ def _add_trace_parser(sub) -> None:
 
 
 def _cmd_trace(args) -> int:
-    from geomtrace.recipe._cli import command
+    from geomtrace.recipe import trace_command
 
-    run_dir = command(args)
+    run_dir = trace_command(args)
     if run_dir is not None:
         from analyses import analyse_run
 

@@ -8,7 +8,7 @@ training loop over any :class:`Recipe` (:mod:`.training`) and ``run(config) -> r
 Names are imported lazily: ``import geomtrace.recipe`` does not import torch.
 """
 
-from geomtrace._lazy import lazy_exports
+from geomtrace import lazy_exports
 
 _EXPORTS = {
     "RecipeConfig": "geomtrace.recipe.config",
@@ -26,6 +26,10 @@ _EXPORTS = {
     "make_recipe": "geomtrace.recipe.embedded",
     "run": "geomtrace.recipe.runner",
     "load_model": "geomtrace.recipe.runner",
+    # `geomtrace trace`: its help text, arguments and body (cli.py registers them).
+    "TRACE_DESCRIPTION": "geomtrace.recipe._cli",
+    "add_trace_arguments": "geomtrace.recipe._cli",
+    "trace_command": "geomtrace.recipe._cli",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

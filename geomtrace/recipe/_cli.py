@@ -173,3 +173,9 @@ def command(args: argparse.Namespace):
             bar.close()
     print(f"wall time {time.perf_counter() - started:.0f} s; trace in {run_dir}/trace.sqlite")
     return run_dir
+
+
+#: Public names (``geomtrace.recipe``) of the ``trace`` command's parts.
+TRACE_DESCRIPTION = DESCRIPTION
+add_trace_arguments = add_arguments
+trace_command = command
