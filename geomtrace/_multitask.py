@@ -145,6 +145,7 @@ class MultiTask:
         self.aggregator = aggregator
         # Groups on the module inside a DDP wrapper, so names match the Tracer's.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
+        aggregator.bind(self.tasks, [g.name for g in self.groups])  # names in its state_dict
         if tracer is not None and getattr(tracer, "sketch", None) is not None:
             raise InvalidInputError(
                 "a MultiTask records exact Gram matrices: give it a tracer without sketch="
