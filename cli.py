@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
-from geomtrace._errors import GeomtraceError
+from geomtrace import GeomtraceError, InvalidInputError
 
 DESCRIPTION = """\
 geomtrace: the geometry of per-task gradients in multilingual (multi-task) training.
@@ -23,40 +24,109 @@ optimizers that use that geometry (PCGrad, GradVac), and redraw the Gradient Vac
 """
 
 
+def _json_argument(p, what: str) -> None:
+    """``--json [FILE]``: one convention for every command (no FILE or ``-``: standard output)."""
+    p.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="FILE",
+        help=f"write {what} as JSON to FILE (no FILE or '-': standard output)",
+    )  # fmt: skip
+
+
+def _check_output_file(path: str | None, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done."""
+    if path in (None, "-"):
+        return
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidInputError(f"{flag} {path!r} is a directory; give a file name")
+    parent = target.parent if str(target.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise InvalidInputError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not writable")
+
+
+def _check_output_dir(path: str, flag: str) -> None:
+    """Refuse an output directory that is a file or cannot be created, before any work."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"{flag} {path!r} exists and is not a directory")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not writable")
+
+
+def _write_json(payload, target: str) -> None:
+    text = json.dumps(payload, indent=2)
+    if target == "-":
+        print(text)
+    else:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"wrote {target}", file=sys.stderr)
+
+
 def _add_inspect_parser(sub) -> None:
     p = sub.add_parser(
         "inspect",
-        help="summarise a trace: tasks, groups, snapshots, mean cosine per group",
+        help="summarise a trace: tasks, groups, snapshots, mean similarity per group",
         description="Print what a trace holds: its tasks (with ISO 639-3 codes), parameter "
-        "groups with their sizes, the number of snapshots and their step range, and the mean "
-        "off-diagonal gradient cosine of each group over all snapshots.",
+        "groups with their sizes, the number of snapshots and their step range, and per group "
+        "the mean pair similarity over the snapshots after step 0 (the number analyze, the "
+        "report and the trace summary show) with its 95% bootstrap interval, and the "
+        "reliability (signal fraction) of the gradients when the trace has split halves.",
     )
     p.add_argument("run", help="run directory (or its trace.sqlite)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _json_argument(p, "the summary")
     p.set_defaults(func=_cmd_inspect)
 
 
 def _cmd_inspect(args) -> int:
-    import numpy as np
+    from analyses import analyse_run
+    from geomtrace import open_trace
 
-    from geomtrace._trace import open_trace
-
+    _check_output_file(args.json, "--json")
     trace = open_trace(args.run)
-    K = len(trace.tasks)
-    off_diagonal = ~np.eye(K, dtype=bool)
-    groups = []
-    for group in trace.groups:
-        cos = trace.cosine(group)
-        values = cos[:, off_diagonal] if len(cos) else np.array([np.nan])
-        finite = values[np.isfinite(values)]
-        groups.append(
-            {
-                "group": group,
-                "numel": trace.group_sizes[group],
-                "params": len(trace.group_params[group]),
-                "mean_cosine": float(finite.mean()) if finite.size else None,
-            }
-        )
+    sim = None
+    if len(trace.steps):
+        result = analyse_run(trace, parts=["similarity"], n_bootstrap=200)
+        if "similarity" in result.frames:
+            sim = result.frames["similarity"].set_index("group")
+        warnings = result.warnings
+    else:
+        warnings = []
+
+    def number(group: str, column: str):
+        if sim is None or group not in sim.index:
+            return None
+        value = float(sim.loc[group, column])
+        return value if value == value else None  # NaN -> None
+
+    groups = [
+        {
+            "group": group,
+            "numel": trace.group_sizes.get(group, sum(trace.group_sizes.values())),
+            "params": len(trace.group_params.get(group, []))
+            if group in trace.group_params
+            else sum(len(v) for v in trace.group_params.values()),
+            "mean_similarity": number(group, "mean_cosine"),
+            "ci_low": number(group, "ci_low"),
+            "ci_high": number(group, "ci_high"),
+            "reliability": number(group, "reliability"),
+        }
+        for group in ["all", *trace.groups]
+    ]
     summary = {
         "path": str(trace.path),
         "tasks": [{"name": t, "iso639_3": trace.iso_codes[t]} for t in trace.tasks],
@@ -64,25 +134,36 @@ def _cmd_inspect(args) -> int:
         "snapshots": len(trace.steps),
         "steps": [int(trace.steps.min()), int(trace.steps.max())] if len(trace.steps) else None,
         "sources": sorted(set(trace.sources)),
+        "halves": bool(getattr(trace, "has_halves", False)),
+        "warnings": warnings,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        _write_json(summary, args.json)
         return 0
     print(f"trace      {summary['path']}")
     tasks = ", ".join(
         f"{t['name']}" + (f" ({t['iso639_3']})" if t["iso639_3"] else "") for t in summary["tasks"]
     )
-    print(f"tasks      {K}: {tasks}")
+    print(f"tasks      {len(trace.tasks)}: {tasks}")
     steps = summary["steps"]
     print(
         f"snapshots  {summary['snapshots']}"
         + (f", steps {steps[0]}..{steps[1]} ({', '.join(summary['sources'])})" if steps else "")
     )
-    print(f"groups     {len(groups)}")
+    print(f"groups     {len(trace.groups)} (+ all: the whole model)")
+    print("           mean similarity = mean over task pairs, snapshots after step 0, 95% CI")
     width = max(len(g["group"]) for g in groups)
     for g in groups:
-        mean = "n/a" if g["mean_cosine"] is None else f"{g['mean_cosine']:+.3f}"
-        print(f"  {g['group']:<{width}}  {g['numel']:>10,d} params  mean cosine {mean}")
+        if g["mean_similarity"] is None:
+            mean = "n/a (no snapshot after step 0)"
+        else:
+            lo, hi = g["ci_low"], g["ci_high"]
+            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+            mean = f"{g['mean_similarity']:+.3f}{ci}"
+        rel = "" if g["reliability"] is None else f"  reliability {g['reliability']:.2f}"
+        print(f"  {g['group']:<{width}}  {g['numel']:>10,d} params  mean similarity {mean}{rel}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -143,14 +224,56 @@ def _cmd_typology(args) -> int:
     return 0
 
 
+def _add_analysis_options(p, *, permutations: int) -> None:
+    """Options shared by analyze, plot, report and reproduce (one meaning everywhere)."""
+    from analyses import MEASURES
+
+    p.add_argument(
+        "--permutations", type=int, default=permutations,
+        help=f"permutations per test (default {permutations})",
+    )  # fmt: skip
+    p.add_argument(
+        "--bootstrap", type=int, default=1000,
+        help="moving-block bootstrap replicates over snapshots for every interval (default 1000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--measure", default="raw", choices=MEASURES,
+        help="similarity of the headline matrix: raw cosine (the paper's), corrected for "
+        "sampling noise (needs a trace with split halves), or centred (the component common to "
+        "every task at a snapshot projected out); default raw",
+    )  # fmt: skip
+    p.add_argument(
+        "--metric", default=None,
+        help="quality metric of the quality figure and comparisons (default: the first "
+        "recorded, e.g. chrf)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
+
+
+def _analysis_kwargs(args) -> dict:
+    if args.permutations < 1:
+        raise InvalidInputError(
+            f"--permutations {args.permutations}: give at least 1 (999 or more for p < .001)"
+        )
+    if args.bootstrap < 10:
+        raise InvalidInputError(f"--bootstrap {args.bootstrap}: give at least 10 replicates")
+    return {
+        "n_permutations": args.permutations, "n_bootstrap": args.bootstrap,
+        "measure": args.measure, "metric": args.metric, "seed": args.seed,
+    }  # fmt: skip
+
+
 def _add_analyze_parser(sub) -> None:
     p = sub.add_parser(
         "analyze",
-        help="run every analysis on a trace (similarity, clustering, typology, quality, evolution)",
-        description="Summarise a trace: gradient similarity per group, clustering vs language "
-        "families, Mantel correlations with typology (with step-0 baselines and partial "
-        "controls), similarity vs quality, and how similarity evolves. Parts the trace cannot "
-        "support (no ISO codes, no quality) are skipped with the reason.",
+        help="run every analysis on a trace, with intervals (similarity, reliability, "
+        "clustering, typology, quality, evolution)",
+        description="Summarise a trace: gradient similarity per group with bootstrap "
+        "intervals and reliability, clustering (vs language families where known), Mantel "
+        "correlations with typology per group (step-0 baselines, partial controls for "
+        "character/script overlap), similarity vs quality, how similarity evolves and settles, "
+        "GradVac targets vs the similarity they track, and every test with its Holm-adjusted "
+        "p. Parts a run cannot support (tasks without ISO codes, no quality rows) say why.",
     )
     p.add_argument("run", help="run directory (or its trace.sqlite)")
     p.add_argument(
@@ -158,28 +281,100 @@ def _add_analyze_parser(sub) -> None:
         default=None,
         help="parameter group for per-task analyses (default: all = whole model)",
     )
-    p.add_argument(
-        "--json", metavar="FILE", default=None, help="also write machine-readable results to FILE"
-    )
-    p.add_argument(
-        "--permutations", type=int, default=9999, help="permutations per test (default 9999)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
+    _json_argument(p, "every result")
+    _add_analysis_options(p, permutations=9999)
     p.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args) -> int:
-    from analyses import summary
-    from geomtrace._trace import open_trace
+    from analyses import analyse_run
 
-    result = summary(
-        open_trace(args.run), group=args.group, n_permutations=args.permutations, seed=args.seed
-    )
+    _check_output_file(args.json, "--json")
+    result = analyse_run(args.run, group=args.group, **_analysis_kwargs(args))
+    if args.json == "-":
+        _write_json(result.to_dict(), "-")
+        return 0
     print(result.to_text())
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result.to_dict(), f, indent=2)
-        print(f"\nwrote {args.json}")
+        _write_json(result.to_dict(), args.json)
+    return 0
+
+
+def _add_group_parser(sub) -> None:
+    from analyses import AFFINITIES, DISTANCES, MEASURES
+
+    p = sub.add_parser(
+        "group",
+        help="which tasks should share a model: the best partition by gradient affinity",
+        description="Partition the run's tasks into K groups maximising the total "
+        "within-group gradient affinity (centred: pairs more alike than the average pair add, "
+        "others cost): exact search for up to 12 tasks, a documented heuristic beyond. "
+        "Affinity 'cosine' is the step-averaged similarity; 'lookahead' is the first-order "
+        "relative loss change lr g_i.g_j / L_j of one step on task i for task j (see "
+        "analyses/README.md). Prints the groups, their score, how often each grouped pair "
+        "stays together under the snapshot bootstrap, and the baselines: typology, family "
+        "tree and random groups of the same sizes.",
+    )
+    p.add_argument("run", help="run directory (or its trace.sqlite)")
+    p.add_argument("--k", type=int, required=True, help="number of groups")
+    p.add_argument("--measure", dest="affinity", default="cosine", choices=AFFINITIES,
+                   help="affinity: cosine (default) or lookahead")  # fmt: skip
+    p.add_argument("--similarity", default="raw", choices=MEASURES,
+                   help="similarity measure of the cosine affinity (default raw)")  # fmt: skip
+    p.add_argument("--group", default=None, help="parameter group (default: all)")
+    p.add_argument("--max-size", type=int, default=None, help="largest group allowed")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the lookahead (default: the run's config lr)")  # fmt: skip
+    p.add_argument("--distance", default="genetic", choices=DISTANCES,
+                   help="typological distance of the typology baseline (default genetic)")  # fmt: skip
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap replicates for the stability (default 200; 0: none)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and random groups")
+    _json_argument(p, "the grouping")
+    p.set_defaults(func=_cmd_group)
+
+
+def _cmd_group(args) -> int:
+    import numpy as np
+
+    from analyses import group_tasks
+
+    _check_output_file(args.json, "--json")
+    if args.bootstrap < 0:
+        raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
+    grouping = group_tasks(
+        args.run, args.k, affinity=args.affinity, group=args.group, measure=args.similarity,
+        max_size=args.max_size, lr=args.lr, n_bootstrap=args.bootstrap,
+        distance=args.distance, seed=args.seed,
+    )  # fmt: skip
+    if args.json == "-":
+        _write_json(grouping.to_dict(), "-")
+        return 0
+    print(
+        f"{grouping.k} groups by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
+        f"{grouping.method} search; score {grouping.score:+.3f}"
+    )
+    tasks = grouping.affinity.tasks
+    for n, members in enumerate(grouping.groups(), 1):
+        index = [tasks.index(t) for t in members]
+        pairs = [(a, b) for a in index for b in index if a < b]
+        together = [grouping.together[a, b] for a, b in pairs]
+        stay = f"  stays together {np.nanmean(together):.0%}" if pairs and args.bootstrap else ""
+        print(f"  group {n}: {' '.join(members)}{stay}")
+    if np.isfinite(grouping.stability):
+        print(f"stability: grouped pairs share a group in {grouping.stability:.0%} of "
+              f"{args.bootstrap} bootstrap replicates")  # fmt: skip
+    totals = grouping.schemes[grouping.schemes["group"] == -1]
+    print("\nschemes (within-group affinity under the gradient affinity, centred):")
+    for row in totals.itertuples():
+        print(f"  {row.scheme:<24} {row.gradient_score:+.3f}")
+    for row in grouping.schemes[grouping.schemes["group"] >= 0].itertuples():
+        if row.scheme != "gradient":
+            print(f"    {row.scheme}: {row.tasks}")
+    for note in grouping.notes:
+        print(f"note: {note}")
+    if args.json:
+        _write_json(grouping.to_dict(), args.json)
     return 0
 
 
@@ -321,7 +516,14 @@ def _add_trace_parser(sub) -> None:
 def _cmd_trace(args) -> int:
     from geomtrace.recipe._cli import command
 
-    return command(args)
+    run_dir = command(args)
+    if run_dir is not None:
+        from analyses import analyse_run
+
+        # The same numbers as inspect and analyze (one definition, in analyses).
+        result = analyse_run(run_dir, parts=["similarity", "quality"], n_permutations=999)
+        print(result.summary_text())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect_parser(sub)
     _add_typology_parser(sub)
     _add_analyze_parser(sub)
+    _add_group_parser(sub)
     _add_plot_parser(sub)
     _add_report_parser(sub)
     _add_reproduce_parser(sub)
@@ -355,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     except GeomtraceError as err:
         print(f"geomtrace: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `geomtrace inspect --json | head`: the reader left; exit quietly like other tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ from analyses._clustering import (
     cluster_tasks,
     family_agreement,
 )
+from analyses._compare import (
+    Comparison,
+    across_seeds,
+    compare_runs,
+    higher_is_better,
+    t_interval,
+)
 from analyses._covariates import (
     COVARIATES,
     char_overlap_distance,
@@ -35,8 +42,22 @@ from analyses._evolution import (
     settling,
     settling_step,
 )
+from analyses._grouping import (
+    AFFINITIES,
+    Affinity,
+    Grouping,
+    best_partition,
+    exact_partition,
+    group_tasks,
+    heuristic_partition,
+    lookahead_affinity,
+    partition_score,
+    planted_affinity,
+    task_affinity,
+)
 from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
+from analyses._measures import MEASURES, Similarity, centred_gram, has_halves, similarity
 from analyses._optimizers import GRADVAC_TARGET_COLUMNS, gradvac_target_trajectories
 from analyses._quality import (
     QUALITY_CORRELATION_COLUMNS,
@@ -45,15 +66,34 @@ from analyses._quality import (
     quality_difference,
     task_quality,
 )
+from analyses._results import (
+    FRAMES,
+    PARTS,
+    NotApplicable,
+    RunDescription,
+    RunResults,
+    analyse_run,
+    analyse_runs,
+    describe,
+    open_run,
+    pick_pairs,
+    run_label,
+    settling_with_interval,
+)
 from analyses._similarity import (
     ALIGNMENT_COLUMNS,
+    LOW_RELIABILITY,
+    RELIABILITY_COLUMNS,
     SUMMARY_COLUMNS,
+    alignment_rows,
+    mean_pair_similarity,
+    reliability_table,
     similarity_matrix,
     similarity_summary,
     task_alignment,
 )
 from analyses._stats import PermutationResult, mantel, partial_mantel, permutation_correlation
-from analyses._summary import PARTS, Summary, summary
+from analyses._summary import Summary, summary
 from analyses._typology import (
     DISTANCES,
     MACROLANGUAGE_FALLBACK,
@@ -64,8 +104,18 @@ from analyses._typology import (
     typological_distance,
     typological_distances,
 )
+from analyses._uncertainty import block_bootstrap, holm, interval
 
 __all__ = [
+    "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
+    "heuristic_partition", "lookahead_affinity", "partition_score", "planted_affinity",
+    "task_affinity",
+    "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
+    "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
+    "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",
+    "analyse_runs", "block_bootstrap", "centred_gram", "describe", "has_halves", "holm",
+    "interval", "mean_pair_similarity", "open_run", "pick_pairs", "reliability_table",
+    "run_label", "settling_with_interval", "similarity",
     "AGREEMENT_COLUMNS", "ALIGNMENT_COLUMNS", "ALL", "CORRELATION_COLUMNS", "COVARIATES",
     "DISTANCES", "FAMILY_GROUP_COLUMNS", "FAMILY_TRAJECTORY_COLUMNS", "GRADVAC_TARGET_COLUMNS",
     "GROUP_TRAJECTORY_COLUMNS", "MACROLANGUAGE_FALLBACK", "PAIR_SPREAD_COLUMNS",

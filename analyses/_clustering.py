@@ -11,11 +11,12 @@ import pandas as pd
 
 from analyses._inputs import as_square, check_finite_offdiag
 from analyses._stats import p_value, permutations
-from geomtrace._errors import InvalidInputError
+from analyses._uncertainty import LEVEL, interval
+from geomtrace import InvalidInputError
 
 AGREEMENT_COLUMNS = [
-    "statistic", "value", "p_value", "null_mean", "n_tasks", "n_families", "n_clusters",
-    "n_permutations", "note",
+    "statistic", "value", "ci_low", "ci_high", "p_value", "null_mean", "n_tasks", "n_families",
+    "n_clusters", "n_permutations", "note",
 ]  # fmt: skip
 
 
@@ -103,6 +104,8 @@ def family_agreement(
     *,
     n_permutations: int = 9999,
     seed: int = 0,
+    replicates: np.ndarray | None = None,
+    level: float = LEVEL,
 ) -> pd.DataFrame:
     """Does the similarity structure recover the language families?
 
@@ -113,8 +116,11 @@ def family_agreement(
     - ``cophenetic_correlation``: the tree's fit (no p-value: it is not a test of families).
     Null (one-sided, "greater"): family labels permuted over the tasks (the tree and the
     nearest neighbours stay fixed), ``n_permutations`` times from ``seed``.
-    Columns: statistic, value, p_value, null_mean, n_tasks, n_families, n_clusters,
-    n_permutations, note. Needs at least 4 tasks.
+    ``replicates`` ([B, K, K] bootstrap matrices over the same tasks, e.g.
+    ``Similarity.replicates``): ci_low, ci_high = the ``level`` percentile interval of the
+    statistic recomputed (tree, cut, nearest neighbours) on each replicate; NaN without.
+    Columns: statistic, value, ci_low, ci_high, p_value, null_mean, n_tasks, n_families,
+    n_clusters, n_permutations, note. Needs at least 4 tasks.
     """
     _, labels = as_square(similarity, tasks, what="similarity")
     if len(labels) < 4:
@@ -154,7 +160,11 @@ def family_agreement(
         ari = float(_ari(clusters, f[None])[0])
         null = _ari(clusters, f_perm)
         p, null_mean = p_value(null, ari, "greater"), float(np.nanmean(null))
-    rows.append(("ari", ari, p, null_mean, K, n_fam, n_clusters, n_permutations, note))
+    boot_ari, boot_nn, boot_coph = _replicate_statistics(replicates, labels, f, n_fam)
+    rows.append(
+        ("ari", ari, *interval(boot_ari, level), p, null_mean, K, n_fam, n_clusters,
+         n_permutations, note)
+    )  # fmt: skip
 
     d, _ = _distance(similarity, tasks)
     np.fill_diagonal(d, np.inf)
@@ -164,14 +174,49 @@ def family_agreement(
     note = "" if n_fam < K else "no two tasks share a family"
     rows.append(
         (
-            "nn_same_family", observed, p_value(null, observed, "greater"), float(null.mean()),
-            K, n_fam, np.nan, n_permutations, note,
+            "nn_same_family", observed, *interval(boot_nn, level),
+            p_value(null, observed, "greater"), float(null.mean()), K, n_fam, np.nan,
+            n_permutations, note,
         )
     )  # fmt: skip
     rows.append(
         (
-            "cophenetic_correlation", tree.cophenetic_correlation, np.nan, np.nan, K, n_fam,
-            np.nan, 0, "fit of the tree to 1 - cosine; not a test",
+            "cophenetic_correlation", tree.cophenetic_correlation, *interval(boot_coph, level),
+            np.nan, np.nan, K, n_fam, np.nan, 0, "fit of the tree to 1 - cosine; not a test",
         )
     )  # fmt: skip
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def _replicate_statistics(
+    replicates: np.ndarray | None, labels: list[str], f: np.ndarray, n_fam: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ARI, same-family nearest neighbour and cophenetic r on each bootstrap matrix."""
+    if replicates is None:
+        return np.array([]), np.array([]), np.array([])
+    replicates = np.asarray(replicates, dtype=np.float64)
+    K = len(labels)
+    if replicates.ndim != 3 or replicates.shape[1:] != (K, K):
+        raise InvalidInputError(
+            f"replicates must be [B, {K}, {K}] matrices over the same tasks, got {replicates.shape}"
+        )
+    aris, nns, cophs = [], [], []
+    for m in replicates:
+        off = m[~np.eye(K, dtype=bool)]
+        if not np.isfinite(off).all():
+            aris.append(np.nan)
+            nns.append(np.nan)
+            cophs.append(np.nan)
+            continue
+        tree = cluster_tasks(m, labels)
+        cophs.append(tree.cophenetic_correlation)
+        if n_fam in (1, K):
+            aris.append(np.nan)
+        else:
+            cut = tree.cut(n_fam)
+            clusters = np.unique([cut[t] for t in labels], return_inverse=True)[1]
+            aris.append(float(_ari(clusters, f[None])[0]))
+        d, _ = _distance(m, labels)
+        np.fill_diagonal(d, np.inf)
+        nns.append(float(np.mean(f == f[np.argmin(d, axis=1)])))
+    return np.array(aris), np.array(nns), np.array(cophs)

@@ -11,14 +11,15 @@ import pandas as pd
 
 from analyses._inputs import (
     ALL,
+    CosineStack,
     Window,
-    cosine_stack,
     is_trace,
     off_diagonal_pairs,
     part_of,
     window_mask,
 )
-from geomtrace._errors import InvalidInputError
+from analyses._measures import similarity
+from geomtrace import InvalidInputError
 
 GROUP_TRAJECTORY_COLUMNS = ["group", "position", "part", "step", "mean_cosine", "conflict_rate"]
 FAMILY_TRAJECTORY_COLUMNS = ["group", "step", "kind", "mean_cosine", "n_pairs"]
@@ -26,6 +27,12 @@ PAIR_TRAJECTORY_COLUMNS = ["group", "step", "task_a", "task_b", "cosine", "same_
 SETTLING_COLUMNS = ["final_value", "settle_step", "last_step", "tol", "n_final"]
 FAMILY_GROUP_COLUMNS = ["group", "position", "part", "kind", "mean_cosine", "n_snapshots"]
 PAIR_SPREAD_COLUMNS = ["group", "step", "kind", "q25", "q75", "n_pairs"]
+
+
+def _snapshots(source, group, measure="raw", tasks=None, steps=None) -> CosineStack:
+    """Per-snapshot similarity matrices of ``group`` under ``measure`` (step 0 included)."""
+    sim = similarity(source, group, measure, tasks=tasks, steps=steps)
+    return CosineStack(sim.snapshot_matrices(), sim.steps, sim.tasks, sim.group)
 
 
 def _pair_values(stack) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -40,7 +47,9 @@ def _nanmean_rows(values: np.ndarray) -> np.ndarray:
         return np.where(n > 0, np.where(finite, values, 0).sum(axis=1) / n, np.nan)
 
 
-def group_trajectories(trace: Any, groups: Sequence[str] | None = None) -> pd.DataFrame:
+def group_trajectories(
+    trace: Any, groups: Sequence[str] | None = None, *, measure: str = "raw"
+) -> pd.DataFrame:
     """Mean off-diagonal cosine and conflict rate of every group at every snapshot.
 
     Groups in model order (``position`` = index in ``trace.groups``, -1 for ``all``); ``part``
@@ -56,7 +65,7 @@ def group_trajectories(trace: Any, groups: Sequence[str] | None = None) -> pd.Da
     )
     parts = []
     for g in groups:
-        stack = cosine_stack(trace, g)
+        stack = _snapshots(trace, g, measure)
         values, _ = _pair_values(stack)
         finite = np.isfinite(values)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -90,6 +99,7 @@ def family_trajectories(
     families: Mapping[str, str] | Sequence[str],
     group: str | None = None,
     *,
+    measure: str = "raw",
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
 ) -> pd.DataFrame:
@@ -99,11 +109,13 @@ def family_trajectories(
     families (NaN cosines skipped; tasks without a family are left out). n_pairs counts the
     pairs of that kind. Columns: group, step, kind, mean_cosine, n_pairs.
     """
-    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
+    stack = _snapshots(source, group, measure, tasks, steps)
     fam = _family_list(families, stack.tasks)
     values, (i, j) = _pair_values(stack)
-    known = np.array([fam[a] is not None and fam[b] is not None for a, b in zip(i, j, strict=True)])
-    same = np.array([fam[a] == fam[b] for a, b in zip(i, j, strict=True)]) & known
+    known = np.array(
+        [fam[a] is not None and fam[b] is not None for a, b in zip(i, j, strict=True)], dtype=bool
+    )
+    same = np.array([fam[a] == fam[b] for a, b in zip(i, j, strict=True)], dtype=bool) & known
     rows = []
     for kind, mask in (("within", same), ("across", known & ~same)):
         mean = _nanmean_rows(values[:, mask]) if mask.any() else np.full(len(stack.steps), np.nan)
@@ -127,6 +139,7 @@ def family_means_by_group(
     groups: Sequence[str] | None = None,
     *,
     window: Window | None = None,
+    measure: str = "raw",
 ) -> pd.DataFrame:
     """Within- and across-family mean cosine of every parameter group, averaged over a window.
 
@@ -142,7 +155,7 @@ def family_means_by_group(
         raise InvalidInputError("family_means_by_group needs a trace (it spans the groups)")
     rows = []
     for g in list(trace.groups) if groups is None else list(groups):
-        traj = family_trajectories(trace, families, g)
+        traj = family_trajectories(trace, families, g, measure=measure)
         traj = traj[window_mask(traj["step"].to_numpy(), window)]
         for kind, part in traj.groupby("kind", sort=False):
             values = part["mean_cosine"].to_numpy(dtype=float)
@@ -165,6 +178,7 @@ def pair_trajectories(
     group: str | None = None,
     *,
     families: Mapping[str, str] | Sequence[str] | None = None,
+    measure: str = "raw",
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
 ) -> pd.DataFrame:
@@ -173,7 +187,7 @@ def pair_trajectories(
     same_family: True/False when both tasks have a family, else None.
     Columns: group, step, task_a, task_b, cosine, same_family.
     """
-    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
+    stack = _snapshots(source, group, measure, tasks, steps)
     values, (i, j) = _pair_values(stack)
     S, P = values.shape
     fam = _family_list(families, stack.tasks) if families is not None else [None] * len(stack.tasks)

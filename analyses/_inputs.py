@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geomtrace._errors import InvalidInputError
-from geomtrace._trace import cosine_from_gram
+from geomtrace import InvalidInputError, cosine_from_gram
 
 #: Pseudo-group meaning "the whole model": its Gram matrix is the sum of the groups' Gram
 #: matrices (groups are disjoint parameter blocks, so dot products add up exactly).
@@ -114,15 +113,22 @@ def window_mask(steps: np.ndarray, window: Window | None) -> np.ndarray:
     return mask
 
 
-def select_window(stack: CosineStack, window: Window | None) -> CosineStack:
-    mask = window_mask(stack.steps, window)
+def select_window_mask(steps: np.ndarray, window: Window | None) -> np.ndarray:
+    """:func:`window_mask`, refusing an empty window with the steps the trace has."""
+    steps = np.asarray(steps)
+    mask = window_mask(steps, window)
     if not mask.any():
-        have = f"{stack.steps.min()}..{stack.steps.max()}" if len(stack.steps) else "none"
+        have = f"{steps.min()}..{steps.max()}" if len(steps) else "none"
         raise InvalidInputError(
             f"no snapshot in step window {window if window is not None else '(after step 0)'}; "
             f"the snapshots cover steps {have}"
             + ("; pass window=(0, None) to include step 0" if window is None else "")
         )
+    return mask
+
+
+def select_window(stack: CosineStack, window: Window | None) -> CosineStack:
+    mask = select_window_mask(stack.steps, window)
     return CosineStack(stack.cosine[mask], stack.steps[mask], stack.tasks, stack.group)
 
 

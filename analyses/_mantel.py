@@ -11,25 +11,27 @@ import numpy as np
 import pandas as pd
 
 from analyses._covariates import covariate_distances
-from analyses._inputs import (
-    Window,
-    cosine_stack,
-    is_trace,
-    mean_matrix,
-    select_window,
-    step0_matrix,
-    tasks_with_nan,
-)
+from analyses._inputs import Window, is_trace, select_window_mask, tasks_with_nan
+from analyses._measures import similarity
 from analyses._stats import mantel, partial_mantel
 from analyses._typology import DISTANCES, _kinds, typological_distances
-from geomtrace._errors import InvalidInputError
+from analyses._uncertainty import (
+    LEVEL,
+    N_BOOTSTRAP,
+    correlation_rows,
+    interval,
+    partial_from_r,
+    upper,
+)
+from geomtrace import InvalidInputError
 
 log = logging.getLogger(__name__)
 
 CORRELATION_COLUMNS = [
-    "group", "distance", "control", "n_languages", "rho", "p_value", "rho_step0",
-    "p_value_step0", "partial_rho", "partial_p_value", "partial_rho_step0",
-    "partial_p_value_step0", "n_permutations", "excluded", "note",
+    "group", "measure", "distance", "control", "n_languages", "rho", "ci_low", "ci_high",
+    "p_value", "rho_step0", "p_value_step0", "partial_rho", "partial_ci_low", "partial_ci_high",
+    "partial_p_value", "partial_rho_step0", "partial_p_value_step0", "n_permutations",
+    "n_bootstrap", "excluded", "note",
 ]  # fmt: skip
 
 
@@ -47,6 +49,7 @@ def typology_correlation(
     source: Any,
     group: str | None = None,
     *,
+    measure: str = "raw",
     distances: str | Sequence[str] | None = None,
     covariates: str | Mapping[str, pd.DataFrame] | None = "auto",
     iso_codes: Mapping[str, str | None] | None = None,
@@ -54,31 +57,41 @@ def typology_correlation(
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
     n_permutations: int = 9999,
+    n_bootstrap: int = N_BOOTSTRAP,
+    block: int | None = None,
     seed: int = 0,
+    level: float = LEVEL,
     method: str = "spearman",
     cache: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Mantel correlation of gradient similarity with each typological similarity.
 
-    x = step-averaged gradient cosine phi_ij over ``window`` (default: after step 0);
+    x = step-averaged gradient similarity phi_ij (``measure``: raw, corrected or centred; see
+    :mod:`analyses._measures`) over ``window`` (default: after step 0);
     y = typological similarity = -distance_ij (so rho > 0 means typologically closer languages
     have more aligned gradients). For every distance in ``distances`` (default: all of
     :data:`~analyses.DISTANCES`) and every covariate distance (built-ins from trace meta:
     ``char_overlap``, ``script``; or ``{name: [K, K] DataFrame}`` over tasks):
 
-    - rho, p_value: Mantel test (Spearman, joint permutation of languages, two-sided);
+    - rho, p_value: Mantel test (Spearman, joint permutation of languages, two-sided); ci_low,
+      ci_high: the ``level`` percentile interval of rho over ``n_bootstrap`` moving-block
+      bootstrap replicates of the snapshots (the matrix's own uncertainty, which p ignores);
     - rho_step0, p_value_step0: the same with the step-0 (untrained) cosine matrix: what the
       initialisation and the data alone already give;
     - partial_rho, partial_p_value (+ ``_step0``): partial Mantel controlling for ``control``
-      (one row per control; the covariates are also correlated as distances themselves).
+      (one row per control; the covariates are also correlated as distances themselves), with
+      its interval (partial_ci_low, partial_ci_high) from the same replicates.
     Tasks without an ISO code, or with NaN similarity (absent from the window), are excluded
     and listed in ``excluded``. Needs >= 4 languages. Columns: see ``CORRELATION_COLUMNS``.
     """
-    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
-    sim = mean_matrix(select_window(stack, window).cosine)
-    sim0 = step0_matrix(stack)
+    full = similarity(source, group, measure, tasks=tasks, steps=steps)
+    windowed = full.select(select_window_mask(full.steps, window))
+    sim = windowed.matrix()
+    replicates = windowed.replicates(n_bootstrap, block=block, seed=seed)
+    at0 = full.steps == 0
+    sim0 = full.select(at0).matrix() if at0.any() else None
     codes = task_iso_codes(source, iso_codes)
-    all_tasks = stack.tasks
+    all_tasks = full.tasks
     excluded = [f"{t} (no ISO code)" for t in all_tasks if not codes.get(t)]
     keep = [k for k, t in enumerate(all_tasks) if codes.get(t)]
     labels = [all_tasks[k] for k in keep]
@@ -137,32 +150,48 @@ def typology_correlation(
     ys.update(controls)
 
     kw = {"n_permutations": n_permutations, "seed": seed, "method": method}
+    x_boot = upper(replicates[:, keep][:, :, keep])  # [B, pairs]
     rows = []
     for kind, y in ys.items():
+        y_up = upper(y.to_numpy())
+        r_boot = correlation_rows(x_boot, y_up, method)
         row_note = list(notes)
         if np.ptp(y.to_numpy()[np.triu_indices(len(labels), 1)]) == 0:
             row_note.append(f"{kind} is constant over these languages")
         r = mantel(x, y, **kw)
         r0 = mantel(x0, y, **kw) if x0 is not None else None
         ctrl = [c for c in controls if c != kind] or [None]
+        lo, hi = interval(r_boot, level)
         for c in ctrl:
             pr = partial_mantel(x, y, controls[c], **kw) if c else None
             pr0 = partial_mantel(x0, y, controls[c], **kw) if c and x0 is not None else None
+            p_lo = p_hi = np.nan
+            if c:
+                z_up = upper(controls[c].to_numpy())
+                ryz = float(correlation_rows(y_up[None], z_up, method)[0])
+                partial = partial_from_r(r_boot, correlation_rows(x_boot, z_up, method), ryz)
+                p_lo, p_hi = interval(partial, level)
             rows.append(
                 {
-                    "group": stack.group,
+                    "group": full.group,
+                    "measure": measure,
                     "distance": kind,
                     "control": c,
                     "n_languages": len(labels),
                     "rho": r.statistic,
+                    "ci_low": lo,
+                    "ci_high": hi,
                     "p_value": r.p_value,
                     "rho_step0": r0.statistic if r0 else np.nan,
                     "p_value_step0": r0.p_value if r0 else np.nan,
                     "partial_rho": pr.statistic if pr else np.nan,
+                    "partial_ci_low": p_lo,
+                    "partial_ci_high": p_hi,
                     "partial_p_value": pr.p_value if pr else np.nan,
                     "partial_rho_step0": pr0.statistic if pr0 else np.nan,
                     "partial_p_value_step0": pr0.p_value if pr0 else np.nan,
                     "n_permutations": n_permutations,
+                    "n_bootstrap": n_bootstrap,
                     "excluded": "; ".join(excluded),
                     "note": "; ".join(row_note + ([] if c else ["no control distance available"])),
                 }

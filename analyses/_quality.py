@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,14 +9,17 @@ import numpy as np
 import pandas as pd
 
 from analyses._covariates import covariate_distances
-from analyses._inputs import Window, cosine_stack, is_trace, step0_matrix
-from analyses._similarity import task_alignment
+from analyses._inputs import Window, is_trace
+from analyses._measures import similarity
+from analyses._similarity import alignment_rows, task_alignment, windowed
 from analyses._stats import permutation_correlation
-from geomtrace._errors import InvalidInputError
+from analyses._uncertainty import LEVEL, N_BOOTSTRAP, interval, partial_from_r, spearman_rows
+from geomtrace import InvalidInputError
 
 QUALITY_CORRELATION_COLUMNS = [
-    "group", "metric", "n_tasks", "rho", "p_value", "rho_step0", "p_value_step0", "control",
-    "partial_rho", "partial_p_value", "n_permutations", "excluded", "note",
+    "group", "measure", "metric", "n_tasks", "rho", "ci_low", "ci_high", "p_value", "rho_step0",
+    "p_value_step0", "control", "partial_rho", "partial_ci_low", "partial_ci_high",
+    "partial_p_value", "n_permutations", "n_bootstrap", "excluded", "note",
 ]  # fmt: skip
 QUALITY_DIFFERENCE_COLUMNS = ["run", "task", "value", "baseline", "delta"]
 
@@ -50,32 +52,35 @@ def task_quality(
     group: str | None = None,
     *,
     quality=None,
+    measure: str = "raw",
     window: Window | None = None,
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Per task: mean gradient similarity with the other tasks, and its quality numbers.
 
-    Columns: group, task, mean_similarity (``task_alignment``'s mean_alignment over the window),
-    mean_similarity_step0 (mean cosine with the others at step 0, NaN without a step-0
-    snapshot), then one column per quality metric (e.g. chrf, heldout_loss) holding the value
+    Columns: group, task, mean_similarity (``task_alignment``'s mean_alignment over the window)
+    with its bootstrap interval (ci_low, ci_high), mean_similarity_step0 (mean similarity
+    with the others at step 0, NaN without a step-0 snapshot), then one column per quality metric (e.g. chrf, heldout_loss) holding the value
     at the latest step it was measured (NaN when not measured for that task).
     ``quality``: a frame (step, task, metric, value), ``{metric: {task: value}}``, or None to
     read ``trace.quality()``.
     """
-    stack = cosine_stack(source, group, tasks=tasks, steps=steps)
-    align = task_alignment(source, group, window=window, tasks=tasks, steps=steps)
+    full = similarity(source, group, measure, tasks=tasks, steps=steps)
+    align = task_alignment(
+        source, group, measure=measure, window=window, tasks=tasks, steps=steps,
+        n_bootstrap=n_bootstrap, seed=seed,
+    )  # fmt: skip
     out = pd.DataFrame(
-        {"group": align["group"], "task": align["task"], "mean_similarity": align["mean_alignment"]}
+        {"group": align["group"], "task": align["task"], "mean_similarity": align["mean_alignment"],
+         "ci_low": align["ci_low"], "ci_high": align["ci_high"]}
+    )  # fmt: skip
+    at0 = full.steps == 0
+    out["mean_similarity_step0"] = (
+        alignment_rows(full.select(at0).matrix()) if at0.any() else np.nan
     )
-    m0 = step0_matrix(stack)
-    if m0 is not None:
-        off = np.where(np.eye(len(stack.tasks), dtype=bool), np.nan, m0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an absent task: all-NaN row
-            out["mean_similarity_step0"] = np.nanmean(off, axis=1)
-    else:
-        out["mean_similarity_step0"] = np.nan
     table = _quality_table(source, quality)
     for metric in table.columns:
         out[str(metric)] = out["task"].map(table[metric])
@@ -89,11 +94,15 @@ def quality_correlation(
     quality=None,
     metrics: Sequence[str] | None = None,
     control: str | Mapping[str, float] | None = "auto",
+    measure: str = "raw",
     window: Window | None = None,
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
     n_permutations: int = 9999,
+    n_bootstrap: int = N_BOOTSTRAP,
+    block: int | None = None,
     seed: int = 0,
+    level: float = LEVEL,
 ) -> pd.DataFrame:
     """Spearman correlation between a task's mean similarity and its quality, per metric.
 
@@ -102,10 +111,18 @@ def quality_correlation(
     rho_step0 uses the step-0 mean similarity (does the untrained geometry already predict
     quality?). partial_rho controls for ``control``: ``auto`` = each task's mean character
     overlap 1 - d_char with the others (trace meta ``char_profiles``), or a {task: value}
-    mapping. Columns: see ``QUALITY_CORRELATION_COLUMNS``.
+    mapping. ci_low/ci_high (and partial_ci_*): the ``level`` percentile interval of rho
+    recomputed on ``n_bootstrap`` moving-block bootstrap replicates of the snapshots (quality
+    values fixed). Columns: see ``QUALITY_CORRELATION_COLUMNS``.
     """
-    table = task_quality(source, group, quality=quality, window=window, tasks=tasks, steps=steps)
-    base = {"group", "task", "mean_similarity", "mean_similarity_step0"}
+    table = task_quality(
+        source, group, quality=quality, measure=measure, window=window, tasks=tasks,
+        steps=steps, n_bootstrap=2, seed=seed,
+    )  # fmt: skip
+    sim = windowed(source, group, measure, window=window, tasks=tasks, steps=steps)
+    boot_align = alignment_rows(sim.replicates(n_bootstrap, block=block, seed=seed))  # [B, K]
+    position = {t: k for k, t in enumerate(sim.tasks)}
+    base = {"group", "task", "mean_similarity", "mean_similarity_step0", "ci_low", "ci_high"}
     available = [c for c in table.columns if c not in base]
     metrics = available if metrics is None else list(metrics)
     unknown = [m for m in metrics if m not in available]
@@ -147,11 +164,14 @@ def quality_correlation(
         f = frame[ok]
         row = {
             "group": table["group"].iloc[0],
+            "measure": measure,
             "metric": metric,
             "n_tasks": len(f),
-            "rho": np.nan, "p_value": np.nan, "rho_step0": np.nan, "p_value_step0": np.nan,
-            "control": ctrl_name, "partial_rho": np.nan, "partial_p_value": np.nan,
-            "n_permutations": n_permutations,
+            "rho": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
+            "rho_step0": np.nan, "p_value_step0": np.nan, "control": ctrl_name,
+            "partial_rho": np.nan, "partial_ci_low": np.nan, "partial_ci_high": np.nan,
+            "partial_p_value": np.nan, "n_permutations": n_permutations,
+            "n_bootstrap": n_bootstrap,
             "excluded": "; ".join(f"{t} (missing value)" for t in excluded),
             "note": "; ".join(notes),
         }  # fmt: skip
@@ -160,13 +180,21 @@ def quality_correlation(
             rows.append(row)
             continue
         r = permutation_correlation(f["mean_similarity"], f[metric], **kw)
+        rows_k = [position[t] for t in f.index]
+        quality_values = f[metric].to_numpy(dtype=float)
+        r_boot = spearman_rows(boot_align[:, rows_k], quality_values)
         row.update(rho=r.statistic, p_value=r.p_value)
+        row["ci_low"], row["ci_high"] = interval(r_boot, level)
         if f["mean_similarity_step0"].notna().all():
             r0 = permutation_correlation(f["mean_similarity_step0"], f[metric], **kw)
             row.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
         if ctrl is not None:
             pr = permutation_correlation(f["mean_similarity"], f[metric], f["_ctrl"], **kw)
             row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value)
+            z = f["_ctrl"].to_numpy(dtype=float)
+            ryz = float(spearman_rows(quality_values[None], z)[0])
+            partial = partial_from_r(r_boot, spearman_rows(boot_align[:, rows_k], z), ryz)
+            row["partial_ci_low"], row["partial_ci_high"] = interval(partial, level)
         rows.append(row)
     return pd.DataFrame(rows, columns=QUALITY_CORRELATION_COLUMNS)
 

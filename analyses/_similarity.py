@@ -1,4 +1,15 @@
-"""Gradient similarity summaries: mean cosine, spread over steps, conflict rate, alignment."""
+"""Gradient similarity summaries: the step-averaged matrix, its mean, alignment, reliability.
+
+One definition for every command, figure and report (``inspect``, ``analyze``, the summary of
+``geomtrace trace``, F1-F6): with M the step-averaged similarity matrix of a group over the
+step window (:class:`analyses.Similarity`), the **mean similarity** of a group is
+
+    mean_similarity = mean over unordered task pairs i < j with finite M_ij of M_ij
+
+(:func:`mean_pair_similarity`), and a task's **alignment** is a_i = mean_{j != i} M_ij
+(:func:`task_alignment`). Each pair (each task) counts once, however many snapshots it
+appears in.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +19,70 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses._inputs import (
-    ALL,
-    Window,
-    cosine_stack,
-    is_trace,
-    mean_matrix,
-    off_diagonal_pairs,
-    part_of,
-    select_window,
-)
+from analyses._inputs import ALL, Window, part_of, select_window_mask
+from analyses._measures import Similarity, check_measure, is_trace, similarity
+from analyses._uncertainty import LEVEL, N_BOOTSTRAP, block_bootstrap, interval, upper
 
 SUMMARY_COLUMNS = [
-    "group", "position", "part", "n_steps", "step_first", "step_last", "mean_cosine",
-    "std_over_steps", "conflict_rate", "n_pairs", "n_missing",
+    "group", "position", "part", "measure", "n_steps", "step_first", "step_last",
+    "mean_cosine", "ci_low", "ci_high", "std_over_steps", "conflict_rate", "reliability",
+    "mean_corrected", "corrected_ci_low", "corrected_ci_high", "n_pairs", "n_missing",
 ]  # fmt: skip
 ALIGNMENT_COLUMNS = [
+    "group", "task", "mean_alignment", "ci_low", "ci_high", "std_over_steps", "conflict_rate",
+    "n_steps", "reliability",
+]  # fmt: skip
+RELIABILITY_COLUMNS = [
     "group",
     "task",
-    "mean_alignment",
-    "std_over_steps",
-    "conflict_rate",
-    "n_steps",
+    "reliability",
+    "median_snapshot",
+    "fraction_below",
+    "n_snapshots",
 ]
+#: Reliability below which a statistic is flagged as resting on mostly-noise gradients.
+LOW_RELIABILITY = 0.5
+
+
+def mean_pair_similarity(matrix: np.ndarray) -> float:
+    """Mean of the finite M_ij over unordered pairs i < j (NaN when there is none)."""
+    values = upper(np.asarray(matrix, dtype=np.float64))
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def mean_pair_similarity_rows(matrices: np.ndarray) -> np.ndarray:
+    """:func:`mean_pair_similarity` of each [K, K] matrix of a [B, K, K] stack."""
+    values = upper(np.asarray(matrices, dtype=np.float64))
+    finite = np.isfinite(values)
+    n = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(finite, values, 0.0).sum(axis=1) / n, np.nan)
+
+
+def alignment_rows(matrices: np.ndarray) -> np.ndarray:
+    """a_i = mean over j != i of finite M_ij, for each matrix of a [..., K, K] stack: [..., K]."""
+    m = np.array(matrices, dtype=np.float64)
+    K = m.shape[-1]
+    m[..., np.arange(K), np.arange(K)] = np.nan
+    finite = np.isfinite(m)
+    n = finite.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(finite, m, 0.0).sum(axis=-1) / n, np.nan)
+
+
+def windowed(
+    source: Any,
+    group: str | None = None,
+    measure: str = "raw",
+    *,
+    window: Window | None = None,
+    tasks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+) -> Similarity:
+    """The :class:`Similarity` of ``group`` restricted to the step window (default: steps > 0)."""
+    sim = similarity(source, group, check_measure(measure), tasks=tasks, steps=steps)
+    return sim.select(select_window_mask(sim.steps, window))
 
 
 def _groups(source: Any, group: str | Sequence[str] | None) -> list[str | None]:
@@ -45,69 +97,99 @@ def similarity_matrix(
     source: Any,
     group: str | None = None,
     *,
+    measure: str = "raw",
     window: Window | None = None,
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Step-averaged cosine matrix [K, K] (index and columns: tasks).
+    """Step-averaged similarity matrix [K, K] (index and columns: tasks).
 
-    phi_ij = mean over the window's snapshots of cos(g_i, g_j), NaN snapshots (absent task)
-    skipped; NaN where the pair never co-occurs. Default window: every snapshot after step 0.
-    A single [K, K] matrix passed as ``source`` is returned as is.
+    ``raw``/``centred``: mean over the window's snapshots of the per-snapshot cosine (NaN
+    snapshots skipped; NaN where the pair never co-occurs); ``corrected``: the ratio of means
+    of :mod:`analyses._measures`. Default window: every snapshot after step 0. A single
+    [K, K] matrix passed as ``source`` is returned as is.
     """
     if not is_trace(source) and np.ndim(source) == 2:
-        stack = cosine_stack(source, group, tasks=tasks)
-        return pd.DataFrame(stack.cosine[0], index=stack.tasks, columns=stack.tasks)
-    stack = select_window(cosine_stack(source, group, tasks=tasks, steps=steps), window)
-    return pd.DataFrame(mean_matrix(stack.cosine), index=stack.tasks, columns=stack.tasks)
+        sim = similarity(source, group, tasks=tasks)
+        return pd.DataFrame(sim.per_snapshot[0], index=sim.tasks, columns=sim.tasks)
+    sim = windowed(source, group, measure, window=window, tasks=tasks, steps=steps)
+    return pd.DataFrame(sim.matrix(), index=sim.tasks, columns=sim.tasks)
 
 
 def similarity_summary(
     source: Any,
     group: str | Sequence[str] | None = None,
     *,
+    measure: str = "raw",
     window: Window | None = None,
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    block: int | None = None,
+    seed: int = 0,
+    level: float = LEVEL,
 ) -> pd.DataFrame:
     """One row per group: how aligned the task gradients are over the step window.
 
-    With c_s = mean over unordered pairs i<j of cos_ij at snapshot s (NaN pairs skipped):
-    mean_cosine = mean over all finite (pair, snapshot) cosines; std_over_steps = std of c_s
-    over snapshots (ddof 0); conflict_rate = fraction of finite (pair, snapshot) cosines < 0
-    (PCGrad's "conflicting gradients"); n_missing = NaN (pair, snapshot) cells excluded.
-    For a trace and ``group=None``: the whole model (``all``) then every group in model order.
-    Columns: group, position (model order, -1 for ``all``), part, n_steps, step_first,
-    step_last, mean_cosine, std_over_steps, conflict_rate, n_pairs, n_missing.
+    mean_cosine = :func:`mean_pair_similarity` of the step-averaged matrix under ``measure``
+    with its moving-block bootstrap interval (ci_low, ci_high; ``analyses._uncertainty``);
+    std_over_steps = std (ddof 0) over snapshots of the per-snapshot mean pair similarity;
+    conflict_rate = fraction of finite (pair, snapshot) similarities < 0 (PCGrad's
+    "conflicting gradients"); n_missing = NaN (pair, snapshot) cells. When the trace has split
+    halves: reliability = mean over tasks of R_i (the signal fraction of the snapshot
+    gradients, see :mod:`analyses._measures`) and mean_corrected (+ interval) = the mean pair
+    similarity of the noise-corrected matrix; NaN otherwise. For a trace and ``group=None``:
+    the whole model (``all``) then every group in model order (position -1 for ``all``).
     """
     rows = []
     for g in _groups(source, group):
-        stack = select_window(cosine_stack(source, g, tasks=tasks, steps=steps), window)
-        iu = off_diagonal_pairs(len(stack.tasks))
-        values = stack.cosine[:, iu[0], iu[1]]  # [S, pairs]
+        sim = windowed(source, g, measure, window=window, tasks=tasks, steps=steps)
+        index = block_bootstrap(len(sim), n_bootstrap, block=block, seed=seed)
+        per_snapshot = sim.snapshot_matrices()
+        values = upper(per_snapshot)  # [S, pairs]
         finite = np.isfinite(values)
-        with np.errstate(invalid="ignore"):
-            per_step = (
-                np.nanmean(np.where(finite, values, np.nan), axis=1) if values.size else values
-            )
+        per_step = mean_pair_similarity_rows(per_snapshot)
         per_step = per_step[np.isfinite(per_step)]
-        flat = values[finite]
-        position = source.groups.index(g) if is_trace(source) and g in source.groups else -1
-        rows.append(
-            {
-                "group": stack.group,
-                "position": position,
-                "part": "whole" if stack.group == ALL else part_of(stack.group),
-                "n_steps": len(stack.steps),
-                "step_first": int(stack.steps[0]),
-                "step_last": int(stack.steps[-1]),
-                "mean_cosine": float(flat.mean()) if flat.size else np.nan,
-                "std_over_steps": float(per_step.std()) if per_step.size else np.nan,
-                "conflict_rate": float((flat < 0).mean()) if flat.size else np.nan,
-                "n_pairs": len(iu[0]),
-                "n_missing": int((~finite).sum()),
-            }
-        )
+        boot = mean_pair_similarity_rows(np.stack([sim.matrix(row) for row in index]))
+        lo, hi = interval(boot, level)
+        row = {
+            "group": sim.group,
+            "position": source.groups.index(g) if is_trace(source) and g in source.groups else -1,
+            "part": "whole" if sim.group == ALL else part_of(sim.group),
+            "measure": measure,
+            "n_steps": len(sim),
+            "step_first": int(sim.steps[0]),
+            "step_last": int(sim.steps[-1]),
+            "mean_cosine": mean_pair_similarity(sim.matrix()),
+            "ci_low": lo,
+            "ci_high": hi,
+            "std_over_steps": float(per_step.std()) if per_step.size else np.nan,
+            "conflict_rate": float((values[finite] < 0).mean()) if finite.any() else np.nan,
+            "reliability": np.nan,
+            "mean_corrected": np.nan,
+            "corrected_ci_low": np.nan,
+            "corrected_ci_high": np.nan,
+            "n_pairs": values.shape[1],
+            "n_missing": int((~finite).sum()),
+        }
+        if sim.signal is not None:
+            reliability = sim.reliability()
+            row["reliability"] = (
+                float(np.nanmean(reliability)) if np.isfinite(reliability).any() else np.nan
+            )
+            corrected = (
+                sim
+                if measure == "corrected"
+                else windowed(source, g, "corrected", window=window, tasks=tasks, steps=steps)
+            )
+            boot = mean_pair_similarity_rows(np.stack([corrected.matrix(r) for r in index]))
+            lo, hi = interval(boot, level)
+            row.update(
+                mean_corrected=mean_pair_similarity(corrected.matrix()),
+                corrected_ci_low=lo,
+                corrected_ci_high=hi,
+            )
+        rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -115,38 +197,82 @@ def task_alignment(
     source: Any,
     group: str | None = None,
     *,
+    measure: str = "raw",
     window: Window | None = None,
     tasks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    block: int | None = None,
+    seed: int = 0,
+    level: float = LEVEL,
 ) -> pd.DataFrame:
     """One row per task: its mean alignment with the other tasks.
 
-    a_i(s) = mean over j != i of cos_ij at snapshot s (NaN skipped); mean_alignment = mean of
-    a_i over snapshots, std_over_steps its std (ddof 0), conflict_rate = fraction of finite
-    cos_ij (j != i, all snapshots) < 0, n_steps = snapshots where a_i is defined.
-    Columns: group, task, mean_alignment, std_over_steps, conflict_rate, n_steps.
+    mean_alignment = a_i = mean over j != i of the step-averaged M_ij (:func:`alignment_rows`)
+    with its bootstrap interval; std_over_steps = std (ddof 0) over snapshots of the
+    per-snapshot alignment; conflict_rate = fraction of finite per-snapshot similarities with
+    the others below 0; n_steps = snapshots where the task has a finite similarity;
+    reliability = R_i when the trace has split halves (NaN otherwise).
     """
-    stack = select_window(cosine_stack(source, group, tasks=tasks, steps=steps), window)
-    K = len(stack.tasks)
-    off = ~np.eye(K, dtype=bool)
-    cos = np.where(off[None], stack.cosine, np.nan)
-    finite = np.isfinite(cos)
-    count = finite.sum(axis=2)  # [S, K]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_step = np.where(count > 0, np.where(finite, cos, 0).sum(axis=2) / count, np.nan)
-        negative = (np.where(finite, cos, 0) < 0).sum(axis=(0, 2))
-        conflict = np.where(count.sum(0) > 0, negative / np.maximum(count.sum(0), 1), np.nan)
+    sim = windowed(source, group, measure, window=window, tasks=tasks, steps=steps)
+    index = block_bootstrap(len(sim), n_bootstrap, block=block, seed=seed)
+    boot = alignment_rows(np.stack([sim.matrix(row) for row in index]))  # [B, K]
+    point = alignment_rows(sim.matrix())
+    per_step = alignment_rows(sim.snapshot_matrices())  # [S, K]
+    off = ~np.eye(len(sim.tasks), dtype=bool)
+    snap = sim.snapshot_matrices()
+    reliability = sim.reliability()
     rows = []
-    for k, task in enumerate(stack.tasks):
+    for k, task in enumerate(sim.tasks):
         a = per_step[:, k][np.isfinite(per_step[:, k])]
+        others = snap[:, k, :][:, off[k]]
+        others = others[np.isfinite(others)]
+        lo, hi = interval(boot[:, k], level)
         rows.append(
             {
-                "group": stack.group,
+                "group": sim.group,
                 "task": task,
-                "mean_alignment": float(a.mean()) if a.size else np.nan,
+                "mean_alignment": float(point[k]),
+                "ci_low": lo,
+                "ci_high": hi,
                 "std_over_steps": float(a.std()) if a.size else np.nan,
-                "conflict_rate": float(conflict[k]),
+                "conflict_rate": float((others < 0).mean()) if others.size else np.nan,
                 "n_steps": int(a.size),
+                "reliability": float(reliability[k]),
             }
         )
     return pd.DataFrame(rows, columns=ALIGNMENT_COLUMNS)
+
+
+def reliability_table(
+    source: Any,
+    group: str | Sequence[str] | None = None,
+    *,
+    window: Window | None = None,
+    threshold: float = LOW_RELIABILITY,
+) -> pd.DataFrame:
+    """Per group and task: how much of the snapshot gradients is signal (split halves).
+
+    reliability = R_i = mean_s(4 ab_i / c_s) / mean_s(G_ii / c_s) over the window (a ratio of
+    means, robust to single snapshots with a.b <= 0); median_snapshot = the median over
+    snapshots of 4 ab_i / G_ii; fraction_below = the fraction of snapshots whose value is below
+    ``threshold``. Raises :class:`InvalidInputError` for a trace without halves.
+    """
+    rows = []
+    for g in _groups(source, group):
+        sim = windowed(source, g, "corrected", window=window)
+        R = sim.reliability()
+        snap = sim.snapshot_reliability()
+        for k, task in enumerate(sim.tasks):
+            values = snap[:, k][np.isfinite(snap[:, k])]
+            rows.append(
+                {
+                    "group": sim.group,
+                    "task": task,
+                    "reliability": float(R[k]),
+                    "median_snapshot": float(np.median(values)) if values.size else np.nan,
+                    "fraction_below": float((values < threshold).mean()) if values.size else np.nan,
+                    "n_snapshots": int(values.size),
+                }
+            )
+    return pd.DataFrame(rows, columns=RELIABILITY_COLUMNS)

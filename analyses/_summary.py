@@ -23,7 +23,7 @@ from geomtrace._errors import GeomtraceError, InvalidInputError
 log = logging.getLogger(__name__)
 
 #: Frames ``summary`` may hold, in print order (a skipped one is in ``Summary.skipped``).
-PARTS = (
+SUMMARY_PARTS = (
     "similarity", "task_alignment", "similarity_matrix", "families", "clustering", "typology",
     "task_quality", "quality", "group_trajectories", "group_settling", "family_trajectories",
     "family_settling",
@@ -83,7 +83,7 @@ class Summary:
         ]
         fmt = lambda v: f"{v:.3f}"  # noqa: E731
         with pd.option_context("display.width", 200, "display.max_columns", 30):
-            for name in PARTS:
+            for name in SUMMARY_PARTS:
                 if name in self.frames and name not in _LONG:
                     frame = self.frames[name]
                     drop = [c for c in _HIDDEN.get(name, ()) if c in frame.columns]

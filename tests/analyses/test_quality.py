@@ -39,6 +39,8 @@ def test_task_quality_and_planted_correlation():
         "group",
         "task",
         "mean_similarity",
+        "ci_low",
+        "ci_high",
         "mean_similarity_step0",
         "chrf",
         "heldout_loss",

@@ -23,7 +23,8 @@ TASKS = ["a", "b", "c"]
 def test_summary_by_hand():
     row = similarity_summary(STACK, tasks=TASKS, steps=[0, 10, 20]).iloc[0]
     # Window after step 0: pair values 0.5, -0.1, 0.2 (step 10) and 0.3, -0.3 (step 20; b-c NaN).
-    assert row["mean_cosine"] == pytest.approx((0.5 - 0.1 + 0.2 + 0.3 - 0.3) / 5)
+    # The step-averaged matrix: a-b 0.4, a-c -0.2, b-c 0.2 (step 10 only); each pair counts once.
+    assert row["mean_cosine"] == pytest.approx((0.4 - 0.2 + 0.2) / 3)
     step_means = np.array([0.6 / 3, 0.0 / 2])
     assert row["std_over_steps"] == pytest.approx(step_means.std())
     assert row["conflict_rate"] == pytest.approx(2 / 5)
@@ -38,11 +39,12 @@ def test_task_alignment_by_hand():
     frame = task_alignment(STACK, tasks=TASKS, steps=[0, 10, 20]).set_index("task")
     assert list(frame.reset_index().columns) == ["task", "group", *ALIGNMENT_COLUMNS[2:]]
     a_steps = np.array([(0.5 - 0.1) / 2, (0.3 - 0.3) / 2])
-    assert frame.loc["a", "mean_alignment"] == pytest.approx(a_steps.mean())
+    # a's alignment: mean of the step-averaged a-b (0.4) and a-c (-0.2).
+    assert frame.loc["a", "mean_alignment"] == pytest.approx((0.4 - 0.2) / 2)
     assert frame.loc["a", "std_over_steps"] == pytest.approx(a_steps.std())
     assert frame.loc["a", "conflict_rate"] == pytest.approx(2 / 4)
-    c_steps = np.array([(-0.1 + 0.2) / 2, -0.3])  # b-c missing at step 20
-    assert frame.loc["c", "mean_alignment"] == pytest.approx(c_steps.mean())
+    # c: step-averaged a-c -0.2 and b-c 0.2 (b-c missing at step 20).
+    assert frame.loc["c", "mean_alignment"] == pytest.approx(0.0)
     assert frame.loc["c", "conflict_rate"] == pytest.approx(2 / 3)
     assert frame.loc["c", "n_steps"] == 2
 

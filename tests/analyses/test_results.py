@@ -5,16 +5,21 @@ import pytest
 
 import cli
 import geomtrace as gt
-from analyses import PARTS, summary
+from analyses import NotApplicable, analyse_run
 
 
-def test_summary_on_a_planted_trace(tmp_path, planted_trace, planted_families):
+def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
     tasks = planted_trace(tmp_path / "run")
     trace = gt.open_trace(tmp_path / "run")
-    result = summary(trace, n_permutations=499, seed=0)
-    assert result.skipped == {}
-    assert set(result.frames) == set(PARTS)
+    result = analyse_run(trace, n_permutations=499, n_bootstrap=200, seed=0)
+    # A sum run without halves: only the reliability and optimizer parts do not apply.
+    assert set(result.not_applicable) == {"reliability", "gradvac_targets", "gradvac_tracking"}
+    assert isinstance(result.frame("reliability"), NotApplicable)
+    assert "halves" in str(result.frame("reliability"))
+    assert any("reliability unknown" in w for w in result.warnings)
     assert result.group == "all" and result.tasks == tasks
+    assert result.description.task_noun == "language"
+    assert result.description.metrics == ["chrf", "heldout_loss"]
 
     sim = result.frames["similarity"].set_index("group")
     assert list(sim.index) == ["all", "encoder.0", "decoder.0"]
@@ -26,6 +31,15 @@ def test_summary_on_a_planted_trace(tmp_path, planted_trace, planted_families):
     }
 
     assert result.frames["clustering"]["level"].tolist() == ["family"] * 3 + ["genus"] * 3
+    # Every statistic has its interval, and it contains the point estimate.
+    for name in ("clustering", "typology", "quality"):
+        frame = result.frames[name]
+        value = frame["value"] if "value" in frame else frame["rho"]
+        ok = value.notna() & frame["ci_low"].notna()
+        assert ok.any()
+        assert (
+            (frame["ci_low"][ok] <= value[ok] + 1e-9) & (value[ok] <= frame["ci_high"][ok] + 1e-9)
+        ).all()
     genus = result.frames["clustering"].query("level == 'genus'").set_index("statistic")
     # Italic, Germanic, Finnic, Uralic (hun: depth 1), Common Turkic, South/Central Dravidian.
     assert genus.loc["ari", "n_families"] == 7
@@ -52,48 +66,67 @@ def test_summary_on_a_planted_trace(tmp_path, planted_trace, planted_families):
     settle = result.frames["family_settling"].set_index("kind")
     assert settle.loc["within", "final_value"] > 0.5
     assert settle.loc["within", "settle_step"] == 10  # jumps at the first trained snapshot
+    assert settle.loc["within", "settle_ci_low"] <= 10 <= settle.loc["within", "settle_ci_high"]
     assert abs(settle.loc["across", "final_value"]) < 0.1
+
+    # The layer table: one row per (group, distance) with the character-overlap control.
+    layers = result.frames["layers"]
+    assert set(layers["group"]) == {"all", "encoder.0", "decoder.0"}
+    assert (layers["control"] == "char_overlap").all()
+    assert len(layers) == 3 * 6
+    # Tests are counted per table and Holm-adjusted p-values are never below the raw ones.
+    tests = result.frames["tests"]
+    assert set(tests["table"]) >= {"typology", "layers", "clustering", "quality"}
+    assert (tests["p_holm"] >= tests["p_value"] - 1e-12).all()
+    n = tests.groupby("table")["n_tests"].first()
+    assert (tests.groupby("table").size() == n).all()
 
     payload = json.loads(json.dumps(result.to_dict()))
     assert payload["results"]["similarity_matrix"]["tasks"] == tasks
-    assert payload["skipped"] == {}
+    assert payload["headline"]["mean_similarity"] == pytest.approx(
+        result.frames["similarity"].iloc[0]["mean_cosine"]
+    )
     text = result.to_text()
-    assert "== clustering" in text and "== typology" in text and "== skipped" not in text
+    assert "== clustering" in text and "== typology" in text and "== where the language" in text
     # Same seed: identical numbers.
-    again = summary(trace, n_permutations=499, seed=0)
+    again = analyse_run(trace, n_permutations=499, n_bootstrap=200, seed=0)
     assert json.dumps(again.to_dict()) == json.dumps(result.to_dict())
 
 
-def test_summary_degrades_with_reasons(tmp_path, planted_trace):
+def test_results_say_what_does_not_apply(tmp_path, planted_trace):
     planted_trace(tmp_path / "bare", iso=False, quality=False, meta=False)
-    result = summary(gt.open_trace(tmp_path / "bare"), n_permutations=99)
-    for part in ("families", "clustering", "typology", "family_trajectories", "family_settling"):
-        assert "ISO 639-3" in result.skipped[part]
-    assert "quality" in result.skipped["quality"] and "task_quality" in result.skipped
+    result = analyse_run(gt.open_trace(tmp_path / "bare"), n_permutations=99, n_bootstrap=50)
+    assert result.description.task_noun == "task"
+    for part in ("typology", "layers", "family_trajectories"):
+        assert "ISO 639-3" in result.not_applicable[part]
+    # Clustering needs no labels: the tree is there, only the family agreement is not.
+    assert result.tree is not None and len(result.tree.tasks) == 12
+    assert "families" in result.not_applicable["clustering"]
+    assert "quality" in result.not_applicable["quality"]
     assert {"similarity", "task_alignment", "similarity_matrix", "group_trajectories"} <= set(
         result.frames
     )
-    assert "== skipped" in result.to_text()
+    assert "== not applicable" in result.to_text()
 
     planted_trace(tmp_path / "step0", steps=(0,), meta=False)
-    only0 = summary(gt.open_trace(tmp_path / "step0"), n_permutations=99)
-    assert "after step 0" in only0.skipped["similarity"]
-    assert "group_trajectories" in only0.frames  # step 0 is still a trajectory point
+    only0 = analyse_run(gt.open_trace(tmp_path / "step0"), n_permutations=99, n_bootstrap=50)
+    assert "after step 0" in only0.not_applicable["similarity"]
+    assert "1 snapshot" in only0.not_applicable["group_trajectories"]
 
 
-def test_summary_excludes_a_task_that_was_never_traced(tmp_path, planted_trace):
+def test_results_exclude_a_task_that_was_never_traced(tmp_path, planted_trace):
     planted_trace(tmp_path / "run", absent="hun-en")
-    result = summary(gt.open_trace(tmp_path / "run"), n_permutations=99)
-    assert result.skipped == {}
+    result = analyse_run(gt.open_trace(tmp_path / "run"), n_permutations=99, n_bootstrap=50)
     assert np.isnan(result.frames["similarity_matrix"].loc["hun-en", "fin-en"])
     clustering = result.frames["clustering"]
     assert (clustering["n_tasks"] == 11).all()
-    assert all("left out (missing similarity): hun-en" in n for n in clustering["note"])
+    assert all("left out (missing similarity or family): hun-en" in n for n in clustering["note"])
     typ = result.frames["typology"]
     assert (typ["n_languages"] == 11).all()
     assert (typ["excluded"] == "hun-en (missing similarity)").all()
     sim = result.frames["similarity"].set_index("group")
     assert sim.loc["all", "n_missing"] == 10 * 11  # 11 pairs with hun-en at 10 snapshots
+    assert result.settings["complete_tasks"] == [t for t in result.tasks if t != "hun-en"]
     quality = result.frames["quality"].set_index("metric")
     assert quality.loc["chrf", "n_tasks"] == 11
     assert quality.loc["chrf", "excluded"] == "hun-en (missing value)"

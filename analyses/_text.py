@@ -1,0 +1,274 @@
+"""The text view of :class:`analyses.RunResults` (``geomtrace analyze``): tables, no new numbers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "–" if not math.isfinite(v) else f"{v:+.{digits}f}" if digits == 2 else f"{v:.{digits}f}"
+
+
+def _plain(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.2f}" if math.isfinite(v) else "–"
+
+
+def with_interval(value: Any, lo: Any, hi: Any, digits: int = 2) -> str:
+    """ "+0.41 [+0.12, +0.60]" (a dash for a missing value or bound)."""
+    return f"{_f(value, 2)} [{_f(lo, 2)}, {_f(hi, 2)}]"
+
+
+def p_text(p: Any) -> str:
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return "<.001" if v < 0.001 else f"{v:.3f}"
+
+
+def mark(p_holm: Any, alpha: float = 0.05) -> str:
+    """ "*" when the test survives Holm's correction at ``alpha``."""
+    try:
+        return "*" if float(p_holm) < alpha else ""
+    except (TypeError, ValueError):
+        return ""
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def results_text(res) -> str:
+    d = res.description
+    level = int(round(100 * res.settings["level"]))
+    out = [
+        f"run {res.run or res.label}  method {d.method_label()}  group {res.group}  "
+        f"measure {res.measure}",
+        f"{len(res.tasks)} {d.tasks_noun}: {', '.join(res.tasks)}",
+        f"intervals: {level}% moving-block bootstrap over snapshots "
+        f"({res.settings['n_bootstrap']} replicates); p: {res.settings['n_permutations']} "
+        "permutations; * = survives Holm's correction within its table (alpha 0.05)",
+    ]
+    for warning in res.warnings:
+        out.append(f"WARNING: {warning}")
+    f = res.frames
+    if "similarity" in f:
+        rows = [
+            [r.group, str(r.n_steps), with_interval(r.mean_cosine, r.ci_low, r.ci_high),
+             _f(r.reliability, 2), with_interval(r.mean_corrected, r.corrected_ci_low,
+                                                  r.corrected_ci_high)]
+            for r in f["similarity"].itertuples()
+        ]  # fmt: skip
+        out += ["", f"== similarity ({res.measure}; mean over {d.task_noun} pairs)"]
+        out.append(_table(rows, ["group", "snapshots", "mean [CI]", "reliability",
+                                 "corrected [CI]"]))  # fmt: skip
+    if "reliability" in f:
+        rel = f["reliability"]
+        head = rel[rel["group"] == res.group]
+        out += ["", f"== reliability of the {res.group} gradients per {d.task_noun} "
+                "(signal fraction; split halves)"]  # fmt: skip
+        out.append(
+            _table(
+                [[r.task, _f(r.reliability, 2), _f(r.median_snapshot, 2), _f(r.fraction_below, 2)]
+                 for r in head.itertuples()],
+                [d.task_noun, "reliability", "median snapshot", "fraction < 0.5"],
+            )
+        )  # fmt: skip
+    if "clustering" in f:
+        out += ["", "== clustering vs families (tree of the headline matrix)"]
+        out.append(
+            _table(
+                [[r.level, r.statistic, with_interval(r.value, r.ci_low, r.ci_high),
+                  p_text(r.p_value), _f(r.null_mean, 2), mark(getattr(r, "p_holm", np.nan))]
+                 for r in f["clustering"].itertuples()],
+                ["level", "statistic", "value [CI]", "p", "chance", ""],
+            )
+        )  # fmt: skip
+    elif res.tree is not None:
+        out += ["", f"== clustering: tree over {len(res.tree.tasks)} {d.tasks_noun} "
+                f"(cophenetic r {res.tree.cophenetic_correlation:.2f}); no family labels"]  # fmt: skip
+    if "typology" in f:
+        out += ["", "== typology (Mantel; rho > 0: closer languages, more aligned gradients)"]
+        rows = []
+        for r in f["typology"].itertuples():
+            rows.append(
+                [r.distance, str(r.control), with_interval(r.rho, r.ci_low, r.ci_high),
+                 p_text(r.p_value) + mark(r.p_holm), _f(r.rho_step0, 2),
+                 with_interval(r.partial_rho, r.partial_ci_low, r.partial_ci_high),
+                 p_text(r.partial_p_value) + mark(r.partial_p_holm)]
+            )  # fmt: skip
+        out.append(_table(rows, ["distance", "control", "rho [CI]", "p", "rho step 0",
+                                 "partial rho [CI]", "p"]))  # fmt: skip
+    if "layers" in f:
+        out += ["", "== where the language structure lives: partial rho given "
+                f"{_first_control(f['layers'])} per group (raw rho in parentheses)"]  # fmt: skip
+        out.append(layer_grid(f["layers"]))
+    if "layer_clustering" in f:
+        lc = f["layer_clustering"]
+        rows = [
+            [r.group, r.level, r.statistic, with_interval(r.value, r.ci_low, r.ci_high),
+             p_text(r.p_value) + mark(r.p_holm)]
+            for r in lc.itertuples()
+        ]  # fmt: skip
+        out += ["", "== family / genus agreement per group"]
+        out.append(_table(rows, ["group", "level", "statistic", "value [CI]", "p"]))
+    if "quality" in f:
+        out += ["", f"== similarity vs quality (Spearman over {d.tasks_noun})"]
+        rows = [
+            [r.metric, str(r.n_tasks), with_interval(r.rho, r.ci_low, r.ci_high),
+             p_text(r.p_value) + mark(r.p_holm), _f(r.rho_step0, 2), str(r.control),
+             with_interval(r.partial_rho, r.partial_ci_low, r.partial_ci_high),
+             p_text(r.partial_p_value) + mark(r.partial_p_holm)]
+            for r in f["quality"].itertuples()
+        ]  # fmt: skip
+        out.append(_table(rows, ["metric", "n", "rho [CI]", "p", "rho step 0", "control",
+                                 "partial [CI]", "p"]))  # fmt: skip
+    for name in ("group_settling", "family_settling"):
+        if name in f:
+            out += ["", f"== settling of the mean pair similarity ({name.split('_')[0]}); "
+                    "interval: bootstrap over pairs"]  # fmt: skip
+            rows = [
+                [r.kind, with_interval(r.final_value, r.final_ci_low, r.final_ci_high),
+                 "still moving" if not np.isfinite(r.settle_step) else str(int(r.settle_step)),
+                 f"[{_f(r.settle_ci_low, 0)}, {_f(r.settle_ci_high, 0)}]", str(r.last_step)]
+                for r in f[name].itertuples()
+            ]  # fmt: skip
+            out.append(_table(rows, ["kind", "final [CI]", "settle step", "CI", "last step"]))
+    if "gradvac_tracking" in f:
+        out += ["", "== GradVac targets vs the similarity they track (last fifth of snapshots)"]
+        rows = [
+            [r.group, _f(r.final_target, 2), _f(r.mean_similarity, 2), _f(r.mean_corrected, 2),
+             _f(r.reliability, 2)]
+            for r in f["gradvac_tracking"].itertuples()
+        ]  # fmt: skip
+        out.append(_table(rows, ["group", "target", "raw", "corrected", "reliability"]))
+    if "tests" in f and len(f["tests"]):
+        t = f["tests"]
+        counts = t.groupby("table", sort=False).agg(
+            n=("n_tests", "first"), raw=("p_value", lambda p: int((p < 0.05).sum())),
+            holm=("survives_holm", "sum"),
+        )  # fmt: skip
+        out += ["", "== tests per table (p < 0.05 raw / after Holm)"]
+        out.append(_table([[k, str(r.n), str(r.raw), str(int(r.holm))]
+                           for k, r in counts.iterrows()], ["table", "tests", "p<.05", "Holm"]))  # fmt: skip
+    if res.not_applicable:
+        out += ["", "== not applicable"] + [f"  {k}: {v}" for k, v in res.not_applicable.items()]
+    return "\n".join(out)
+
+
+def _first_control(layers: pd.DataFrame) -> str:
+    controls = [c for c in layers["control"] if isinstance(c, str)]
+    return controls[0] if controls else "no control"
+
+
+def layer_grid(layers: pd.DataFrame) -> str:
+    """Group x distance grid of "partial (raw)" with * for Holm survivors of the partial."""
+    distances = list(dict.fromkeys(layers["distance"]))
+    rows = []
+    for g, part in layers.groupby("group", sort=False):
+        by = part.set_index("distance")
+        cells = [g]
+        for dist in distances:
+            if dist not in by.index:
+                cells.append("–")
+                continue
+            r = by.loc[dist]
+            cells.append(
+                f"{_f(r['partial_rho'], 2)}{mark(r.get('partial_p_holm'))} ({_f(r['rho'], 2)})"
+            )
+        rows.append(cells)
+    return _table(rows, ["group", *distances])
+
+
+def summary_text(res) -> str:
+    """Per task: its quality, alignment and reliability; then the headline numbers."""
+    d = res.description
+    head = res.headline()
+    counts = res.meta.get("corpus_counts") or {}
+    quality = res.frames.get("task_quality")
+    align = res.frames.get("task_alignment")
+    metrics = d.metrics
+    header = [d.task_noun, "iso"] + (["train", "test"] if counts else []) + metrics
+    header += ["alignment [CI]", "reliability"]
+    rows = []
+    iso = dict(zip(res.frames["families"]["task"], res.frames["families"]["language"],
+                   strict=True)) if "families" in res.frames else {}  # fmt: skip
+    by_task = quality.set_index("task") if quality is not None else None
+    by_align = align.set_index("task") if align is not None else None
+    for task in res.tasks:
+        row = [task, iso.get(task, "-")]
+        if counts:
+            row += [str(counts.get(task, {}).get("train", "-")),
+                    str(counts.get(task, {}).get("test", "-"))]  # fmt: skip
+        for m in metrics:
+            row.append(
+                _plain(by_task.loc[task, m]) if by_task is not None and m in by_task else "–"
+            )
+        if by_align is not None and task in by_align.index:
+            a = by_align.loc[task]
+            row += [with_interval(a["mean_alignment"], a["ci_low"], a["ci_high"]),
+                    _f(a["reliability"], 2)]  # fmt: skip
+        else:
+            row += ["–", "–"]
+        rows.append(row)
+    out = [f"run        {res.run or res.label}",
+           f"snapshots  {d.n_snapshots} (steps {d.steps[0]}..{d.steps[-1]}), method "
+           f"{d.method_label()}" if d.steps else "snapshots  0", "",
+           _table(rows, header), ""]  # fmt: skip
+    if head.get("mean_similarity") is not None:
+        line = f"mean similarity ({res.group}, {res.measure}, steps > 0): " + with_interval(
+            head["mean_similarity"], head["ci_low"], head["ci_high"]
+        )
+        if head.get("reliability") is not None:
+            line += f"; reliability {head['reliability']:.2f}"
+        if head.get("mean_corrected") is not None:
+            line += f"; corrected {head['mean_corrected']:+.2f}"
+        out.append(line)
+    if quality is not None:
+        for m in metrics:
+            values = quality[m].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                noun = d.task_noun if values.size == 1 else d.tasks_noun
+                out.append(f"{m}: mean {values.mean():.2f} (min {values.min():.2f}, max "
+                           f"{values.max():.2f}) over {values.size} {noun}")  # fmt: skip
+    sim = res.frames.get("similarity")
+    if sim is not None and len(sim) > 2:
+        groups = sim[sim["group"] != "all"]
+        lo = (
+            groups.loc[groups["mean_cosine"].idxmin()]
+            if groups["mean_cosine"].notna().any()
+            else None
+        )
+        hi = (
+            groups.loc[groups["mean_cosine"].idxmax()]
+            if groups["mean_cosine"].notna().any()
+            else None
+        )
+        if lo is not None:
+            out.append(f"groups: lowest {lo['group']} {lo['mean_cosine']:+.3f}, highest "
+                       f"{hi['group']} {hi['mean_cosine']:+.3f}")  # fmt: skip
+    for warning in res.warnings:
+        out.append(f"warning: {warning}")
+    interrupted = res.meta.get("interrupted_at_step")
+    if interrupted is not None:
+        out.append(f"interrupted after step {interrupted}")
+    return "\n".join(out)
