@@ -27,6 +27,7 @@ _EXPORTS = {
     "GeomtraceError": "geomtrace._errors",
     "InvalidInputError": "geomtrace._errors",
     "TraceError": "geomtrace._errors",
+    "StorageError": "geomtrace._errors",
     "ParameterGroup": "geomtrace._groups",
     "resolve_groups": "geomtrace._groups",
     "GRANULARITIES": "geomtrace._groups",

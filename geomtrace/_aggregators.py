@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +54,15 @@ def _check_gram(gram: Tensor) -> tuple[int, int]:
     if not gram.is_floating_point():
         raise InvalidInputError(f"gram must be a floating-point tensor, got dtype {gram.dtype}")
     return gram.shape[0], gram.shape[1]
+
+
+def _check_names(what: str, bound: list[str] | None, names: list[str] | None, cls: str) -> None:
+    """Refuse re-binding an aggregator (or its state) to other task or group names."""
+    if bound is not None and names is not None and list(bound) != list(names):
+        raise InvalidInputError(
+            f"{cls} serves {what} {list(bound)}, not {list(names)}: its state is per "
+            f"{what[:-1]} (in this order); use a new aggregator for other {what}"
+        )
 
 
 def _presence(gram: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,16 +220,105 @@ class Aggregator(ABC):
         """Extra per-step arrays worth tracing (name -> tensor); none by default."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The state needed to resume exactly (empty for stateless aggregators)."""
-        return {}
+    #: the task names of the Gram rows and the parameter-group names (set by :meth:`bind`,
+    #: or by loading a state that carries them; None while unknown)
+    tasks: list[str] | None = None
+    group_names: list[str] | None = None
+    #: the keys of :meth:`state_dict` beyond ``kind``, ``tasks`` and ``groups``
+    _state_keys: tuple[str, ...] = ()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        if state:
+    def bind(self, tasks: Sequence[str], groups: Sequence[str] | None = None) -> None:
+        """Name the Gram rows (tasks) and, where known, the parameter groups.
+
+        :class:`MultiTask` calls it, so :meth:`state_dict` carries the names and
+        :meth:`load_state_dict` refuses a state saved for other tasks or another order (the
+        state of pair (i, j) would otherwise silently steer another pair). Binding again to
+        other names is refused for the same reason.
+        """
+        tasks = [str(t) for t in tasks]
+        groups = None if groups is None else [str(g) for g in groups]
+        if self._state_keys:  # a stateless aggregator may serve any tasks, one after another
+            _check_names("tasks", self.tasks, tasks, type(self).__name__)
+            _check_names("groups", self.group_names, groups, type(self).__name__)
+        self.tasks = tasks
+        if groups is not None:
+            self.group_names = groups
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state needed to resume exactly: ``kind`` (the aggregator's :attr:`name`), the
+        ``tasks`` and ``groups`` names (None when unbound) and the subclass's own keys."""
+        return {"kind": self.name, "tasks": self.tasks, "groups": self.group_names}
+
+    def load_state_dict(
+        self,
+        state: Mapping[str, Any],
+        tasks: Sequence[str] | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> None:
+        """Restore what :meth:`state_dict` returned, after checking all of it.
+
+        Refused (:class:`InvalidInputError`, the aggregator unchanged): a state of another
+        aggregator kind, missing or unknown keys, or names that differ from ``tasks`` /
+        ``groups`` (given here or bound before). Names are never reordered: a state saved for
+        ``[es, fr]`` does not load into ``[fr, es]``. States saved before names were stored
+        (no ``kind`` key) load when their keys match.
+        """
+        self._load(self._checked_state(state, tasks, groups))
+
+    def _checked_state(self, state, tasks, groups) -> dict[str, Any]:
+        cls = type(self).__name__
+        if not isinstance(state, Mapping):
             raise InvalidInputError(
-                f"{type(self).__name__} is stateless; got a state with keys {sorted(state)}"
+                f"{cls}.load_state_dict needs the mapping that state_dict() returns, got "
+                f"{type(state).__name__}"
             )
+        kind = state.get("kind")
+        if kind is not None and kind != self.name:
+            raise InvalidInputError(
+                f"this is the state of a {kind!r} aggregator; {cls} ({self.name!r}) cannot load it"
+            )
+        missing = [k for k in self._state_keys if k not in state]
+        if missing:
+            raise InvalidInputError(
+                f"{cls} state is missing key(s) {', '.join(missing)}; a {cls} state has keys "
+                f"{', '.join(('kind', 'tasks', 'groups', *self._state_keys))}"
+            )
+        unknown = sorted(set(state) - set(self._state_keys) - {"kind", "tasks", "groups"})
+        if unknown:
+            raise InvalidInputError(
+                f"{cls} state has unknown key(s) {', '.join(map(str, unknown))}: not a {cls} "
+                "state (another aggregator's?)"
+            )
+        checked = dict(state)
+        for key, given, bound in (
+            ("tasks", tasks, self.tasks),
+            ("groups", groups, self.group_names),
+        ):
+            saved = state.get(key)
+            if saved is not None and not (
+                isinstance(saved, list | tuple) and all(isinstance(n, str) for n in saved)
+            ):
+                raise InvalidInputError(
+                    f"{cls} state: {key} must be a list of names, got {saved!r}"
+                )
+            expected = [str(n) for n in given] if given is not None else bound
+            if given is not None and bound is not None:
+                _check_names(key, bound, expected, cls)
+            if saved is not None and expected is not None and list(saved) != list(expected):
+                raise InvalidInputError(
+                    f"{cls} state was saved for {key} {list(saved)} but is loaded for {expected}: "
+                    f"the per-{key[:-1]} state would steer the wrong {key}; load it with the "
+                    f"same {key} in the same order"
+                )
+            checked[key] = (
+                list(expected) if expected is not None else (None if saved is None else list(saved))
+            )
+        return checked
+
+    def _load(self, state: dict[str, Any]) -> None:
+        """Apply a checked state (subclasses load their keys, then call this)."""
+        self.tasks = state["tasks"]
+        self.group_names = state["groups"]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -290,12 +389,30 @@ class _Shuffling(Aggregator):
         self.last_order = order
         return order
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "generator": self.generator.get_state()}
+    _state_keys = ("seed", "generator")
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "seed": self.seed, "generator": self.generator.get_state()}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        cls = type(self).__name__
+        seed = state["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidInputError(f"{cls} state: seed must be an int, got {seed!r}")
+        scratch = torch.Generator()
+        try:
+            scratch.set_state(state["generator"])
+        except (RuntimeError, TypeError) as err:
+            raise InvalidInputError(
+                f"{cls} state: generator is not a torch.Generator state ({err})"
+            ) from None
+        self._load_own(state)  # may refuse: nothing is changed before it returns
+        self.seed = seed
         self.generator.set_state(state["generator"])
+        super()._load(state)
+
+    def _load_own(self, state: dict[str, Any]) -> None:
+        """Check and apply the subclass's keys beyond seed and generator."""
 
 
 class PCGrad(_Shuffling):
@@ -391,6 +508,8 @@ class GradVac(_Shuffling):
     def trace_arrays(self) -> dict[str, Tensor]:
         return {} if self._targets is None else {"gradvac_target": self._targets}
 
+    _state_keys = ("seed", "generator", "beta", "eps", "targets")
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
@@ -400,12 +519,36 @@ class GradVac(_Shuffling):
         )
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.beta = float(state["beta"])
-        self.eps = float(state["eps"])
-        targets = state["targets"]
-        self._targets = None if targets is None else torch.as_tensor(targets).clone()
+    def _load_own(self, state: dict[str, Any]) -> None:
+        beta, eps, targets = state["beta"], state["eps"], state["targets"]
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0.0 <= beta <= 1.0:
+            raise InvalidInputError(f"GradVac state: beta must be a number in [0, 1], got {beta!r}")
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, int | float)
+            or not (math.isfinite(eps) and eps >= 0)
+        ):
+            raise InvalidInputError(f"GradVac state: eps must be a finite number >= 0, got {eps!r}")
+        if targets is not None:
+            try:
+                targets = torch.as_tensor(targets).clone()
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise InvalidInputError(f"GradVac state: targets is not a tensor ({err})") from None
+            shape = tuple(targets.shape)
+            if targets.ndim != 3 or shape[1] != shape[2] or not targets.is_floating_point():
+                raise InvalidInputError(
+                    f"GradVac state: targets must be a float [G, K, K] tensor, got {list(shape)}"
+                )
+            for key, axis in (("groups", 0), ("tasks", 1)):
+                names = state[key]
+                if names is not None and len(names) != shape[axis]:
+                    raise InvalidInputError(
+                        f"GradVac state: targets {list(shape)} do not match {len(names)} {key} "
+                        f"{names}"
+                    )
+        self.beta = float(beta)
+        self.eps = float(eps)
+        self._targets = targets
 
     def __repr__(self) -> str:
         return f"GradVac(beta={self.beta}, eps={self.eps}, seed={self.seed})"

@@ -16,3 +16,11 @@ class InvalidInputError(GeomtraceError, ValueError):
 
 class TraceError(GeomtraceError):
     """A trace that is missing, not a trace, or of an unsupported schema version."""
+
+
+class StorageError(GeomtraceError):
+    """A run's files could not be written (disk full, I/O error, read-only medium).
+
+    The message names the path, the reason and what was kept (e.g. the snapshots already in
+    the trace), so a user knows whether the run's work survived.
+    """

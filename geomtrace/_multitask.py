@@ -91,6 +91,7 @@ class MultiTask(StepPolicy):
         # Groups on the module inside a DDP wrapper, so names match the Tracer's.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
         check_real_params(self.groups)
+        aggregator.bind(self.tasks, [g.name for g in self.groups])  # names in its state_dict
         if tracer is not None:
             if not isinstance(tracer, Tracer):
                 raise InvalidInputError(

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +76,12 @@ class RecipeConfig:
     eval_batch: int = 512
 
     def validate(self) -> RecipeConfig:
-        """Check values a user can get wrong; raise :class:`InvalidInputError` naming them."""
+        """Check values a user can get wrong; raise :class:`InvalidInputError` naming them.
+
+        Called before any work (``run``, the CLI), so a bad value costs nothing.
+        """
+        _check_field_types(self)
+        _check_ranges(self)
         if self.direction not in DIRECTIONS:
             raise InvalidInputError(
                 f"direction={self.direction!r}; allowed: {', '.join(DIRECTIONS)}"
@@ -223,3 +231,126 @@ def _toml_value(value: Any) -> str:
 def to_toml(values: Mapping[str, Any]) -> str:
     """Flat ``key = value`` TOML (str, int, float, bool and lists of them)."""
     return "".join(f"{key} = {_toml_value(v)}\n" for key, v in values.items())
+
+
+def _type_matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (bool is not an int; an int is a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_type_matches(v, args[0]) for v in value)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation this check does not know: left to the field's own check
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_field_types(config: RecipeConfig) -> None:
+    """Every field against its annotation, so ``--set lr=abc`` fails here, naming the field,
+    the value and the expected type, not as a TypeError deep in training."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = hints.get(f.name, Any)
+        if not _type_matches(value, hint):
+            expected = _TYPE_NAMES.get(hint)
+            if expected is None:
+                expected = "a list of strings" if typing.get_origin(hint) is list else str(hint)
+            raise InvalidInputError(
+                f"config {f.name}={value!r}: expected {expected}, got {type(value).__name__}"
+            )
+
+
+#: (field, low, low inclusive, high, high inclusive, note); checked only where the field exists
+_RANGES: list[tuple[str, float, bool, float, bool, str]] = [
+    ("lr", 0.0, False, math.inf, False, "> 0"),
+    ("dropout", 0.0, True, 1.0, False, "in [0, 1)"),
+    ("label_smoothing", 0.0, True, 1.0, False, "in [0, 1)"),
+    ("weight_decay", 0.0, True, math.inf, False, ">= 0"),
+    ("clip_norm", 0.0, True, math.inf, False, ">= 0 (0 = no clipping)"),
+    ("beta", 0.0, False, 1.0, True, "in (0, 1] (beta 0 is --method pcgrad)"),
+    ("eval_batch", 1, True, math.inf, False, ">= 1"),
+    ("probe_size", 1, True, math.inf, False, ">= 1"),
+    ("d_ff", 1, True, math.inf, False, ">= 1"),
+    ("warmup", 0, True, math.inf, False, ">= 0"),
+    ("threads", 0, True, math.inf, False, ">= 0 (0 = torch's default)"),
+]
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+_DEVICE_FORMS = "cpu, cuda, cuda:N (N = GPU index), mps"
+
+
+def _check_ranges(config: RecipeConfig) -> None:
+    for key, low, low_ok, high, high_ok, note in _RANGES:
+        if not hasattr(config, key):
+            continue
+        value = getattr(config, key)
+        inside = math.isfinite(value) and (value >= low if low_ok else value > low)
+        inside = inside and (value <= high if high_ok else value < high)
+        if not inside:
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise InvalidInputError(f"{key}={value!r}: must be {finite}{note}")
+    _check_device(config.device)
+    _check_name(config.name, config.out)
+
+
+def _check_device(device: str) -> None:
+    """A device string torch understands and a device this machine has."""
+    match = _DEVICE.fullmatch(device)
+    if match is None:
+        raise InvalidInputError(f"device={device!r}; allowed: {_DEVICE_FORMS}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        if index:
+            raise InvalidInputError(f"device={device!r}; allowed: {_DEVICE_FORMS}")
+        return
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(
+                f"device={device!r}, but CUDA is not available here (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use "
+                "--device cpu"
+            )
+        count = torch.cuda.device_count()
+        if index and int(index[1:]) >= count:
+            raise InvalidInputError(
+                f"device={device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    elif kind == "mps":
+        if index or not torch.backends.mps.is_available():
+            raise InvalidInputError(
+                f"device={device!r}: MPS is not available here; use --device cpu"
+            )
+
+
+def _check_name(name: str, out: str) -> None:
+    """A run name is a path inside ``out``: not absolute, and no ``..`` climbing out of it."""
+    if not name:
+        return
+    if Path(name).is_absolute():
+        raise InvalidInputError(
+            f"name={name!r} is an absolute path: the run directory must be inside --out "
+            f"({out!r}); give a relative name, or set --out"
+        )
+    base = Path(out).resolve()
+    target = (base / name).resolve()
+    if target == base or base not in target.parents:
+        raise InvalidInputError(
+            f"name={name!r} leads to {str(target)!r}, outside --out {str(base)!r}: the run "
+            "directory must be inside --out (no '..' in --name)"
+        )
