@@ -53,6 +53,11 @@ def figure(result) -> object:
     if isinstance(tq, analyses.NotApplicable):
         return tq
     _, plural = nouns(result.description)
+    if len(result.tasks) < 2:
+        return analyses.NotApplicable(
+            f"a task's similarity to the others needs at least 2 {plural}; the run has "
+            f"{len(result.tasks)}"
+        )
     metric = result.settings.get("metric")
     metrics = quality_metrics(tq, metric)
     if not metrics:

@@ -235,7 +235,8 @@ def _figure_html(
     if notes:
         parts.append(f'<p class="note">{"<br>".join(notes)}</p>')
     if isinstance(fig, analyses.NotApplicable) or fig is None:
-        parts.append(f'<p class="skip"><b>Not drawn:</b> {html.escape(str(fig or ""))}</p>')
+        reason = "not drawn" if fig is None else str(fig)
+        parts.append(f'<p class="skip"><b>Not drawn:</b> {html.escape(reason)}</p>')
     else:
         uri = encode_figure(fig, image_format)
         parts.append(
@@ -433,7 +434,7 @@ def write_report(
             f'<p class="note"><b>Here.</b> {html.escape(describe_run(result))}</p>',
             _config_table(result),
         ]
-        if result.warnings:
+        if result.warnings and len(results) > 1:  # one run: the page's banner says it
             items = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
             body.append(f'<div class="warning"><b>⚠ Warnings</b><ul>{items}</ul></div>')
         for key in RUN_FIGURES:

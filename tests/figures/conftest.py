@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import analyses
 from geomtrace import TraceWriter
 
 TASKS = ["es", "fr", "it", "fi", "hu", "et", "tr", "az", "kk"]
@@ -157,3 +158,36 @@ def synthetic_runs(tmp_path_factory):
         "regression": write_regression_trace(root / "regression"),
         "chrfpp": write_trace(root / "chrfpp", metric="chrF++"),
     }
+
+
+PERMS, BOOT = 99, 50
+
+
+@pytest.fixture(scope="session")
+def analysed(synthetic_runs):
+    """Analyse a synthetic run once per session: ``analysed(name, **kwargs)``."""
+    cache: dict = {}
+
+    def get(name: str, **kwargs):
+        key = (name, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = analyses.analyse_run(
+                synthetic_runs[name], n_permutations=PERMS, n_bootstrap=BOOT, **kwargs
+            )
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def drawn(analysed):
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            from figures import draw_run
+
+            cache[name] = draw_run(analysed(name))
+        return cache[name]
+
+    return get
