@@ -300,6 +300,84 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _add_group_parser(sub) -> None:
+    from analyses import AFFINITIES, DISTANCES, MEASURES
+
+    p = sub.add_parser(
+        "group",
+        help="which tasks should share a model: the best partition by gradient affinity",
+        description="Partition the run's tasks into K groups maximising the total "
+        "within-group gradient affinity (centred: pairs more alike than the average pair add, "
+        "others cost): exact search for up to 12 tasks, a documented heuristic beyond. "
+        "Affinity 'cosine' is the step-averaged similarity; 'lookahead' is the first-order "
+        "relative loss change lr g_i.g_j / L_j of one step on task i for task j (see "
+        "analyses/README.md). Prints the groups, their score, how often each grouped pair "
+        "stays together under the snapshot bootstrap, and the baselines: typology, family "
+        "tree and random groups of the same sizes.",
+    )
+    p.add_argument("run", help="run directory (or its trace.sqlite)")
+    p.add_argument("--k", type=int, required=True, help="number of groups")
+    p.add_argument("--measure", dest="affinity", default="cosine", choices=AFFINITIES,
+                   help="affinity: cosine (default) or lookahead")  # fmt: skip
+    p.add_argument("--similarity", default="raw", choices=MEASURES,
+                   help="similarity measure of the cosine affinity (default raw)")  # fmt: skip
+    p.add_argument("--group", default=None, help="parameter group (default: all)")
+    p.add_argument("--max-size", type=int, default=None, help="largest group allowed")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the lookahead (default: the run's config lr)")  # fmt: skip
+    p.add_argument("--distance", default="genetic", choices=DISTANCES,
+                   help="typological distance of the typology baseline (default genetic)")  # fmt: skip
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap replicates for the stability (default 200; 0: none)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and random groups")
+    _json_argument(p, "the grouping")
+    p.set_defaults(func=_cmd_group)
+
+
+def _cmd_group(args) -> int:
+    import numpy as np
+
+    from analyses import group_tasks
+
+    _check_output_file(args.json, "--json")
+    if args.bootstrap < 0:
+        raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
+    grouping = group_tasks(
+        args.run, args.k, affinity=args.affinity, group=args.group, measure=args.similarity,
+        max_size=args.max_size, lr=args.lr, n_bootstrap=args.bootstrap,
+        distance=args.distance, seed=args.seed,
+    )  # fmt: skip
+    if args.json == "-":
+        _write_json(grouping.to_dict(), "-")
+        return 0
+    print(
+        f"{grouping.k} groups by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
+        f"{grouping.method} search; score {grouping.score:+.3f}"
+    )
+    tasks = grouping.affinity.tasks
+    for n, members in enumerate(grouping.groups(), 1):
+        index = [tasks.index(t) for t in members]
+        pairs = [(a, b) for a in index for b in index if a < b]
+        together = [grouping.together[a, b] for a, b in pairs]
+        stay = f"  stays together {np.nanmean(together):.0%}" if pairs and args.bootstrap else ""
+        print(f"  group {n}: {' '.join(members)}{stay}")
+    if np.isfinite(grouping.stability):
+        print(f"stability: grouped pairs share a group in {grouping.stability:.0%} of "
+              f"{args.bootstrap} bootstrap replicates")  # fmt: skip
+    totals = grouping.schemes[grouping.schemes["group"] == -1]
+    print("\nschemes (within-group affinity under the gradient affinity, centred):")
+    for row in totals.itertuples():
+        print(f"  {row.scheme:<24} {row.gradient_score:+.3f}")
+    for row in grouping.schemes[grouping.schemes["group"] >= 0].itertuples():
+        if row.scheme != "gradient":
+            print(f"    {row.scheme}: {row.tasks}")
+    for note in grouping.notes:
+        print(f"note: {note}")
+    if args.json:
+        _write_json(grouping.to_dict(), args.json)
+    return 0
+
+
 def _add_plot_parser(sub) -> None:
     p = sub.add_parser(
         "plot",
@@ -438,7 +516,14 @@ def _add_trace_parser(sub) -> None:
 def _cmd_trace(args) -> int:
     from geomtrace.recipe._cli import command
 
-    return command(args)
+    run_dir = command(args)
+    if run_dir is not None:
+        from analyses import analyse_run
+
+        # The same numbers as inspect and analyze (one definition, in analyses).
+        result = analyse_run(run_dir, parts=["similarity", "quality"], n_permutations=999)
+        print(result.summary_text())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect_parser(sub)
     _add_typology_parser(sub)
     _add_analyze_parser(sub)
+    _add_group_parser(sub)
     _add_plot_parser(sub)
     _add_report_parser(sub)
     _add_reproduce_parser(sub)

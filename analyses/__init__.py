@@ -14,6 +14,13 @@ from analyses._clustering import (
     cluster_tasks,
     family_agreement,
 )
+from analyses._compare import (
+    Comparison,
+    across_seeds,
+    compare_runs,
+    higher_is_better,
+    t_interval,
+)
 from analyses._covariates import (
     COVARIATES,
     char_overlap_distance,
@@ -34,6 +41,19 @@ from analyses._evolution import (
     pair_trajectories,
     settling,
     settling_step,
+)
+from analyses._grouping import (
+    AFFINITIES,
+    Affinity,
+    Grouping,
+    best_partition,
+    exact_partition,
+    group_tasks,
+    heuristic_partition,
+    lookahead_affinity,
+    partition_score,
+    planted_affinity,
+    task_affinity,
 )
 from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
@@ -87,6 +107,10 @@ from analyses._typology import (
 from analyses._uncertainty import block_bootstrap, holm, interval
 
 __all__ = [
+    "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
+    "heuristic_partition", "lookahead_affinity", "partition_score", "planted_affinity",
+    "task_affinity",
+    "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
     "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
     "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",
     "analyse_runs", "block_bootstrap", "centred_gram", "describe", "has_halves", "holm",

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analyses._inputs import is_trace
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 COVARIATES = ("char_overlap", "script")
 
@@ -77,11 +77,13 @@ def covariate_distances(
         ("script", scripts, script_distance),
     ):
         key = "char_profiles" if name == "char_overlap" else "scripts"
+        what = "character profile" if name == "char_overlap" else "script"
         if not value:
-            skipped[name] = f"the trace has no meta {key!r}"
+            skipped[name] = f"the run recorded no {what}s (trace meta {key!r})"
             continue
-        try:
-            found[name] = build(value, tasks)
-        except InvalidInputError as err:
-            skipped[name] = str(err)
+        missing = [t for t in tasks if not value.get(t)]
+        if missing:
+            skipped[name] = f"no {what} recorded for {missing}"
+            continue
+        found[name] = build(value, tasks)
     return found, skipped

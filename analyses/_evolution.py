@@ -112,8 +112,10 @@ def family_trajectories(
     stack = _snapshots(source, group, measure, tasks, steps)
     fam = _family_list(families, stack.tasks)
     values, (i, j) = _pair_values(stack)
-    known = np.array([fam[a] is not None and fam[b] is not None for a, b in zip(i, j, strict=True)])
-    same = np.array([fam[a] == fam[b] for a, b in zip(i, j, strict=True)]) & known
+    known = np.array(
+        [fam[a] is not None and fam[b] is not None for a, b in zip(i, j, strict=True)], dtype=bool
+    )
+    same = np.array([fam[a] == fam[b] for a, b in zip(i, j, strict=True)], dtype=bool) & known
     rows = []
     for kind, mask in (("within", same), ("across", known & ~same)):
         mean = _nanmean_rows(values[:, mask]) if mask.any() else np.full(len(stack.steps), np.nan)

@@ -87,12 +87,12 @@ def group_split_half(trace: Any, group: str | None) -> np.ndarray:
             "the trace has no split halves: trace with Tracer(..., halves=True) "
             "(geomtrace trace --set halves=true) to measure reliability and correct for noise"
         )
-    if hasattr(trace, "split_half") and callable(trace.split_half):
-        try:
-            return np.asarray(trace.split_half(group), dtype=np.float64)
-        except InvalidInputError:
-            if group != ALL:
-                raise
+    if callable(getattr(trace, "split_half", None)):
+        if group == ALL and ALL not in trace.groups:  # exact: groups are disjoint blocks
+            return np.sum(
+                [np.asarray(trace.split_half(g), dtype=np.float64) for g in trace.groups], axis=0
+            )
+        return np.asarray(trace.split_half(group), dtype=np.float64)
     data = np.asarray(trace.array(SPLIT_HALF), dtype=np.float64)  # [S, G, K, 3]
     if group == ALL:
         return data.sum(axis=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analyses._inputs import is_trace
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 GRADVAC_TARGET_COLUMNS = ["step", "group", "mean_target", "n_pairs"]
 

@@ -225,6 +225,12 @@ class RunResults:
 
         return results_text(self)
 
+    def summary_text(self) -> str:
+        """One screen per run (the summary printed by ``geomtrace trace``)."""
+        from analyses._text import summary_text
+
+        return summary_text(self)
+
 
 def _num(value: Any) -> float | None:
     try:
@@ -364,7 +370,10 @@ def analyse_run(
         },  # fmt: skip
         scripts=trace.meta("scripts") if hasattr(trace, "meta") else None,
         config=dict(getattr(trace, "config", {}) or {}),
-        meta={k: trace.meta(k) for k in ("train_seconds", "versions", "interrupted_at_step")}
+        meta={
+            k: trace.meta(k)
+            for k in ("train_seconds", "versions", "interrupted_at_step", "corpus_counts")
+        }
         if hasattr(trace, "meta")
         else {},
     )
@@ -504,17 +513,28 @@ def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None
     result.frames["clustering"] = out[["group", "level", *out.columns[:-2]]]
 
 
+def _languages_for_typology(trace, group, measure, window, codes) -> list[str]:
+    """The tasks a typology test of ``group`` can use: ISO code and complete similarities."""
+    sim = windowed(trace, group, measure, window=window)
+    labelled = [t for t in sim.tasks if t in codes]
+    index = [sim.tasks.index(t) for t in labelled]
+    sub = sim.matrix()[np.ix_(index, index)]
+    drop = set(tasks_with_nan(sub, labelled))
+    return [t for t in labelled if t not in drop]
+
+
 def _typology(result, trace, codes, parts, measure, window, n_permutations, boot, cache) -> None:
     kw = {"measure": measure, "window": window, "n_permutations": n_permutations,
           "cache": cache, **boot}  # fmt: skip
+    usable = _languages_for_typology(trace, result.group, measure, window, codes)
     if "typology" in parts:
-        try:
-            result.frames["typology"] = typology_correlation(trace, result.group, **kw)
-        except InvalidInputError as err:
-            if "at least 4 languages" not in str(err):
-                raise
-            result.not_applicable["typology"] = str(err)
+        if len(usable) < 4:
+            result.not_applicable["typology"] = (
+                f"a Mantel test needs >= 4 languages with ISO codes and complete similarities; "
+                f"the run has {len(usable)} ({usable})"
+            )
         else:
+            result.frames["typology"] = typology_correlation(trace, result.group, **kw)
             tasks = [t for t in trace.tasks if t in codes]
             kinds = [k for k in DISTANCES if k in set(result.frames["typology"]["distance"])]
             matrices = typological_distances(sorted(set(codes.values())), kinds, cache=cache)
@@ -533,21 +553,27 @@ def _typology(result, trace, codes, parts, measure, window, n_permutations, boot
             f"the trace has one parameter group ({list(trace.groups)}): no layer table"
         )
         return
-    rows, agreement = [], []
+    rows, agreement, skipped = [], [], []
     for g in groups:
-        try:
-            frame = (
-                result.frames["typology"]
-                if g == result.group and "typology" in result.frames
-                else typology_correlation(trace, g, **kw)
-            )
-        except InvalidInputError as err:
-            if "at least 4 languages" not in str(err):
-                raise
+        if len(_languages_for_typology(trace, g, measure, window, codes)) < 4:
+            skipped.append(g)
             continue
+        frame = (
+            result.frames["typology"]
+            if g == result.group and "typology" in result.frames
+            else typology_correlation(trace, g, **kw)
+        )
         frame = frame.assign(position=list(trace.groups).index(g) if g in trace.groups else -1)
         rows.append(frame.assign(part="whole" if g == ALL else part_of(g)))
         agreement.append(_group_agreement(result, trace, g, measure, window, n_permutations, boot))
+    if not rows:
+        result.not_applicable["layers"] = (
+            "no group has >= 4 languages with ISO codes and complete similarities"
+        )
+    if skipped and rows:
+        result.warnings.append(
+            f"layer table: groups {skipped} left out (< 4 languages with complete similarities)"
+        )
     if rows:
         table = pd.concat(rows, ignore_index=True)
         # One control per row in the layer table: character overlap where known (the main

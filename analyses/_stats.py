@@ -12,14 +12,14 @@ for two-sided tests. Ties are counted with a relative tolerance of 1e-12.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy.stats import rankdata
 
 from analyses._inputs import as_square, check_finite_offdiag
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 METHODS = ("spearman", "pearson")
@@ -42,9 +42,6 @@ class PermutationResult:
     n_permutations: int
     method: str
     alternative: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def permutations(n: int, n_permutations: int, seed: int) -> np.ndarray:

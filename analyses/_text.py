@@ -17,6 +17,14 @@ def _f(value: Any, digits: int = 3) -> str:
     return "–" if not math.isfinite(v) else f"{v:+.{digits}f}" if digits == 2 else f"{v:.{digits}f}"
 
 
+def _plain(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.2f}" if math.isfinite(v) else "–"
+
+
 def with_interval(value: Any, lo: Any, hi: Any, digits: int = 2) -> str:
     """ "+0.41 [+0.12, +0.60]" (a dash for a missing value or bound)."""
     return f"{_f(value, 2)} [{_f(lo, 2)}, {_f(hi, 2)}]"
@@ -188,3 +196,79 @@ def layer_grid(layers: pd.DataFrame) -> str:
             )
         rows.append(cells)
     return _table(rows, ["group", *distances])
+
+
+def summary_text(res) -> str:
+    """Per task: its quality, alignment and reliability; then the headline numbers."""
+    d = res.description
+    head = res.headline()
+    counts = res.meta.get("corpus_counts") or {}
+    quality = res.frames.get("task_quality")
+    align = res.frames.get("task_alignment")
+    metrics = d.metrics
+    header = [d.task_noun, "iso"] + (["train", "test"] if counts else []) + metrics
+    header += ["alignment [CI]", "reliability"]
+    rows = []
+    iso = dict(zip(res.frames["families"]["task"], res.frames["families"]["language"],
+                   strict=True)) if "families" in res.frames else {}  # fmt: skip
+    by_task = quality.set_index("task") if quality is not None else None
+    by_align = align.set_index("task") if align is not None else None
+    for task in res.tasks:
+        row = [task, iso.get(task, "-")]
+        if counts:
+            row += [str(counts.get(task, {}).get("train", "-")),
+                    str(counts.get(task, {}).get("test", "-"))]  # fmt: skip
+        for m in metrics:
+            row.append(
+                _plain(by_task.loc[task, m]) if by_task is not None and m in by_task else "–"
+            )
+        if by_align is not None and task in by_align.index:
+            a = by_align.loc[task]
+            row += [with_interval(a["mean_alignment"], a["ci_low"], a["ci_high"]),
+                    _f(a["reliability"], 2)]  # fmt: skip
+        else:
+            row += ["–", "–"]
+        rows.append(row)
+    out = [f"run        {res.run or res.label}",
+           f"snapshots  {d.n_snapshots} (steps {d.steps[0]}..{d.steps[-1]}), method "
+           f"{d.method_label()}" if d.steps else "snapshots  0", "",
+           _table(rows, header), ""]  # fmt: skip
+    if head.get("mean_similarity") is not None:
+        line = f"mean similarity ({res.group}, {res.measure}, steps > 0): " + with_interval(
+            head["mean_similarity"], head["ci_low"], head["ci_high"]
+        )
+        if head.get("reliability") is not None:
+            line += f"; reliability {head['reliability']:.2f}"
+        if head.get("mean_corrected") is not None:
+            line += f"; corrected {head['mean_corrected']:+.2f}"
+        out.append(line)
+    if quality is not None:
+        for m in metrics:
+            values = quality[m].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                noun = d.task_noun if values.size == 1 else d.tasks_noun
+                out.append(f"{m}: mean {values.mean():.2f} (min {values.min():.2f}, max "
+                           f"{values.max():.2f}) over {values.size} {noun}")  # fmt: skip
+    sim = res.frames.get("similarity")
+    if sim is not None and len(sim) > 2:
+        groups = sim[sim["group"] != "all"]
+        lo = (
+            groups.loc[groups["mean_cosine"].idxmin()]
+            if groups["mean_cosine"].notna().any()
+            else None
+        )
+        hi = (
+            groups.loc[groups["mean_cosine"].idxmax()]
+            if groups["mean_cosine"].notna().any()
+            else None
+        )
+        if lo is not None:
+            out.append(f"groups: lowest {lo['group']} {lo['mean_cosine']:+.3f}, highest "
+                       f"{hi['group']} {hi['mean_cosine']:+.3f}")  # fmt: skip
+    for warning in res.warnings:
+        out.append(f"warning: {warning}")
+    interrupted = res.meta.get("interrupted_at_step")
+    if interrupted is not None:
+        out.append(f"interrupted after step {interrupted}")
+    return "\n".join(out)

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geomtrace._errors import GeomtraceError, InvalidInputError
+from geomtrace import GeomtraceError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,13 @@ def _lang2vec_data() -> tuple[Path, str]:
 
 
 @lru_cache(maxsize=1)
-def uriel_languages() -> tuple[str, ...]:
-    """All ISO 639-3 codes with URIEL feature vectors (sorted)."""
+def uriel_feature_codes() -> tuple[str, ...]:
+    """Every ISO 639-3 code lang2vec's feature files carry a vector for (sorted; 7970 codes).
+
+    Not lang2vec's ``URIEL_LANGUAGES`` (3718 codes with a complete family vector, which
+    ``geomtrace.recipe.languages.uriel_languages`` reproduces to flag recipe languages):
+    the typology here can use any code with features, imputed (kNN) ones included.
+    """
     data, _ = _lang2vec_data()
     with np.load(data / "feature_predictions.npz") as f:
         return tuple(sorted(str(x) for x in f["langs"]))
@@ -111,7 +116,7 @@ def uriel_languages() -> tuple[str, ...]:
 def _suggest(code: str) -> list[str]:
     """Close matches for an unknown code: ISO 639-1 mapping, language names, similar codes."""
     data, _ = _lang2vec_data()
-    known = set(uriel_languages())
+    known = set(uriel_feature_codes())
     out: list[str] = []
     letter = json.loads((data / "letter_codes.json").read_text())
     if code in letter and letter[code] in known:
@@ -139,7 +144,7 @@ def check_languages(languages: Sequence[str]) -> list[str]:
     if len(set(codes)) != len(codes):
         dup = sorted({c for c in codes if codes.count(c) > 1})
         raise InvalidInputError(f"duplicate language codes: {dup}")
-    known = set(uriel_languages())
+    known = set(uriel_feature_codes())
     bad = [c for c in codes if c not in known]
     if bad:
         parts = []

@@ -46,3 +46,22 @@ def test_help_explains_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "inspect" in capsys.readouterr().out
+
+
+def test_group_command_prints_groups_and_writes_json(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    clusters = np.repeat([0, 1], 3)
+    centers = rng.normal(size=(2, 32))
+    tasks = [f"head{i}" for i in range(6)]  # a multi-task run: no ISO codes
+    with gt.TraceWriter(tmp_path, tasks, [("body", 32, ["w"])], config={"lr": 0.1}) as w:
+        for step in range(0, 101, 10):
+            g = centers[clusters] + 0.5 * rng.normal(size=(6, 32))
+            w.write_snapshot(step, (g @ g.T)[None], {t: 1.0 for t in tasks})
+    out = tmp_path / "g.json"
+    assert main(["group", str(tmp_path), "--k", "2", "--bootstrap", "20", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "group 1: head0 head1 head2" in text and "exact search" in text
+    payload = json.loads(out.read_text())
+    assert sorted(payload["groups"]) == [["head0", "head1", "head2"], ["head3", "head4", "head5"]]
+    assert main(["group", str(tmp_path), "--k", "9"]) == 2
+    assert "between 1 and 6" in capsys.readouterr().err

@@ -25,7 +25,6 @@ _EXPORTS = {
     "ByteTransformer": "geomtrace.recipe.model",
     "make_recipe": "geomtrace.recipe.embedded",
     "run": "geomtrace.recipe.runner",
-    "summarize": "geomtrace.recipe.runner",
     "load_model": "geomtrace.recipe.runner",
 }
 

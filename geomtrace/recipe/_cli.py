@@ -129,15 +129,20 @@ def language_table() -> str:
     return "\n".join(lines)
 
 
-def command(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace):
+    """Run ``geomtrace trace``; returns the run directory (None for --list-languages).
+
+    The summary of the finished run is printed by the command line (cli.py), from analyses:
+    geomtrace/ defines no statistic of its own.
+    """
     if args.list_languages:
         print(language_table())
-        return 0
+        return None
     config = resolve_config(args)
 
     from tqdm import tqdm
 
-    from geomtrace.recipe.runner import run, summarize
+    from geomtrace.recipe.runner import run
 
     bar = None
     started = time.perf_counter()
@@ -166,6 +171,5 @@ def command(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(summarize(run_dir))
     print(f"wall time {time.perf_counter() - started:.0f} s; trace in {run_dir}/trace.sqlite")
-    return 0
+    return run_dir

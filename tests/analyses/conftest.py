@@ -42,6 +42,8 @@ def write_planted_trace(
     steps=tuple(range(0, 101, 10)),
     dim: int = 64,
     absent: str | None = None,
+    method: str = "sum",
+    chrf_shift: float = 0.0,
 ):
     """A trace whose gradients cluster by language family after step 0 (none at step 0).
 
@@ -56,8 +58,10 @@ def write_planted_trace(
     fam = np.unique([PLANTED[c] for c in langs], return_inverse=True)[1]
     groups = [("encoder.0", dim, ["enc.w"]), ("decoder.0", dim, ["dec.w"])]
     writer = gt.TraceWriter(
-        run, tasks, groups, iso_codes={t: t[:3] for t in tasks} if iso else None, overwrite=True
-    )
+        run, tasks, groups, iso_codes={t: t[:3] for t in tasks} if iso else None, overwrite=True,
+        config={"method": method, "seed": seed, "granularity": "all_layer"},
+    )  # fmt: skip
+    writer.set_meta("method", method)
     centers = rng.normal(size=(2, fam.max() + 1, dim))
     for s in steps:
         grams = []
@@ -71,7 +75,7 @@ def write_planted_trace(
         writer.write_snapshot(s, gram, losses={t: 1.0 for t in tasks})
     if quality:
         for k, t in enumerate(tasks):
-            writer.write_quality(steps[-1], t, "chrf", 30.0 + k)
+            writer.write_quality(steps[-1], t, "chrf", 30.0 + k + chrf_shift)
             writer.write_quality(steps[-1], t, "heldout_loss", 3.0 - 0.1 * k)
     if meta:
         writer.set_meta("scripts", {t: SCRIPTS.get(t[:3], "Latn") for t in tasks})

@@ -37,7 +37,9 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
         value = frame["value"] if "value" in frame else frame["rho"]
         ok = value.notna() & frame["ci_low"].notna()
         assert ok.any()
-        assert ((frame["ci_low"][ok] <= value[ok] + 1e-9) & (value[ok] <= frame["ci_high"][ok] + 1e-9)).all()
+        assert (
+            (frame["ci_low"][ok] <= value[ok] + 1e-9) & (value[ok] <= frame["ci_high"][ok] + 1e-9)
+        ).all()
     genus = result.frames["clustering"].query("level == 'genus'").set_index("statistic")
     # Italic, Germanic, Finnic, Uralic (hun: depth 1), Common Turkic, South/Central Dravidian.
     assert genus.loc["ari", "n_families"] == 7

@@ -10,7 +10,7 @@ import torch
 
 from cli import main
 from geomtrace import InvalidInputError, open_trace
-from geomtrace.recipe import RecipeConfig, load_model, run, summarize
+from geomtrace.recipe import RecipeConfig, load_model, run
 
 TINY = {
     "langs": ["es", "ru", "ja"],
@@ -63,8 +63,10 @@ def test_run_writes_trace_quality_and_baseline(tiny_run):
     assert "ж" in profiles["ru"] and "の" in profiles["ja"] and "ñ" in profiles["es"]
     assert trace.config == RecipeConfig.from_toml(run_dir / "config.toml").to_dict()
     assert trace.config["langs"] == ["es", "ru", "ja"]
-    text = summarize(run_dir)
-    assert "chrF mean" in text and "ja" in text
+    from analyses import analyse_run
+
+    text = analyse_run(run_dir, parts=["similarity", "quality"], n_permutations=99).summary_text()
+    assert "chrf: mean" in text and "ja" in text
 
 
 @pytest.mark.slow
@@ -92,7 +94,7 @@ def test_existing_run_directory_needs_force(tiny_run, capsys):
     assert "--force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
     printed = capsys.readouterr().out
-    assert "chrF mean" in printed
+    assert "chrf: mean" in printed and "mean similarity (all, raw, steps > 0)" in printed
     assert open_trace(out / "a").tasks == ["es", "ru"]
 
 

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+import analyses
+from analyses._uncertainty import correlation_rows, partial_from_r, spearman_rows
+from geomtrace import InvalidInputError
+
+
+def test_holm_by_hand():
+    # Sorted 0.01, 0.03, 0.04: 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, 1 x 0.04 -> max(0.06, 0.04).
+    assert analyses.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = analyses.holm([0.5, np.nan, 0.2])  # NaN is not a test: m = 2
+    assert out[0] == pytest.approx(0.5) and np.isnan(out[1]) and out[2] == pytest.approx(0.4)
+    assert analyses.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+def test_block_bootstrap_draws_runs_of_consecutive_snapshots():
+    idx = analyses.block_bootstrap(20, 50, seed=3)
+    assert idx.shape == (50, 20) and idx.min() >= 0 and idx.max() <= 19
+    # Default block length round(20 ** (1/3)) = 3: each row is runs of 3 consecutive indices.
+    runs = idx[:, :18].reshape(50, 6, 3)
+    assert (np.diff(runs, axis=2) == 1).all()
+    assert np.array_equal(idx, analyses.block_bootstrap(20, 50, seed=3))
+    assert analyses.block_bootstrap(5, 4, block=1, seed=0).shape == (4, 5)
+    with pytest.raises(InvalidInputError, match="block"):
+        analyses.block_bootstrap(5, 4, block=9)
+    with pytest.raises(InvalidInputError, match="n_bootstrap"):
+        analyses.block_bootstrap(5, 0)
+
+
+def test_interval_and_row_correlations():
+    values = np.arange(1001, dtype=float)
+    assert analyses.interval(values) == pytest.approx((25.0, 975.0))
+    assert all(np.isnan(analyses.interval(np.array([1.0, np.nan]))))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 30)), rng.normal(size=30)
+    expected = [spearmanr(row, y).statistic for row in x]
+    assert spearman_rows(x, y) == pytest.approx(expected)
+    assert correlation_rows(x, y, "pearson") == pytest.approx([np.corrcoef(r, y)[0, 1] for r in x])
+    assert partial_from_r(0.5, 0.0, 0.0) == pytest.approx(0.5)
+    assert partial_from_r(0.5, 0.5, 0.5) == pytest.approx((0.5 - 0.25) / 0.75)
