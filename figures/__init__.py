@@ -32,7 +32,6 @@ _EXPORTS = {
     "draw_comparison": "figures._draw",
     "save_figures": "figures._draw",
     "parse_formats": "figures._style",
-    "higher_is_better": "figures._style",
     "write_report": "figures._report",
 }
 

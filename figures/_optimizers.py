@@ -49,6 +49,7 @@ def figure(comparison) -> object:
         title=" vs ".join(["Baseline (sum)", *[n for n in names if n != "sum"]]),
         subtitle=_seeds_text(comparison), task_noun=getattr(comparison, "task_noun", "task"),
         level=getattr(comparison, "level", 0.95),
+        higher_is_better=getattr(comparison, "higher_is_better", None),
     )  # fmt: skip
 
 
@@ -77,6 +78,7 @@ def optimizer_comparison(
     subtitle: str = "",
     task_noun: str = "task",
     level: float = 0.95,
+    higher_is_better: bool | None = None,
 ):
     """Three panels: per-task quality difference vs the baseline (mean over seeds with its
     t-interval, one marker row per method) with each method's mean difference and interval in
@@ -87,6 +89,7 @@ def optimizer_comparison(
     (method, task, mean_delta, ci_low, ci_high, n_seeds); ``per_method``: rows (method,
     mean_delta, ci_low, ci_high, n_seeds, n_tasks, n_better); ``final_pairs``: rows (method,
     seed, task_a, task_b, cosine); ``targets``: rows (method, seed, step, group, mean_target).
+    ``higher_is_better`` (the comparison's) words the y axis.
     """
     if len(methods) < 2:
         raise gt.InvalidInputError(
@@ -133,7 +136,7 @@ def optimizer_comparison(
         ax_q.set_xlabel(f"{task_noun} (dashed: the method's mean over {task_noun}s)")
         ax_q.set_ylabel(
             f"{metric_label(metric)} − {metric_label(metric)} of {baseline}\n"
-            f"({direction_words(metric)}; mean over seeds, {level:.0%} interval)"
+            f"({direction_words(metric, higher_is_better)}; mean over seeds, {level:.0%} interval)"
         )
         ax_q.set_title("quality difference vs baseline")
 

@@ -379,9 +379,16 @@ def _comparison_html(comparison: Any, fig: Any, image_format: str) -> str:
         metric = metric_label(comparison.metric)
         tables += (
             f"<p>Mean {html.escape(metric)} difference per method vs {html.escape(comparison.baseline)} "
-            f"({direction_words(comparison.metric)}), interval across seeds:</p>"
-            + _table(comparison.per_method)
+            f"({direction_words(comparison.metric, comparison.higher_is_better)}), interval "
+            "across seeds:</p>" + _table(comparison.per_method)
         )
+        for note in getattr(comparison, "notes", None) or []:
+            tables += f'<p class="skip">{html.escape(note)}</p>'
+        if not comparison.targets.empty:
+            tables += _details(
+                "GradVac EMA targets (mean over pairs) per method, seed, group and step",
+                _table(comparison.targets),
+            )
         tables += _details("difference per task", _table(comparison.per_task))
     here = (
         ""

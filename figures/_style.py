@@ -211,9 +211,6 @@ METRIC_NAMES = {
     "bleu": "BLEU",
     "heldout_loss": "held-out loss (nats/byte)",
 }
-#: Words in a metric name that mean "lower is better" (see :func:`higher_is_better`).
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "err", "perplexity", "ppl", "wer",
-                   "cer", "nll", "distance")  # fmt: skip
 
 
 def metric_label(metric: str) -> str:
@@ -222,19 +219,14 @@ def metric_label(metric: str) -> str:
     return METRIC_NAMES.get(str(metric), str(metric))
 
 
-def higher_is_better(metric: str) -> bool:
-    """Presentation rule, not a statistic: a metric whose name contains one of
-    :data:`LOWER_IS_BETTER` as a word part (``loss``, ``mse``, ``error``, ``perplexity``, ...,
-    split on ``_``, ``-``, ``.``, ``/``, spaces) is read as lower-is-better; every other
-    metric (``chrf``, ``bleu``, ``accuracy``, ``f1``) as higher-is-better."""
-    import re
+def direction_words(metric: str, higher: bool | None = None) -> str:
+    """``higher is better`` / ``lower is better``: ``higher`` when the caller knows it (a
+    comparison carries it), else ``analyses.higher_is_better`` from the metric's name."""
+    if higher is None:
+        import analyses
 
-    words = [w for w in re.split(r"[\s_\-./]+", str(metric).lower()) if w]
-    return not any(w in LOWER_IS_BETTER or w.endswith("loss") for w in words)
-
-
-def direction_words(metric: str) -> str:
-    return "higher is better" if higher_is_better(metric) else "lower is better"
+        higher = analyses.higher_is_better(str(metric))
+    return "higher is better" if higher else "lower is better"
 
 
 def nouns(description) -> tuple[str, str]:

@@ -19,7 +19,6 @@ from figures import (
     FIGURES,
     draw_comparison,
     draw_run,
-    higher_is_better,
     layer_typology,
     parse_formats,
     save_figures,
@@ -265,16 +264,6 @@ def test_one_task_and_step0_only_runs_say_what_they_cannot_draw(tmp_path):
     assert "1 snapshot" in figs["f5"].reason
 
 
-@pytest.mark.parametrize(
-    ("metric", "higher"),
-    [("chrf", True), ("chrF++", True), ("bleu", True), ("accuracy", True), ("mse", False),
-     ("heldout_loss", False), ("val-loss", False), ("error_rate", False), ("perplexity", False),
-     ("WER", False), ("f1", True)],
-)  # fmt: skip
-def test_higher_is_better_from_the_metric_name(metric, higher):
-    assert higher_is_better(metric) is higher
-
-
 def fake_comparison(methods=("sum", "pcgrad (all_layer)", "gradvac (all_layer)"), seeds=(0, 1)):
     """The shape of ``analyses.compare_runs`` (its documented fields) with planted numbers."""
     rng = np.random.default_rng(0)
@@ -329,7 +318,7 @@ def test_f6_draws_per_task_intervals_method_means_and_targets():
 
 def test_f6_lower_is_better_metric_is_labelled():
     comparison = fake_comparison()
-    comparison.metric = "mse"
+    comparison.metric, comparison.higher_is_better = "mse", False
     ax_q = draw_comparison(comparison).axes[0]
     assert ax_q.get_ylabel().startswith("mse − mse of sum\n(lower is better")
 
@@ -356,3 +345,20 @@ def test_figures_only_use_public_names_and_never_the_recipe():
                     path.name,
                     name,
                 )
+
+
+def test_f6_from_analyses_compare_runs(analysed, tmp_path):
+    parts = ("similarity", "quality", "evolution", "optimizer")
+    results = [analysed(m, parts=parts) for m in ("sum", "pcgrad", "gradvac")]
+    comparison = analyses.compare_runs(results)
+    assert not isinstance(comparison, analyses.NotApplicable), comparison
+    fig = draw_comparison(comparison)
+    ax_q, ax_c, ax_t = fig.axes[:3]
+    assert len(errorbars(ax_q)) == 2
+    assert [t.get_text() for t in ax_c.get_xticklabels()] == list(comparison.methods)
+    gradvac = comparison.targets
+    assert len(ax_t.get_lines()) == gradvac.groupby(["seed", "group"]).ngroups + 1
+    assert "1 seed per method" in all_texts(fig)  # one seed: no interval, and it says so
+    na = analyses.compare_runs(results[:1])
+    assert isinstance(draw_comparison(na), analyses.NotApplicable)
+    assert save_figures({"f6": fig}, tmp_path)[0].name == "f6_optimizers.png"
