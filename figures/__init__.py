@@ -1,20 +1,23 @@
-"""figures: the Gradient Vaccine figures, redrawn from analysis results (matplotlib, Agg).
+"""figures: the Gradient Vaccine figures, drawn from ``analyses.RunResults`` (matplotlib, Agg).
 
-One module per figure, one shared style (``figures._style``):
+figures/ only draws: every number comes from ``analyses`` (``analyse_run``, ``compare_runs``,
+``across_seeds``). One module per figure, one shared style (``figures._style``):
 
 - F1 ``similarity_heatmap``: clustered similarity matrix with family/script strips;
 - F2 ``typology_scatter``: gradient vs typological similarity, one panel per distance;
-- F3 ``quality_scatter``: a language's mean similarity vs its chrF;
-- F4 ``layer_profile``: similarity per parameter group, within vs across family;
-- F5 ``similarity_over_time``: similarity over steps (families, named pairs);
-- F6 ``optimizer_comparison``: sum vs PCGrad vs GradVac.
+- F3 ``quality_scatter``: a task's mean similarity vs its quality, with intervals;
+- F4 ``layer_profile``: similarity per parameter group with intervals and reliability;
+- F5 ``similarity_over_time``: similarity over steps, settling step with its interval;
+- F6 ``optimizer_comparison``: sum vs PCGrad vs GradVac across seeds;
+- F7 ``layer_typology``: the layer x distance table of (partial) rho, the report's lead.
 
-``plot_runs`` draws every figure a set of runs supports, ``write_report`` writes the
-self-contained HTML report and ``reproduce`` runs the whole pipeline on the embedded recipe.
-Names are imported lazily so ``import figures`` does not import matplotlib.
+``draw_run(result)`` draws every figure a run supports (a ``NotApplicable`` with its reason
+for the others), ``draw_comparison(comparison)`` draws F6, ``save_figures`` writes them and
+``write_report`` writes the self-contained HTML report. Names are imported lazily so
+``import figures`` does not import matplotlib.
 """
 
-from geomtrace._lazy import lazy_exports
+from importlib import import_module
 
 _EXPORTS = {
     "similarity_heatmap": "figures._heatmap",
@@ -23,14 +26,26 @@ _EXPORTS = {
     "layer_profile": "figures._layers",
     "similarity_over_time": "figures._time",
     "optimizer_comparison": "figures._optimizers",
-    "collect_run": "figures._data",
-    "RunData": "figures._data",
-    "FIGURES": "figures._data",
-    "plot_runs": "figures._plot",
-    "build_figures": "figures._plot",
-    "compare_runs": "figures._plot",
+    "layer_typology": "figures._layer_typology",
+    "FIGURES": "figures._draw",
+    "draw_run": "figures._draw",
+    "draw_comparison": "figures._draw",
+    "save_figures": "figures._draw",
+    "parse_formats": "figures._style",
     "write_report": "figures._report",
-    "reproduce": "figures._reproduce",
 }
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'figures' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

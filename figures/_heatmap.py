@@ -2,6 +2,7 @@
 
 Paper (Gradient Vaccine, finding 1 in shared/PAPER.md): the step-averaged cosine similarity of
 language gradients, grouped by hierarchical clustering, groups languages largely by family.
+For any multi-task run the same figure shows which tasks share gradient directions.
 """
 
 from __future__ import annotations
@@ -11,8 +12,46 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from figures._style import HEATMAP_CMAP, categorical_colors, new_figure, style
-from geomtrace._errors import InvalidInputError
+import analyses
+import geomtrace as gt
+from figures._style import (
+    HEATMAP_CMAP,
+    add_footnote,
+    averaged_window,
+    categorical_colors,
+    context,
+    group_label,
+    measure_label,
+    new_figure,
+    nouns,
+    style,
+)
+
+
+def figure(result) -> object:
+    """F1 of a run (``analyses.RunResults``): its headline matrix over the tasks with complete
+    similarities, in the order of ``result.tree``; a NotApplicable when it cannot be drawn."""
+    matrix = result.frame("similarity_matrix")
+    if isinstance(matrix, analyses.NotApplicable):
+        return matrix
+    noun, plural = nouns(result.description)
+    tree = result.tree
+    keep = list(tree.tasks) if tree is not None else list(result.settings.get("complete_tasks", []))
+    if len(keep) < 2:
+        return analyses.NotApplicable(
+            f"a similarity matrix needs at least 2 {plural} with similarities; the run has "
+            f"{len(keep)} ({', '.join(keep) or 'none'})"
+        )
+    direction = f", {result.description.direction}" if result.description.direction else ""
+    fig = similarity_heatmap(
+        matrix.loc[keep, keep], tree, families=result.families or None, scripts=result.scripts,
+        title=f"Gradient similarity between {plural} ({group_label(result.group)}{direction}), "
+        + ("ordered by average-linkage clustering" if tree is not None else "in run order"),
+        subtitle=context(result), task_noun=noun,
+        value_label=f"{measure_label(result.measure)} ({averaged_window(result).split(',')[0]})",
+    )  # fmt: skip
+    add_footnote(fig, result.warnings)
+    return fig
 
 
 def similarity_heatmap(
@@ -21,9 +60,11 @@ def similarity_heatmap(
     *,
     families: Mapping[str, str] | None = None,
     scripts: Mapping[str, str] | None = None,
-    title: str = "Gradient similarity between languages",
+    title: str = "Gradient similarity between tasks",
     subtitle: str = "",
     annotate: bool | None = None,
+    task_noun: str = "task",
+    value_label: str = "gradient cosine (mean over snapshots)",
 ):
     """Clustered heatmap of a [K, K] similarity frame (``analyses.similarity_matrix``).
 
@@ -31,37 +72,49 @@ def similarity_heatmap(
     rows and columns follow its leaf order and its dendrogram is drawn left and on top.
     Without it, the frame's order is kept and no dendrogram is drawn. ``families`` and
     ``scripts`` ({task: label}) add colour strips. ``annotate``: write the values in the
-    cells (default: when K <= 14). Returns the Figure.
+    cells (default: when K <= 14). ``task_noun`` names the x axis, ``value_label`` the colour
+    bar. Title and subtitle are wrapped to the figure's width. Returns the Figure.
     """
     from matplotlib.colors import ListedColormap, to_hex
     from matplotlib.patches import Patch
     from scipy.cluster.hierarchy import dendrogram
 
     if not isinstance(similarity, pd.DataFrame) or similarity.shape[0] != similarity.shape[1]:
-        raise InvalidInputError(
+        raise gt.InvalidInputError(
             "similarity must be a square DataFrame (analyses.similarity_matrix)"
         )
     tasks = [str(t) for t in similarity.index]
     if len(tasks) < 2:
-        raise InvalidInputError(f"a similarity heatmap needs at least 2 tasks, got {tasks}")
+        raise gt.InvalidInputError(f"a similarity heatmap needs at least 2 tasks, got {tasks}")
     if tree is not None and sorted(tree.tasks) != sorted(tasks):
-        raise InvalidInputError(f"the tree's tasks {tree.tasks} differ from the matrix's {tasks}")
+        raise gt.InvalidInputError(
+            f"the tree's tasks {tree.tasks} differ from the matrix's {tasks}"
+        )
     order = list(tree.leaves) if tree is not None else tasks
     m = similarity.loc[order, order].to_numpy(dtype=float)
     K = len(order)
     annotate = K <= 14 if annotate is None else annotate
     strips = [(name, lab) for name, lab in (("family", families), ("script", scripts)) if lab]
 
+    import textwrap
+
     size = min(max(5.0, 0.42 * K + 3.2), 16.0)
+    width, height = size + 1.2, size + 0.6
+    chars = max(40, int(width * 11))
+    title_lines = textwrap.wrap(title, chars)
+    sub_lines = textwrap.wrap(subtitle, int(chars * 1.25)) if subtitle else []
+    # Header height in inches: ~0.2 in per title line, ~0.16 per subtitle line, plus margins.
+    header = 0.15 + 0.21 * len(title_lines) + 0.16 * len(sub_lines) + 0.1
+    top = 1 - (header + 0.1) / height
     with style():
-        fig = new_figure(size + 1.2, size + 0.6)
+        fig = new_figure(width, height)
         fig.set_layout_engine("none")
         n_strip = len(strips)
         label_room = 0.12 * max(len(t) for t in order) + 0.3  # row labels sit right of the map
         widths = [1.4] + [0.28] * n_strip + [9.0, label_room, 0.3]
         gs = fig.add_gridspec(
             2, len(widths), width_ratios=widths, height_ratios=[1.4, 10],
-            wspace=0.03, hspace=0.03, left=0.04, right=0.9, top=0.86, bottom=0.17,
+            wspace=0.03, hspace=0.03, left=0.04, right=0.9, top=top, bottom=0.17,
         )  # fmt: skip
         ax = fig.add_subplot(gs[1, 1 + n_strip])
         off = ~np.eye(K, dtype=bool)
@@ -80,7 +133,7 @@ def similarity_heatmap(
         ax.set_yticks(np.arange(K) + 0.5, order)
         ax.tick_params(length=0)
         ax.grid(False)
-        ax.set_xlabel("language (task)")
+        ax.set_xlabel(task_noun)
         for side in ax.spines.values():
             side.set_visible(False)
         if annotate:
@@ -93,7 +146,7 @@ def similarity_heatmap(
                             color="white" if abs(m[i, j]) > 0.6 * lim else "black",
                         )  # fmt: skip
         cax = fig.add_subplot(gs[1, -1])
-        fig.colorbar(mesh, cax=cax, label="gradient cosine (mean over steps)")
+        fig.colorbar(mesh, cax=cax, label=value_label)
 
         if tree is not None:
             left = fig.add_subplot(gs[1, 0])
@@ -138,9 +191,12 @@ def similarity_heatmap(
                 bbox_to_anchor=(0.04, 0.045 * (len(handles) - 1 - n)), frameon=False,
                 fontsize=7, title_fontsize=8, alignment="left", columnspacing=1.0,
             )  # fmt: skip
-        fig.suptitle(title, x=0.04, ha="left", y=0.975)
-        if subtitle:
-            fig.text(0.04, 0.93, subtitle, ha="left", va="top", fontsize=8, color="#333333")
+        y = 1 - 0.15 / height
+        fig.text(0.04, y, "\n".join(title_lines), ha="left", va="top", fontsize=11)
+        if sub_lines:
+            y -= (0.21 * len(title_lines) + 0.04) / height
+            fig.text(0.04, y, "\n".join(sub_lines), ha="left", va="top", fontsize=8,
+                     color="#333333")  # fmt: skip
     return fig
 
 

@@ -1,8 +1,9 @@
-"""F6: the sum baseline against PCGrad and GradVac (at one or more granularities).
+"""F6: the sum baseline against PCGrad and GradVac (at one or more granularities), over seeds.
 
 Paper (Gradient Vaccine, the method and its results): GradVac improves over the baseline and
 over PCGrad, finer granularities more; its EMA targets sit at positive, pair- and
-layer-specific values rather than PCGrad's implicit 0.
+layer-specific values rather than PCGrad's implicit 0. Every number comes from
+``analyses.compare_runs`` (seed-matched differences, t-intervals across seeds).
 """
 
 from __future__ import annotations
@@ -12,8 +13,20 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from figures._style import BASELINE, method_color, new_figure, set_titles, style
-from geomtrace._errors import InvalidInputError
+import analyses
+import geomtrace as gt
+from figures._style import (
+    BASELINE,
+    ci,
+    direction_words,
+    method_color,
+    metric_label,
+    new_figure,
+    set_titles,
+    style,
+)
+
+METHOD_NAMES = {"sum": "sum", "pcgrad": "PCGrad", "gradvac": "GradVac"}
 
 
 def _colors(methods: Mapping[str, str]) -> dict[str, str]:
@@ -25,97 +38,141 @@ def _colors(methods: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def figure(comparison) -> object:
+    """F6 from an ``analyses.compare_runs`` result (a NotApplicable is passed through)."""
+    if isinstance(comparison, analyses.NotApplicable):
+        return comparison
+    names = list(dict.fromkeys(METHOD_NAMES.get(m, m) for m in comparison.methods.values()))
+    return optimizer_comparison(
+        comparison.per_task, comparison.per_method, comparison.final_pairs, comparison.targets,
+        methods=comparison.methods, baseline=comparison.baseline, metric=comparison.metric,
+        title=" vs ".join(["Baseline (sum)", *[n for n in names if n != "sum"]]),
+        subtitle=_seeds_text(comparison), task_noun=getattr(comparison, "task_noun", "task"),
+        level=getattr(comparison, "level", 0.95),
+        higher_is_better=getattr(comparison, "higher_is_better", None),
+    )  # fmt: skip
+
+
+def _seeds_text(comparison) -> str:
+    per = comparison.per_method
+    if per is None or per.empty or "n_seeds" not in per:
+        return ""
+    seeds = sorted({int(n) for n in per["n_seeds"] if n == n})
+    text = "/".join(str(s) for s in seeds)
+    return (
+        f"{text} seed{'s' if seeds != [1] else ''} per method, seed-matched differences "
+        f"against {comparison.baseline}" + ("; one seed: no interval" if seeds == [1] else "")
+    )
+
+
 def optimizer_comparison(
-    chrf_delta: pd.DataFrame,
-    final_cosines: pd.DataFrame,
+    per_task: pd.DataFrame,
+    per_method: pd.DataFrame | None,
+    final_pairs: pd.DataFrame,
     targets: pd.DataFrame | None,
     *,
     methods: Mapping[str, str],
     baseline: str,
+    metric: str,
     title: str = "Baseline (sum) vs PCGrad vs GradVac",
     subtitle: str = "",
+    task_noun: str = "task",
+    level: float = 0.95,
+    higher_is_better: bool | None = None,
 ):
-    """Three panels: per-language chrF difference vs the baseline; the distribution of the
-    pairwise cosines at the last snapshot per run; GradVac's EMA targets over steps.
+    """Three panels: per-task quality difference vs the baseline (mean over seeds with its
+    t-interval, one marker row per method) with each method's mean difference and interval in
+    the legend; the pairwise cosines at the last snapshot per method (seeds pooled); GradVac's
+    EMA targets over steps (one thin line per group and seed).
 
-    ``methods``: {run label: method} in legend order (the baseline included); ``chrf_delta``:
-    rows (run, task, delta) for the non-baseline runs; ``final_cosines``: rows (run, cosine),
-    one per language pair; ``targets``: rows (run, step, group, mean_target) of GradVac runs
-    (None or empty: the panel says there is none). Returns the Figure.
+    ``methods``: {label: method name} in legend order, the baseline first; ``per_task``: rows
+    (method, task, mean_delta, ci_low, ci_high, n_seeds); ``per_method``: rows (method,
+    mean_delta, ci_low, ci_high, n_seeds, n_tasks, n_better); ``final_pairs``: rows (method,
+    seed, task_a, task_b, cosine); ``targets``: rows (method, seed, step, group, mean_target).
+    ``higher_is_better`` (the comparison's) words the y axis.
     """
     if len(methods) < 2:
-        raise InvalidInputError(
+        raise gt.InvalidInputError(
             f"F6 (optimizers) compares runs: it needs the baseline and at least one PCGrad or "
             f"GradVac run, got {list(methods)}"
         )
     colors = _colors(methods)
-    others = [r for r in methods if r != baseline]
+    others = [m for m in methods if m != baseline]
     with style():
-        fig = new_figure(15.0, 4.6)
-        ax_q, ax_c, ax_t = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.5, 1.0, 1.0]})
+        fig = new_figure(16.0, 5.0)
+        ax_q, ax_c, ax_t = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.6, 1.0, 1.0]})
 
-        if chrf_delta is not None and not chrf_delta.empty:
-            tasks = list(dict.fromkeys(chrf_delta["task"]))
-            width = 0.8 / max(len(others), 1)
+        if per_task is not None and not per_task.empty:
+            tasks = list(dict.fromkeys(per_task["task"]))
+            step = 0.7 / max(len(others), 1)
             x = np.arange(len(tasks))
-            for n, run in enumerate(others):
-                part = (
-                    chrf_delta[chrf_delta["run"] == run].set_index("task")["delta"].reindex(tasks)
-                )
-                mean = (
-                    float(np.nanmean(part.to_numpy(dtype=float))) if part.notna().any() else np.nan
-                )
-                ax_q.bar(x - 0.4 + width * (n + 0.5), part.to_numpy(dtype=float), width=width,
-                         color=colors[run], label=f"{run}: mean {mean:+.2f}")  # fmt: skip
+            summary = per_method.set_index("method") if per_method is not None else None
+            for n, label in enumerate(others):
+                part = per_task[per_task["method"] == label].set_index("task").reindex(tasks)
+                mean = part["mean_delta"].to_numpy(dtype=float)
+                err = np.vstack([
+                    np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float)),
+                    np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean),
+                ])  # fmt: skip
+                legend = label
+                if summary is not None and label in summary.index:
+                    r = summary.loc[label]
+                    legend += f": mean {ci(r['mean_delta'], r['ci_low'], r['ci_high'])}"
+                    if "n_better" in r and r["n_better"] == r["n_better"]:
+                        legend += f", better for {int(r['n_better'])}/{int(r['n_tasks'])}"
+                ax_q.errorbar(x - 0.35 + step * (n + 0.5), mean, yerr=err, fmt="o", ms=4,
+                              color=colors[label], capsize=2, elinewidth=0.9,
+                              label=legend)  # fmt: skip
+                if summary is not None and label in summary.index:
+                    r = summary.loc[label]
+                    ax_q.axhline(float(r["mean_delta"]), color=colors[label], lw=0.8, ls="--")
             ax_q.set_xticks(x, tasks, rotation=90 if len(tasks) > 10 else 0)
+            ax_q.set_xlim(-0.6, len(tasks) - 0.4)
             ax_q.axhline(0, color=BASELINE, lw=0.8)
             ax_q.legend(loc="best", fontsize=7, framealpha=0.9)
         else:
-            ax_q.text(0.5, 0.5, "no chrF in these runs", ha="center", transform=ax_q.transAxes)
-        ax_q.set_xlabel("language")
-        ax_q.set_ylabel(f"chrF − chrF of {baseline}")
+            ax_q.text(0.5, 0.5, f"no {metric_label(metric)} differences", ha="center",
+                      transform=ax_q.transAxes)  # fmt: skip
+        ax_q.set_xlabel(f"{task_noun} (dashed: the method's mean over {task_noun}s)")
+        ax_q.set_ylabel(
+            f"{metric_label(metric)} − {metric_label(metric)} of {baseline}\n"
+            f"({direction_words(metric, higher_is_better)}; mean over seeds, {level:.0%} interval)"
+        )
         ax_q.set_title("quality difference vs baseline")
 
-        runs = [r for r in methods if r in set(final_cosines["run"])]
+        labels = [m for m in methods if m in set(final_pairs["method"])]
         data = [
-            final_cosines.loc[final_cosines["run"] == r, "cosine"].dropna().to_numpy() for r in runs
+            final_pairs.loc[final_pairs["method"] == m, "cosine"].dropna().to_numpy()
+            for m in labels
         ]
-        parts = ax_c.violinplot(
-            [d if len(d) else [np.nan] for d in data], showmedians=True, widths=0.8
-        )
-        for body, run in zip(parts["bodies"], runs, strict=True):
-            body.set_facecolor(colors[run])
-            body.set_edgecolor(colors[run])
-            body.set_alpha(0.45)
-        for key in ("cmedians", "cmins", "cmaxes", "cbars"):
-            if key in parts:
-                parts[key].set_color("#333333")
-                parts[key].set_linewidth(0.8)
-        rng = np.random.default_rng(0)  # jitter only; fixed so files are reproducible
-        for n, (run, d) in enumerate(zip(runs, data, strict=True)):
-            ax_c.scatter(n + 1 + rng.uniform(-0.12, 0.12, len(d)), d, s=6, color=colors[run],
-                         edgecolors="none", alpha=0.8, zorder=3)  # fmt: skip
-        ax_c.set_xticks(np.arange(1, len(runs) + 1), runs, rotation=20, ha="right")
+        if labels:
+            parts = ax_c.violinplot(
+                [d if len(d) else [np.nan] for d in data], showextrema=False, widths=0.8
+            )
+            for body, label in zip(parts["bodies"], labels, strict=True):
+                body.set_facecolor(colors[label])
+                body.set_edgecolor(colors[label])
+                body.set_alpha(0.35)
+            rng = np.random.default_rng(0)  # jitter only; fixed so files are reproducible
+            for n, (label, d) in enumerate(zip(labels, data, strict=True)):
+                ax_c.scatter(n + 1 + rng.uniform(-0.12, 0.12, len(d)), d, s=6,
+                             color=colors[label], edgecolors="none", alpha=0.8,
+                             zorder=3)  # fmt: skip
+        ax_c.set_xticks(np.arange(1, len(labels) + 1), labels, rotation=20, ha="right")
         ax_c.axhline(0, color=BASELINE, lw=0.6)
-        ax_c.set_ylabel("pairwise gradient cosine, last snapshot")
+        ax_c.set_ylabel("pairwise gradient cosine, last snapshot\n(whole model, seeds pooled)")
         ax_c.set_title("cosines at the end of training")
 
         if targets is not None and not targets.empty:
-            for run, part in targets.groupby("run", sort=False):
-                part = part.astype({"step": float, "mean_target": float})
-                per_step = part.groupby("step")["mean_target"]
-                mean, lo, hi = per_step.mean(), per_step.min(), per_step.max()
-                color = colors.get(run, "#333333")
-                ax_t.plot(
-                    mean.index,
-                    mean.to_numpy(),
-                    color=color,
-                    lw=1.6,
-                    label=f"{run}: mean over groups",
-                )
-                if part["group"].nunique() > 1:
-                    ax_t.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=color, alpha=0.2,
-                                      lw=0, label=f"{run}: range over groups")  # fmt: skip
+            for label, part in targets.groupby("method", sort=False):
+                color = colors.get(label, "#333333")
+                first = True
+                for _, line in part.groupby(["seed", "group"], sort=False):
+                    line = line.sort_values("step")
+                    ax_t.plot(line["step"].to_numpy(dtype=float),
+                              line["mean_target"].to_numpy(dtype=float), color=color, lw=0.8,
+                              alpha=0.5, label=f"{label}: one group, one seed" if first else None)  # fmt: skip
+                    first = False
             ax_t.axhline(0, color=BASELINE, lw=0.8, ls="--", label="PCGrad's implicit target (0)")
             ax_t.legend(loc="best", fontsize=7, framealpha=0.9)
         else:
@@ -123,7 +180,7 @@ def optimizer_comparison(
                 0.5, 0.5, "no GradVac run: no EMA targets", ha="center", transform=ax_t.transAxes
             )
         ax_t.set_xlabel("training step")
-        ax_t.set_ylabel("EMA target φ̂ (mean over language pairs)")
+        ax_t.set_ylabel(f"EMA target φ̂ (mean over {task_noun} pairs)")
         ax_t.set_title("GradVac targets over steps")
         set_titles(fig, title, subtitle)
     return fig

@@ -1,7 +1,8 @@
-"""F3: a language's mean gradient similarity to the others against its translation quality.
+"""F3: a task's mean gradient similarity to the others against its quality.
 
 Paper (Gradient Vaccine, finding 2): languages whose gradients align better with the others
-suffer less interference and reach better translation quality.
+suffer less interference and reach better translation quality. Here: any quality metric the
+run recorded (``Tracer.record_quality``), named and oriented by the metric itself.
 """
 
 from __future__ import annotations
@@ -11,29 +12,67 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+import analyses
+import geomtrace as gt
 from figures._style import (
     ALL_PAIRS,
+    add_footnote,
     categorical_colors,
+    ci,
+    context,
+    direction_words,
     fmt,
+    group_label,
+    holm_mark,
+    measure_label,
+    metric_label,
     new_figure,
+    nouns,
     set_titles,
     short_p,
-    stats_box,
+    stats_title,
     style,
 )
-from geomtrace._errors import InvalidInputError
 
-METRIC_LABELS = {
-    "chrf": "chrF (test split, greedy decoding)",
-    "heldout_loss": "held-out loss (nats/byte)",
-}
-_BASE = {"group", "task", "mean_similarity", "mean_similarity_step0"}
+ALPHA = getattr(analyses, "ALPHA", 0.05)
+#: Columns of ``analyses.task_quality`` that are not metrics.
+_BASE = {"group", "task", "mean_similarity", "ci_low", "ci_high", "mean_similarity_step0"}
 
 
-def quality_metrics(task_quality: pd.DataFrame) -> list[str]:
-    """Metric columns of a ``task_quality`` frame that hold at least one value (chrF first)."""
+def quality_metrics(task_quality: pd.DataFrame, first: str | None = None) -> list[str]:
+    """Metric columns of a ``task_quality`` frame holding at least one value, ``first`` first
+    (then in the frame's order)."""
     metrics = [c for c in task_quality.columns if c not in _BASE and task_quality[c].notna().any()]
-    return sorted(metrics, key=lambda m: (m != "chrf", m))
+    return sorted(metrics, key=lambda m: m != first)
+
+
+def figure(result) -> object:
+    """F3 of a run: every recorded metric, the run's headline metric
+    (``result.settings["metric"]``) first."""
+    tq = result.frame("task_quality")
+    if isinstance(tq, analyses.NotApplicable):
+        return tq
+    _, plural = nouns(result.description)
+    if len(result.tasks) < 2:
+        return analyses.NotApplicable(
+            f"a task's similarity to the others needs at least 2 {plural}; the run has "
+            f"{len(result.tasks)}"
+        )
+    metric = result.settings.get("metric")
+    metrics = quality_metrics(tq, metric)
+    if not metrics:
+        return analyses.NotApplicable("the run's quality rows hold no value for any task")
+    corr = result.frames.get("quality")
+    fig = quality_scatter(
+        tq, corr, families=result.families or None, metrics=metrics[:3],
+        title=f"Gradient similarity vs quality ({group_label(result.group)}): "
+        + ", ".join(metric_label(m) for m in metrics[:3]),
+        subtitle=context(result), task_noun_plural=plural,
+        similarity_label=f"mean {measure_label(result.measure)} with the other {plural}",
+        level=result.settings.get("level", 0.95),
+    )  # fmt: skip
+    add_footnote(fig, result.warnings)
+    return fig
 
 
 def quality_scatter(
@@ -42,52 +81,77 @@ def quality_scatter(
     *,
     families: Mapping[str, str] | None = None,
     metrics: Sequence[str] | None = None,
-    title: str = "Gradient similarity vs translation quality",
+    title: str = "Gradient similarity vs quality",
     subtitle: str = "",
+    task_noun_plural: str = "tasks",
+    similarity_label: str = "mean gradient cosine with the other tasks",
+    level: float = 0.95,
+    alpha: float = ALPHA,
 ):
-    """One panel per quality metric: x = mean cosine of a language with the others, y = quality.
+    """One panel per quality metric: x = a task's mean similarity with the others (with its
+    bootstrap interval as a horizontal error bar), y = its quality.
 
-    ``task_quality``: the ``analyses.task_quality`` frame; ``correlation``: the
-    ``analyses.quality_correlation`` frame (Spearman rho, permutation p, step-0 rho and the
-    partial rho controlling for character overlap go in each panel). ``families`` colours the
-    points. Raises :class:`InvalidInputError` when the frame holds no quality metric.
+    ``task_quality``: the ``analyses.task_quality`` frame (columns task, mean_similarity,
+    ci_low, ci_high and one column per metric; metric names may be any string, e.g.
+    ``chrF++``); ``correlation``: the ``analyses.quality_correlation`` frame (rho with its
+    interval, permutation p, Holm p, step-0 rho and the partial rho given character overlap go
+    in each panel's box). ``families`` colours the points. Raises
+    :class:`geomtrace.InvalidInputError` when the frame holds none of ``metrics``.
     """
     available = quality_metrics(task_quality)
     metrics = available if metrics is None else list(metrics)
     absent = [m for m in metrics if m not in available]
     if absent or not metrics:
-        raise InvalidInputError(
-            f"no quality values for metric(s) {absent or ['chrf']}: F3 (similarity vs quality) "
-            f"needs per-task quality rows (metric 'chrf' or 'heldout_loss') in the trace; it has "
-            f"{available or 'none'} (the recipe records them after the last step: did the run finish?)"
+        raise gt.InvalidInputError(
+            f"no quality values for metric(s) {absent or metrics}: F3 (similarity vs quality) "
+            f"needs per-task quality rows in the trace; it has {available or 'none'}"
         )
     colors = categorical_colors(sorted(set(families.values()))) if families else {}
     with style():
-        fig = new_figure(4.2 * len(metrics), 4.0)
+        fig = new_figure(max(4.4 * len(metrics), 5.6), 4.3)
         axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)).ravel()
         for ax, metric in zip(axes, metrics, strict=True):
             frame = task_quality.dropna(subset=["mean_similarity", metric])
-            for row in frame.itertuples():
-                color = colors.get(families.get(row.task), ALL_PAIRS) if families else ALL_PAIRS
-                ax.scatter(row.mean_similarity, getattr(row, metric), s=28, color=color,
-                           edgecolors="white", linewidths=0.5, zorder=3)  # fmt: skip
-                ax.annotate(row.task, (row.mean_similarity, getattr(row, metric)), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
-            lines = [f"n = {len(frame)} languages"]
+            tasks = [str(t) for t in frame["task"]]
+            x = frame["mean_similarity"].to_numpy(dtype=float)
+            y = frame[metric].to_numpy(dtype=float)
+            lo = (
+                frame["ci_low"].to_numpy(dtype=float)
+                if "ci_low" in frame
+                else np.full_like(x, np.nan)
+            )
+            hi = (
+                frame["ci_high"].to_numpy(dtype=float)
+                if "ci_high" in frame
+                else np.full_like(x, np.nan)
+            )
+            point = [
+                colors.get(families.get(t), ALL_PAIRS) if families else ALL_PAIRS for t in tasks
+            ]
+            xerr = np.vstack([np.nan_to_num(x - lo), np.nan_to_num(hi - x)])
+            ax.errorbar(x, y, xerr=xerr, fmt="none", ecolor="#999999", elinewidth=0.8, capsize=2,
+                        zorder=2)  # fmt: skip
+            ax.scatter(x, y, s=28, c=point, edgecolors="white", linewidths=0.5, zorder=3)
+            for t, xi, yi in zip(tasks, x, y, strict=True):
+                ax.annotate(t, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            lines = [f"n = {len(frame)} {task_noun_plural}"]
             if correlation is not None and not correlation.empty:
                 hit = correlation[correlation["metric"] == metric]
                 if not hit.empty:
                     r = hit.iloc[0]
-                    lines.append(f"Spearman ρ = {fmt(r['rho'])}, {short_p(r['p_value'])}")
+                    lines.append(f"Spearman ρ = {ci(r['rho'], r['ci_low'], r['ci_high'])}")
+                    lines.append(f"   {short_p(r['p_value'])}{holm_mark(r.get('p_holm'), alpha)}")
                     lines.append(f"step 0: ρ = {fmt(r['rho_step0'])}")
-                    if r["control"] is not None and r["control"] == r["control"]:
-                        lines.append(f"partial | {r['control']}: ρ = {fmt(r['partial_rho'])}")
+                    if isinstance(r["control"], str):
+                        lines.append(
+                            f"partial | {r['control']}: ρ = "
+                            f"{ci(r['partial_rho'], r['partial_ci_low'], r['partial_ci_high'])}"
+                        )
                     if r["note"]:
                         lines.append(str(r["note"])[:60])
-            stats_box(ax, lines)
-            ax.set_xlabel("mean gradient cosine with the other languages")
-            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-            ax.set_title(METRIC_LABELS.get(metric, metric).split(" (")[0])
+            stats_title(ax, metric_label(metric), lines)
+            ax.set_xlabel(f"{similarity_label}\n(bar: {level:.0%} bootstrap interval)")
+            ax.set_ylabel(f"{metric_label(metric)} ({direction_words(metric)})")
         if colors:
             from matplotlib.lines import Line2D
 

@@ -1,7 +1,11 @@
 """``write_report``: one self-contained HTML page with every figure and the numbers behind it.
 
-Figures are embedded as base64 PNG (or SVG) data URIs, tables are plain HTML, styles are
-inline: the page has no external reference and reads offline. No script is included.
+The page renders ``analyses.RunResults`` (one per run), optionally a comparison of runs
+(``analyses.compare_runs``: F6) and the statistics across seeds (``analyses.across_seeds``).
+It computes nothing: every number shown is a cell of those results. Figures are embedded as
+base64 PNG (or SVG) data URIs, tables are plain HTML, styles are inline: the page has no
+external reference, no script, and reads offline. Each run's section leads with F7 and the
+layer x distance table (where the structure lives), after the run's trust warnings.
 """
 
 from __future__ import annotations
@@ -13,68 +17,69 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from figures._data import FIGURES, RunData
-from figures._plot import Comparison, build_figures, collect_runs
-from geomtrace._errors import InvalidInputError
+import analyses
+import geomtrace as gt
+from figures._draw import FIGURES, RUN_FIGURES, draw_comparison, draw_run
+from figures._style import (
+    averaged_window,
+    direction_words,
+    group_label,
+    measure_label,
+    metric_label,
+    nouns,
+)
 
 log = logging.getLogger(__name__)
 
-#: Per figure: its title, the paper finding it redraws, and what differs in our setting.
-NOTES: dict[str, dict[str, str]] = {
-    "f1": {
-        "title": "F1. Gradient-similarity heatmap, clustered",
-        "paper": "Finding 1 of Gradient Vaccine: the step-averaged cosine similarity between "
+TITLES = {
+    "f1": "F1. Gradient-similarity heatmap, clustered",
+    "f2": "F2. Gradient similarity vs typological similarity",
+    "f3": "F3. Similarity vs quality",
+    "f4": "F4. Similarity per parameter group",
+    "f5": "F5. Similarity over training",
+    "f6": "F6. Baseline vs PCGrad vs GradVac",
+    "f7": "F7. Where the structure lives: typology per parameter group",
+}
+
+#: What each figure redraws from the paper; ``language`` runs get the paper's own words, other
+#: runs the same finding stated for tasks.
+PAPER: dict[str, dict[str, str]] = {
+    "language": {
+        "f1": "Finding 1 of Gradient Vaccine: the step-averaged cosine similarity between "
         "language gradients, ordered by hierarchical clustering, groups languages largely by "
         "family.",
-        "differs": "Average-linkage clustering on 1 - cosine of the whole model (or the chosen "
-        "group); families from Glottolog (lang2vec), scripts from the corpus. The table gives "
-        "how well the tree recovers the families (adjusted Rand index, nearest-neighbour "
-        "agreement, permutation p-values).",
-    },
-    "f2": {
-        "title": "F2. Gradient similarity vs typological similarity",
-        "paper": "Finding 1: gradient similarity correlates with typological similarity "
+        "f2": "Finding 1: gradient similarity correlates with typological similarity "
         "(URIEL / lang2vec features).",
-        "differs": "Mantel tests (Spearman, languages permuted jointly) instead of a plain "
-        "correlation over non-independent pairs; the step-0 (untrained) baseline shows what "
-        "the data alone give, and the partial value controls for character/script overlap, "
-        "which byte-level models see directly.",
-    },
-    "f3": {
-        "title": "F3. Similarity vs quality",
-        "paper": "Finding 2: languages whose gradients align better with the others reach "
+        "f3": "Finding 2: languages whose gradients align better with the others reach "
         "better translation quality (BLEU in the paper).",
-        "differs": "chrF on held-out gettext strings (greedy decoding) instead of BLEU on WMT / "
-        "in-house test sets; Spearman over languages with a permutation p-value.",
-    },
-    "f4": {
-        "title": "F4. Similarity per parameter group",
-        "paper": "Finding 3: similarity differs across layers (encoder vs decoder, low vs high "
+        "f4": "Finding 3: similarity differs across layers (encoder vs decoder, low vs high "
         "layers; in X->En the shared English target makes decoder gradients more alike).",
-        "differs": "A small byte-level Transformer (a few layers) instead of the paper's large "
-        "Transformer; groups follow the run's granularity.",
-    },
-    "f5": {
-        "title": "F5. Similarity over training",
-        "paper": "Finding 3: similarity changes quickly early in training, then settles, at "
+        "f5": "Finding 3: similarity changes quickly early in training, then settles, at "
         "different levels for different pairs (the motivation for GradVac's adaptive target).",
-        "differs": "Hundreds of steps on a CPU instead of long GPU training; 'settles' is when "
-        "the curve stays within a tolerance of its final value (analyses.settling).",
+        "f7": "Findings 1 and 3 together: which parameter groups carry the typological "
+        "structure, beyond what shared characters explain.",
     },
-    "f6": {
-        "title": "F6. Baseline vs PCGrad vs GradVac",
-        "paper": "The method's results: GradVac improves over the baseline and over PCGrad, "
-        "finer granularities more; its EMA targets sit at positive, pair-specific values "
-        "rather than PCGrad's implicit 0.",
-        "differs": "One seed per method on a small corpus: chrF differences of a point or two "
-        "are within seed noise here; the paper's gains come from large-scale training.",
+    "task": {
+        "f1": "Finding 1 of Gradient Vaccine (multilingual translation): related tasks have "
+        "more similar gradients, and clustering the similarity matrix recovers the relation.",
+        "f3": "Finding 2: tasks whose gradients align better with the others suffer less "
+        "interference and reach better quality.",
+        "f4": "Finding 3: similarity differs across the model's parameter groups.",
+        "f5": "Finding 3: similarity changes quickly early in training, then settles, at "
+        "different levels for different pairs (the motivation for GradVac's adaptive target).",
     },
 }
+PAPER_F6 = (
+    "The method's results: GradVac improves over the baseline and over PCGrad, finer "
+    "granularities more; its EMA targets sit at positive, pair-specific values rather than "
+    "PCGrad's implicit 0."
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1150px;
@@ -87,6 +92,9 @@ table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1em}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f0f4f8}
 td:first-child,th:first-child{text-align:left}
 .note{background:#f7f7f7;border-left:4px solid #E69F00;padding:.4em .8em;font-size:.92em}
+.warning{background:#fff1e6;border:1px solid #D55E00;border-left:6px solid #D55E00;
+padding:.5em .9em;margin:1em 0;color:#5a2500}
+.headline{font-size:1.05em;background:#eef5fb;border-left:4px solid #0072B2;padding:.4em .8em}
 .skip{color:#8a4b00}details{margin:.4em 0}summary{cursor:pointer;color:#0072B2}
 nav ul{columns:2}code{background:#f2f2f2;padding:0 3px}
 .tbl{overflow-x:auto;max-width:100%}
@@ -109,40 +117,156 @@ def _details(summary: str, body: str) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{float(value):.{digits}f}"
+
+
 def encode_figure(fig, image_format: str = "png", dpi: int = 100) -> str:
     """A data URI of ``fig`` (PNG or SVG, base64)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=image_format, dpi=dpi)
+    fig.savefig(buf, format=image_format, dpi=dpi, bbox_inches="tight")
     mime = {"png": "image/png", "svg": "image/svg+xml"}[image_format]
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
-def _figure_html(key: str, uri: str | None, reason: str | None, tables: str, anchor: str) -> str:
-    note = NOTES[key]
-    parts = [f'<h3 id="{anchor}">{html.escape(note["title"])}</h3>']
-    parts.append(
-        f'<p class="note"><b>Paper.</b> {html.escape(note["paper"])}<br>'
-        f"<b>Here.</b> {html.escape(note['differs'])}</p>"
+# --- Wording from the run's own metadata -------------------------------------------------------
+
+
+def describe_run(result: analyses.RunResults) -> str:
+    """One paragraph saying what the run is, from its metadata only."""
+    d = result.description
+    _, plural = nouns(d)
+    bits = [f"{len(result.tasks)} {plural} ({', '.join(result.tasks)})"]
+    bits.append(f"method {d.method_label()}")
+    if d.direction:
+        bits.append(f"direction {d.direction}")
+    if d.model:
+        bits.append(f"model: {d.model}")
+    if d.data:
+        bits.append(f"data: {d.data}")
+    steps = d.steps
+    if steps:
+        bits.append(f"{d.n_snapshots} snapshots at steps {min(steps)}–{max(steps)}")
+    if d.window:
+        bits.append(f"each snapshot sums a window of {d.window} steps")
+    bits.append(
+        "split halves recorded (reliability measured)"
+        if d.halves
+        else "no split halves (reliability unknown)"
     )
-    if uri is not None:
-        parts.append(
-            f'<figure><img src="{uri}" alt="{html.escape(note["title"])}">'
-            f"<figcaption>{html.escape(note['title'])}</figcaption></figure>"
+    if d.metrics:
+        bits.append("quality metrics: " + ", ".join(metric_label(m) for m in d.metrics))
+    return "This run: " + "; ".join(bits) + "."
+
+
+def _here(result: analyses.RunResults, key: str) -> str:
+    d = result.description
+    noun, plural = nouns(d)
+    where = f"{group_label(result.group)}, {measure_label(result.measure)}"
+    window = averaged_window(result)
+    s = result.settings
+    tests = (
+        f"{s.get('n_permutations')} permutations, {s.get('n_bootstrap')} bootstrap replicates "
+        f"over snapshots ({s.get('level', 0.95):.0%} intervals)"
+    )
+    if key == "f1":
+        text = f"Average-linkage clustering on 1 − similarity ({where}; {window}). " + (
+            "Families from Glottolog (lang2vec), scripts from the run's metadata; the table "
+            f"tests how well the tree recovers them ({tests})."
+            if result.families
+            else f"No families are known for these {plural}: the tree is drawn without a "
+            "test of agreement."
         )
+        return text
+    if key == "f2":
+        return (
+            f"Mantel tests (Spearman, {plural} permuted jointly) of the {where} against each "
+            f"URIEL distance; the partial value controls for character overlap, the step-0 "
+            f"value shows the untrained model; {tests}; Holm within the table."
+        )
+    if key == "f3":
+        metric = s.get("metric")
+        return (
+            f"The run's recorded quality ({', '.join(metric_label(m) for m in d.metrics)}; "
+            f"headline {metric_label(metric)}, {direction_words(metric)}) against each "
+            f"{noun}'s mean similarity to the others ({where}; {window}); Spearman over "
+            f"{plural} with {tests}."
+        )
+    if key == "f4":
+        rel = (
+            "Reliability per group (signal fraction of the snapshot gradients, from the split "
+            "halves) and the noise-corrected mean are drawn below."
+            if d.halves
+            else "The trace has no split halves: reliability per group is unknown."
+        )
+        return f"Every parameter group of the run, in model order ({window}). {rel}"
+    if key == "f5":
+        return (
+            f"Every snapshot of the run ({d.n_snapshots}, step 0 = untrained model included), "
+            f"{where}; 'settles' is when the curve stays within {s.get('tol', 0.05)} of its "
+            "final value, with an interval from resampling the pairs."
+        )
+    if key == "f7":
+        return (
+            f"Each row is one parameter group's step-averaged matrix ({measure_label(result.measure)}; "
+            f"{window}) against each URIEL distance: raw rho, partial rho given character "
+            f"overlap, and the clustering's agreement with families; {tests}; Holm within the "
+            "table."
+        )
+    return ""
+
+
+# --- Sections -----------------------------------------------------------------------------------
+
+
+def _figure_html(
+    key: str, fig: Any, paper: str | None, here: str, tables: str, anchor: str,
+    image_format: str,
+) -> str:  # fmt: skip
+    title = TITLES[key]
+    parts = [f'<h3 id="{anchor}">{html.escape(title)}</h3>']
+    notes = []
+    if paper:
+        notes.append(f"<b>Paper.</b> {html.escape(paper)}")
+    if here:
+        notes.append(f"<b>Here.</b> {html.escape(here)}")
+    if notes:
+        parts.append(f'<p class="note">{"<br>".join(notes)}</p>')
+    if isinstance(fig, analyses.NotApplicable) or fig is None:
+        reason = "not drawn" if fig is None else str(fig)
+        parts.append(f'<p class="skip"><b>Not drawn:</b> {html.escape(reason)}</p>')
     else:
-        parts.append(f'<p class="skip"><b>Not drawn:</b> {html.escape(reason or "")}</p>')
+        uri = encode_figure(fig, image_format)
+        parts.append(
+            f'<figure><img src="{uri}" alt="{html.escape(title)}">'
+            f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        )
     parts.append(tables)
     return "\n".join(parts)
 
 
-def _run_tables(run: RunData, key: str) -> str:
-    f = run.frames
+def _run_tables(result: analyses.RunResults, key: str) -> str:
+    f = result.frames
+    _, plural = nouns(result.description)
+    if key == "f7":
+        out = ""
+        if "layers" in f:
+            cols = [
+                "group", "distance", "control", "rho", "ci_low", "ci_high", "p_value", "p_holm",
+                "partial_rho", "partial_ci_low", "partial_ci_high", "partial_p_value",
+                "partial_p_holm", "rho_step0", "n_languages",
+            ]  # fmt: skip
+            table = f["layers"][[c for c in cols if c in f["layers"].columns]]
+            out += "<p>Layer x distance table (Holm within the table):</p>" + _table(table)
+        if "layer_clustering" in f:
+            out += _details("family / genus agreement per group", _table(f["layer_clustering"]))
+        return out
     if key == "f1":
         out = ""
         if "similarity_matrix" in f:
-            out += _details(
-                "similarity matrix (mean cosine)", _table(f["similarity_matrix"], index=True)
-            )
+            out += _details("similarity matrix", _table(f["similarity_matrix"], index=True))
         if "clustering" in f:
             out += "<p>Do the clusters recover the families?</p>" + _table(f["clustering"])
         if "families" in f:
@@ -152,175 +276,231 @@ def _run_tables(run: RunData, key: str) -> str:
             )
         return out
     if key == "f2" and "typology" in f:
-        cols = [
-            c for c in f["typology"].columns if c not in ("group", "n_permutations", "excluded")
-        ]
+        drop = ("group", "n_permutations", "excluded")
+        cols = [c for c in f["typology"].columns if c not in drop]
         return _table(f["typology"][cols])
     if key == "f3":
         out = _table(f["quality"]) if "quality" in f else ""
         if "task_quality" in f:
-            out += _details("per-language similarity and quality", _table(f["task_quality"]))
+            out += _details("similarity and quality per task", _table(f["task_quality"]))
         return out
     if key == "f4":
         out = _table(f["similarity"]) if "similarity" in f else ""
-        if run.by_family is not None:
-            wide = run.by_family.pivot_table(
-                index=["position", "group"], columns="kind", values="mean_cosine"
-            )
-            out += "<p>Within- vs across-family mean cosine per group (mean over snapshots after step 0):</p>"
-            out += _table(wide.reset_index())
+        if "reliability" in f:
+            out += _details("reliability per group and task", _table(f["reliability"]))
+        if "by_family" in f:
+            out += _details("within- vs across-family mean per group", _table(f["by_family"]))
         return out
     if key == "f5":
         out = ""
         for name in ("family_settling", "group_settling"):
             if name in f:
                 out += f"<p>{name.replace('_', ' ')}:</p>" + _table(f[name])
-        if "family_trajectories" in f:
-            wide = f["family_trajectories"].pivot_table(
-                index="step", columns="kind", values="mean_cosine"
+        if "gradvac_tracking" in f:
+            out += (
+                "<p>GradVac targets next to the similarity they track (last fifth of the "
+                "snapshots):</p>" + _table(f["gradvac_tracking"])
             )
-            out += _details("within/across mean cosine per step", _table(wide.reset_index()))
         return out
     return ""
 
 
-def _comparison_tables(c: Comparison | None) -> str:
-    if c is None:
-        return ""
-    out = ""
-    if not c.chrf_delta.empty:
-        wide = c.chrf_delta.pivot_table(index="task", columns="run", values="delta", sort=False)
-        mean = c.chrf_delta.groupby("run", sort=False)[["value", "delta"]].mean().reset_index()
-        out += "<p>Mean chrF and mean difference vs the baseline:</p>" + _table(mean, digits=2)
-        out += _details("chrF difference per language", _table(wide.reset_index(), digits=2))
-    cos = c.final_cosines.groupby("run", sort=False)["cosine"]
-    stats = pd.DataFrame(
-        {
-            "mean": cos.mean(),
-            "median": cos.median(),
-            "negative fraction": cos.apply(lambda s: float((s < 0).mean())),
-        }
-    ).reset_index()
-    out += "<p>Pairwise cosines at the last snapshot:</p>" + _table(stats)
-    if not c.targets.empty:
-        last = c.targets[c.targets["step"] == c.targets.groupby("run")["step"].transform("max")]
-        out += _details("GradVac EMA targets at the last snapshot (mean over pairs)", _table(last))
-    return out
+def _headline(result: analyses.RunResults) -> str:
+    h = result.headline()
+    if h.get("mean_similarity") is None:
+        reason = result.not_applicable.get("similarity", "no similarity computed")
+        return f'<p class="headline">No mean similarity: {html.escape(reason)}</p>'
+    text = (
+        f"Mean similarity ({html.escape(group_label(h['group']))}, "
+        f"{html.escape(measure_label(h.get('measure', result.measure)))}): "
+        f'<b class="value">{_num(h["mean_similarity"])}</b> '
+        f'[<span class="ci">{_num(h["ci_low"])}, {_num(h["ci_high"])}</span>] over '
+        f"{h['n_snapshots']} snapshots"
+    )
+    if h.get("reliability") is not None:
+        text += f"; reliability {_num(h['reliability'], 2)}"
+    if h.get("mean_corrected") is not None:
+        text += f"; noise-corrected mean {_num(h['mean_corrected'])}"
+    return f'<p class="headline">{text}.</p>'
 
 
-def _config_table(run: RunData) -> str:
-    config = dict(run.trace.config)
-    rows = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in config.items()]
-    meta = [
-        ("method", run.method_label),
-        ("direction", run.direction or "–"),
-        ("tasks", ", ".join(f"{t} ({run.trace.iso_codes.get(t) or '–'})" for t in run.trace.tasks)),
-        (
-            "groups",
-            f"{len(run.trace.groups)}: {', '.join(run.trace.groups[:12])}{' …' if len(run.trace.groups) > 12 else ''}",
-        ),
-        (
-            "snapshots",
-            f"{len(run.trace.steps)} (steps {int(run.trace.steps.min())}–{int(run.trace.steps.max())})",
-        ),
-        ("versions", json.dumps(run.trace.meta("versions", {}))),
-        ("trace", str(run.trace.path)),
+def _warnings_html(results: Sequence[analyses.RunResults]) -> str:
+    items = [
+        f"<li><b>{html.escape(r.label)}</b>: {html.escape(w)}</li>"
+        for r in results
+        for w in r.warnings
     ]
-    if run.trace.meta("train_seconds") is not None:
-        meta.append(("train seconds", f"{float(run.trace.meta('train_seconds')):.0f}"))
-    body = _table(pd.DataFrame(meta, columns=["", "value"]))
-    if rows:
-        body += _details("run config", _table(pd.DataFrame(rows, columns=["key", "value"])))
+    if not items:
+        return ""
+    return (
+        '<div class="warning"><b>⚠ How far these numbers can be trusted</b>'
+        f"<ul>{''.join(items)}</ul></div>"
+    )
+
+
+def _config_table(result: analyses.RunResults) -> str:
+    d = result.description
+    rows = [
+        ("method", d.method_label()),
+        ("direction", d.direction or "–"),
+        ("tasks", ", ".join(result.tasks)),
+        ("headline group", group_label(result.group)),
+        ("measure", result.measure),
+        ("snapshots", f"{d.n_snapshots} (steps {', '.join(map(str, d.steps[:30]))}"
+                      f"{' …' if len(d.steps) > 30 else ''})"),
+        ("split halves", "yes" if d.halves else "no"),
+        ("window", str(d.window or "–")),
+        ("quality metric", metric_label(result.settings.get("metric") or "–")),
+        ("permutations / bootstrap", f"{result.settings.get('n_permutations')} / "
+                                      f"{result.settings.get('n_bootstrap')}"),
+    ]  # fmt: skip
+    if result.run:
+        rows.append(("trace", result.run))
+    seconds = (result.meta or {}).get("train_seconds")
+    if seconds is not None:
+        rows.append(("train seconds", f"{float(seconds):.0f}"))
+    versions = (result.meta or {}).get("versions")
+    if versions:
+        rows.append(("versions", json.dumps(versions)))
+    body = _table(pd.DataFrame(rows, columns=["", "value"]))
+    config = [
+        (k, v if isinstance(v, str) else json.dumps(v)) for k, v in (result.config or {}).items()
+    ]
+    if config:
+        body += _details("run config", _table(pd.DataFrame(config, columns=["key", "value"])))
     return body
 
 
+def _comparison_html(comparison: Any, fig: Any, image_format: str) -> str:
+    if comparison is None:
+        return ""
+    tables = ""
+    if not isinstance(comparison, analyses.NotApplicable):
+        metric = metric_label(comparison.metric)
+        tables += (
+            f"<p>Mean {html.escape(metric)} difference per method vs {html.escape(comparison.baseline)} "
+            f"({direction_words(comparison.metric, comparison.higher_is_better)}), interval "
+            "across seeds:</p>" + _table(comparison.per_method)
+        )
+        for note in getattr(comparison, "notes", None) or []:
+            tables += f'<p class="skip">{html.escape(note)}</p>'
+        if not comparison.targets.empty:
+            tables += _details(
+                "GradVac EMA targets (mean over pairs) per method, seed, group and step",
+                _table(comparison.targets),
+            )
+        tables += _details("difference per task", _table(comparison.per_task))
+    here = (
+        ""
+        if isinstance(comparison, analyses.NotApplicable)
+        else (
+            f"Quality is the runs' {metric_label(comparison.metric)}; differences are matched "
+            "by seed, and their intervals are t-intervals across seeds (none with one seed)."
+        )
+    )
+    return _figure_html("f6", fig, PAPER_F6, here, tables, "f6", image_format)
+
+
 def write_report(
-    runs: Sequence[str | os.PathLike] | Sequence[RunData],
+    results: Sequence[analyses.RunResults],
     out: str | os.PathLike,
     *,
-    group: str | None = None,
-    n_permutations: int = 999,
-    seed: int = 0,
-    image_format: str = "png",
-    dpi: int = 100,
+    comparison: Any = None,
+    seeds: pd.DataFrame | None = None,
+    figures: Mapping[str, Any] | None = None,
     title: str = "geomtrace report",
-    extra_html: str = "",
-    progress: Callable[[str], None] | None = None,
-    built: tuple[dict, dict, Comparison | None] | None = None,
+    image_format: str = "png",
 ) -> Path:
-    """Write the HTML report of ``runs`` (run directories, or ``RunData`` already collected)
-    to ``out``; returns its path. ``built``: the result of ``build_figures`` on those
-    ``RunData`` (so figures saved to files and the report are drawn once)."""
+    """Write the HTML report of ``results`` (``analyses.RunResults``, one per run) to ``out``.
+
+    ``comparison``: ``analyses.compare_runs(results)`` (or a NotApplicable) for F6;
+    ``seeds``: ``analyses.across_seeds(results)``; ``figures``: figures already drawn, so
+    files and report share one drawing: {run label: ``draw_run(result)``} and optionally
+    ``"f6"``: ``draw_comparison(comparison)``; what is missing is drawn here. Returns the path.
+    """
     if image_format not in ("png", "svg"):
-        raise InvalidInputError(f"image_format={image_format!r}; allowed: png, svg")
-    if runs and isinstance(runs[0], RunData):
-        data = list(runs)
-    else:
-        data = collect_runs(
-            runs, group=group, n_permutations=n_permutations, seed=seed, progress=progress
-        )
-    if progress:
-        progress("drawing figures")
-    figures, skipped, comparison = built if built is not None else build_figures(data)
-    several = len(data) > 1
+        raise gt.InvalidInputError(f"image_format={image_format!r}; allowed: png, svg")
+    results = list(results)
+    if not results:
+        raise gt.InvalidInputError("write_report needs at least one analysed run")
+    figures = dict(figures or {})
     sections, toc = [], []
-    for run in data:
-        anchor = f"run-{len(sections)}"
+    for n, result in enumerate(results):
+        anchor = f"run-{n}"
+        drawn = figures.get(result.label)
+        if not isinstance(drawn, Mapping):
+            drawn = draw_run(result)
+        kind = "language" if result.description.task_noun == "language" else "task"
         toc.append(
-            f'<li><a href="#{anchor}">{html.escape(run.label)}</a> ({html.escape(run.method_label)})</li>'
+            f'<li><a href="#{anchor}">{html.escape(result.label)}</a> '
+            f"({html.escape(result.description.method_label())})</li>"
         )
-        body = [f'<h2 id="{anchor}">Run {html.escape(run.label)}</h2>', _config_table(run)]
-        for key in ("f1", "f2", "f3", "f4", "f5"):
-            fig = figures.get((run.label, key))
-            uri = encode_figure(fig, image_format, dpi) if fig is not None else None
+        body = [
+            f'<h2 id="{anchor}">Run {html.escape(result.label)}</h2>',
+            _headline(result),
+            f'<p class="note"><b>Here.</b> {html.escape(describe_run(result))}</p>',
+            _config_table(result),
+        ]
+        if result.warnings and len(results) > 1:  # one run: the page's banner says it
+            items = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+            body.append(f'<div class="warning"><b>⚠ Warnings</b><ul>{items}</ul></div>')
+        for key in RUN_FIGURES:
+            fig = drawn.get(key)
+            paper = PAPER[kind].get(key)
+            if kind == "task" and key in ("f2", "f7"):
+                paper = None
             body.append(
                 _figure_html(
-                    key,
-                    uri,
-                    skipped.get(f"{run.label}/{key}"),
-                    _run_tables(run, key),
-                    f"{anchor}-{key}",
+                    key, fig, paper, _here(result, key) if fig is not None and not isinstance(
+                        fig, analyses.NotApplicable) else "",
+                    _run_tables(result, key), f"{anchor}-{key}", image_format,
+                )
+            )  # fmt: skip
+        if "tests" in result.frames and not result.frames["tests"].empty:
+            tests = result.frames["tests"]
+            counts = tests.drop_duplicates("table")[["table", "n_tests"]]
+            body.append(
+                _details(
+                    f"every test of the run ({len(tests)}), Holm-adjusted within its table",
+                    _table(counts) + _table(tests),
                 )
             )
-        if run.summary.skipped:
-            items = "".join(
-                f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-                for k, v in run.summary.skipped.items()
-            )
-            body.append(_details("analyses skipped for this run", f"<ul>{items}</ul>"))
         sections.append("\n".join(body))
-    fig6 = figures.get(("", "f6"))
-    f6 = _figure_html(
-        "f6", encode_figure(fig6, image_format, dpi) if fig6 is not None else None,
-        skipped.get("f6"), _comparison_tables(comparison), "f6",
-    )  # fmt: skip
-    helpers = (
-        "<p>Every number comes from <code>analyses/</code>, including the per-group "
-        "within/across-family means (<code>family_means_by_group</code>), the interquartile "
-        "bands over pairs (<code>pair_spread</code>), chrF differences between runs "
-        "(<code>quality_difference</code>) and GradVac target means "
-        "(<code>gradvac_target_trajectories</code>).</p>"
-    )
-    from geomtrace import __version__
-
+    across = ""
+    if comparison is not None:
+        fig6 = figures.get("f6")
+        if fig6 is None:
+            fig6 = draw_comparison(comparison)
+        across += '<h2 id="f6">Across runs</h2>' + _comparison_html(comparison, fig6, image_format)
+        toc.append('<li><a href="#f6">F6: optimizers</a></li>')
+    if seeds is not None and not seeds.empty:
+        across += (
+            '<h2 id="seeds">Across seeds</h2><p>Each statistic over the seeds of each method: '
+            "mean, spread, and how many seeds agree in sign and significance.</p>" + _table(seeds)
+        )
+        toc.append('<li><a href="#seeds">Across seeds</a></li>')
+    settings = results[0].settings
+    names = ", ".join(FIGURES.values())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>Gradient geometry of multilingual training, redrawn after <i>Gradient Vaccine</i>
+<p>Gradient geometry of multi-task training, redrawn after <i>Gradient Vaccine</i>
 (Wang, Tsvetkov, Firat, Cao, ICLR 2021). Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-by geomtrace {html.escape(__version__)}; permutation tests with {n_permutations} permutations (seed {seed}).
-{"F1–F5 are drawn per run; F6 compares the runs." if several else ""}</p>
-{extra_html}
-<nav><b>Contents</b><ul>{"".join(toc)}<li><a href="#f6">F6: optimizers</a></li></ul></nav>
+by geomtrace {html.escape(gt.__version__)}; {len(results)} run{"s" if len(results) != 1 else ""};
+permutation tests with {settings.get("n_permutations")} permutations, intervals from
+{settings.get("n_bootstrap")} bootstrap replicates over snapshots (seed {settings.get("seed")}).
+Each run leads with F7, where in the model the structure lives.</p>
+{_warnings_html(results)}
+<nav><b>Contents</b><ul>{"".join(toc)}</ul></nav>
 {"".join(sections)}
-<h2>Across runs</h2>
-{f6}
+{across}
 <h2>Notes</h2>
-{helpers}
-<p>Figure files: {", ".join(f"{k}_{v}" for k, v in FIGURES.items())}.</p>
+<p>Every number comes from <code>analyses/</code> (<code>analyses.analyse_run</code>,
+<code>compare_runs</code>, <code>across_seeds</code>); the figures and this page only draw
+them. Figure files: {html.escape(names)}.</p>
 </body></html>
 """
     out = Path(out)

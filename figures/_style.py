@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from geomtrace._errors import InvalidInputError
+import geomtrace as gt
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
     items = [f.strip().lower().lstrip(".") for f in items if f.strip()]
     bad = [f for f in items if f not in FORMATS]
     if bad or not items:
-        raise InvalidInputError(
+        raise gt.InvalidInputError(
             f"format(s) {bad or formats!r} not supported; allowed: {', '.join(FORMATS)}"
         )
     return list(dict.fromkeys(items))
@@ -140,7 +140,7 @@ def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = DP
     paths = []
     for fmt in parse_formats(formats):
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=dpi)
+        fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
         log.debug("wrote %s", path)
         paths.append(path)
     return paths
@@ -167,6 +167,11 @@ def stats_box(ax, lines: Sequence[str]) -> None:
     box.set_zorder(5)
 
 
+def stats_title(ax, heading: str, lines: Sequence[str]) -> None:
+    """A panel's numbers as its (left-aligned) title block: never over the points."""
+    ax.set_title("\n".join([heading, *lines]), loc="left", fontsize=7.5)
+
+
 def short_p(p: float) -> str:
     """A p-value for a legend: ``p=0.012``, ``p<0.001``, ``p=n/a``."""
     if p is None or p != p:
@@ -179,3 +184,135 @@ def fmt(value: float, digits: int = 2) -> str:
     if value is None or value != value:
         return "n/a"
     return f"{value:+.{digits}f}"
+
+
+def ci(value: float, low: float, high: float, digits: int = 2) -> str:
+    """``+0.53 [+0.35, +0.69]``; the bracket is left out when the interval is unknown."""
+    text = fmt(value, digits)
+    if low is None or high is None or low != low or high != high:
+        return text
+    return f"{text} [{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def holm_mark(p_holm: float, alpha: float) -> str:
+    """``, Holm p=0.012 ✓`` (survives the table's Holm correction at ``alpha``) or
+    ``, Holm p=0.38``; empty when unknown."""
+    if p_holm is None or p_holm != p_holm:
+        return ""
+    mark = " ✓" if p_holm < alpha else ""
+    return f", Holm {short_p(p_holm)}{mark}"
+
+
+# --- Wording: from the run's own metadata, never the embedded experiment's --------------------
+
+#: Metric names shown on axes; anything else is shown as recorded (``mse``, ``chrF++``).
+METRIC_NAMES = {
+    "chrf": "chrF",
+    "bleu": "BLEU",
+    "heldout_loss": "held-out loss (nats/byte)",
+}
+
+
+def metric_label(metric: str) -> str:
+    """How a quality metric is named on an axis: ``chrF``, ``held-out loss (nats/byte)``
+    (the recipe's ``heldout_loss``), else the name as the run recorded it."""
+    return METRIC_NAMES.get(str(metric), str(metric))
+
+
+def direction_words(metric: str, higher: bool | None = None) -> str:
+    """``higher is better`` / ``lower is better``: ``higher`` when the caller knows it (a
+    comparison carries it), else ``analyses.higher_is_better`` from the metric's name."""
+    if higher is None:
+        import analyses
+
+        higher = analyses.higher_is_better(str(metric))
+    return "higher is better" if higher else "lower is better"
+
+
+def nouns(description) -> tuple[str, str]:
+    """(singular, plural) name of the run's tasks: language(s) only for runs over languages."""
+    noun = getattr(description, "task_noun", None) or "task"
+    return noun, f"{noun}s"
+
+
+def group_label(group: str) -> str:
+    return "whole model" if group == "all" else f"group {group}"
+
+
+MEASURE_LABELS = {
+    "raw": "gradient cosine",
+    "corrected": "noise-corrected gradient cosine",
+    "centred": "centred gradient cosine",
+}
+
+
+def measure_label(measure: str) -> str:
+    return MEASURE_LABELS.get(measure, f"gradient similarity ({measure})")
+
+
+def averaged_window(result) -> str:
+    """``mean over 10 snapshots, steps 10–100 (step 0 left out)`` from the similarity summary
+    of the headline group (what the step-averaged figures average)."""
+    sim = result.frames.get("similarity")
+    if sim is None or sim.empty:
+        return ""
+    row = sim[sim["group"] == result.group]
+    if row.empty:
+        return ""
+    row = row.iloc[0]
+    n = int(row["n_steps"])
+    steps = result.description.steps
+    left_out = " (step 0 left out)" if 0 in steps and int(row["step_first"]) > 0 else ""
+    return (
+        f"mean over {n} snapshot{'s' if n != 1 else ''}, steps "
+        f"{int(row['step_first'])}–{int(row['step_last'])}{left_out}"
+    )
+
+
+def context(result, *, window: str | None = None) -> str:
+    """Subtitle: run, method, group, direction, measure, step window, number of tasks."""
+    d = result.description
+    _, plural = nouns(d)
+    bits = [f"run {result.label}", f"method {d.method_label()}", group_label(result.group)]
+    if d.direction:
+        bits.append(str(d.direction))
+    if result.measure != "raw":
+        bits.append(f"{result.measure} similarity")
+    window = averaged_window(result) if window is None else window
+    if window:
+        bits.append(window)
+    bits.append(f"{len(result.tasks)} {plural}")
+    return " · ".join(bits)
+
+
+def add_footnote(fig, warnings: Sequence[str], notes: Sequence[str] = ()) -> None:
+    """``notes`` (grey) and the run's trust ``warnings`` (warning colour, each marked ⚠) under
+    the figure; saved files keep them (``save`` uses a tight bounding box)."""
+    import textwrap
+
+    if not warnings and not notes:
+        return
+    chars = max(60, int(fig.get_figwidth() * 15))
+
+    def wrap(items: Sequence[str], mark: str = "") -> str:
+        return "\n".join(line for w in items for line in textwrap.wrap(f"{mark}{w}", chars))
+
+    blocks = [(wrap(notes), "#333333")] if notes else []
+    if warnings:
+        blocks.append((wrap(warnings, "⚠ "), OKABE_ITO["vermillion"]))
+    # Lay the figure out once and freeze it, then write the footnote under everything drawn:
+    # a layout run again at save time would move legends placed "outside lower center" to the
+    # bottom of the enlarged (tight) bounding box, over the footnote.
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
+    to_figure = fig.transFigure.inverted()
+    for legend in fig.legends:  # pinned where the layout put them, in figure fractions
+        x0, y0 = to_figure.transform(legend.get_window_extent().p0)
+        legend.set_loc("lower left")
+        legend.set_bbox_to_anchor((x0, y0), transform=fig.transFigure)
+        legend.borderaxespad = 0
+    height = fig.get_figheight()
+    y = (fig.get_tightbbox().y0 - 0.05) / height
+    for text, color in blocks:
+        fig.text(0.01, y, text, ha="left", va="top", fontsize=7, color=color)
+        y -= (0.125 * (text.count("\n") + 1) + 0.06) / height

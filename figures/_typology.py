@@ -11,19 +11,30 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+import analyses
+import geomtrace as gt
 from figures._style import (
     ACROSS,
     ALL_PAIRS,
     BASELINE,
     WITHIN,
+    add_footnote,
+    averaged_window,
+    ci,
+    context,
     fmt,
+    group_label,
+    holm_mark,
+    measure_label,
     new_figure,
     set_titles,
     short_p,
-    stats_box,
+    stats_title,
     style,
 )
-from geomtrace._errors import InvalidInputError
+
+#: Significance level of the Holm marks (analyses' own when it exports one).
+ALPHA = getattr(analyses, "ALPHA", 0.05)
 
 #: Axis labels of the distances (``analyses.DISTANCES`` and the covariates).
 DISTANCE_LABELS = {
@@ -36,8 +47,55 @@ DISTANCE_LABELS = {
     "char_overlap": "character-profile distance (1 - overlap)",
     "script": "script differs (0/1)",
 }
+#: How a control is named in a panel.
+CONTROL_NAMES = {"char_overlap": "character overlap", "script": "script"}
 #: Controls preferred for the partial value shown in a panel, first found wins.
 CONTROL_PREFERENCE = ("char_overlap", "script")
+
+
+def needs_languages(result):
+    """NotApplicable for the typology figures (F2, F7) of a run whose tasks are not languages
+    (worded without the analyses' language jargon), else None."""
+    if result.description.task_noun == "language":
+        return None
+    _, plural = nouns_of(result)
+    return analyses.NotApplicable(
+        f"typological distances need ISO 639-3 codes; the {plural} of this run have none"
+    )
+
+
+def nouns_of(result) -> tuple[str, str]:
+    from figures._style import nouns
+
+    return nouns(result.description)
+
+
+def figure(result) -> object:
+    """F2 of a run: its headline matrix against each typological distance of
+    ``result.distances``, numbers from ``result.frames["typology"]``."""
+    na = needs_languages(result)
+    if na is not None:
+        return na
+    corr = result.frame("typology")
+    if isinstance(corr, analyses.NotApplicable):
+        return corr
+    if not result.distances:
+        return analyses.NotApplicable("no typological distance matrix for these languages")
+    matrix = result.frames["similarity_matrix"]
+    first = next(iter(result.distances.values()))
+    tasks = [t for t in matrix.index if t in first.index]
+    step0 = result.frames.get("similarity_matrix_step0")
+    fig = typology_scatter(
+        matrix.loc[tasks, tasks], result.distances, corr,
+        similarity_step0=step0.loc[tasks, tasks] if step0 is not None else None,
+        families=result.families or None,
+        title=f"Gradient similarity vs typological distance ({group_label(result.group)})",
+        subtitle=context(result),
+        value_label=f"{measure_label(result.measure)} ({averaged_window(result).split(',')[0]})",
+        level=result.settings.get("level", 0.95),
+    )  # fmt: skip
+    add_footnote(fig, result.warnings)
+    return fig
 
 
 def _pairs(frame: pd.DataFrame, tasks: list[str]) -> np.ndarray:
@@ -65,24 +123,29 @@ def typology_scatter(
     families: Mapping[str, str] | None = None,
     title: str = "Gradient similarity vs typological distance",
     subtitle: str = "",
+    value_label: str = "gradient cosine (mean over snapshots)",
+    alpha: float = ALPHA,
+    level: float = 0.95,
 ):
     """One panel per distance: points are language pairs (distance, gradient cosine).
 
     ``similarity``: [K, K] step-averaged cosines (``analyses.similarity_matrix``);
     ``distances``: {kind: [K, K] distance frame indexed by the same tasks} (typology
     distances reindexed from ISO codes to tasks); ``correlation``: the
-    ``analyses.typology_correlation`` frame, whose rho, Mantel p, step-0 rho and partial rho
-    (controlling for the character-overlap or script covariate) go in each panel's legend.
+    ``analyses.typology_correlation`` frame (with ``p_holm`` / ``partial_p_holm`` when it
+    comes from ``analyses.analyse_run``): rho with its bootstrap interval, Mantel p and Holm
+    p (✓: survives Holm at ``alpha``), the partial rho given character overlap (or script)
+    with its interval and p, and the step-0 rho go in each panel's box.
     ``similarity_step0`` adds the untrained model's pairs as grey crosses. ``families``
     colours within- vs across-family pairs. Returns the Figure.
     """
     if not distances:
-        raise InvalidInputError("typology_scatter needs at least one distance matrix")
+        raise gt.InvalidInputError("typology_scatter needs at least one distance matrix")
     tasks = [str(t) for t in similarity.index]
     missing = {k: [t for t in tasks if t not in d.index] for k, d in distances.items()}
     missing = {k: v for k, v in missing.items() if v}
     if missing:
-        raise InvalidInputError(f"distance matrices lack tasks: {missing}")
+        raise gt.InvalidInputError(f"distance matrices lack tasks: {missing}")
     iu = np.triu_indices(len(tasks), 1)
     y = _pairs(similarity, tasks)
     y0 = _pairs(similarity_step0, tasks) if similarity_step0 is not None else None
@@ -126,24 +189,30 @@ def typology_scatter(
             row = _row(correlation, kind)
             lines = []
             if row is not None:
-                lines.append(f"ρ = {fmt(row['rho'])}, Mantel {short_p(row['p_value'])}")
-                if row["control"] is not None and row["control"] == row["control"]:
+                lines.append(f"ρ = {ci(row['rho'], row['ci_low'], row['ci_high'])}")
+                lines.append(
+                    f"   Mantel {short_p(row['p_value'])}{holm_mark(row.get('p_holm'), alpha)}"
+                )
+                if isinstance(row["control"], str):
                     lines.append(
-                        f"partial | {row['control']}: ρ = {fmt(row['partial_rho'])}, "
-                        f"{short_p(row['partial_p_value'])}"
+                        f"partial | {CONTROL_NAMES.get(row['control'], row['control'])}: ρ = "
+                        f"{ci(row['partial_rho'], row['partial_ci_low'], row['partial_ci_high'])}"
+                    )
+                    lines.append(
+                        f"   {short_p(row['partial_p_value'])}"
+                        f"{holm_mark(row.get('partial_p_holm'), alpha)}"
                     )
                 lines.append(
                     f"step 0: ρ = {fmt(row['rho_step0'])}, {short_p(row['p_value_step0'])}"
                 )
             else:
                 lines.append("no correlation row for this distance")
-            stats_box(ax, lines)
-            ax.set_title(kind)
+            stats_title(ax, kind, lines)
             ax.set_xlabel(DISTANCE_LABELS.get(kind, f"{kind} distance"))
         for ax in axes[len(kinds) :]:
             ax.set_visible(False)
         for ax in axes[::ncol]:
-            ax.set_ylabel("gradient cosine (mean over steps)")
+            ax.set_ylabel(value_label)
         from matplotlib.lines import Line2D
 
         handles = []
@@ -172,7 +241,8 @@ def typology_scatter(
                 [],
                 [],
                 ls="",
-                label="ρ: Spearman of cosine with similarity = −distance",
+                label=f"ρ: Spearman of cosine with −distance [{level:.0%} bootstrap interval]; "
+                f"✓: survives Holm at {alpha:g}",
                 color=BASELINE,
             )
         )

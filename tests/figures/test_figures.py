@@ -1,30 +1,30 @@
-"""Each figure on synthetic traces with planted structure (tests/figures/conftest.py)."""
+"""Each figure drawn from ``analyses.RunResults`` of synthetic traces (tests/figures/conftest.py)."""
 
 from __future__ import annotations
 
+import ast
 import struct
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
 
 import analyses
 import geomtrace as gt
 from figures import (
-    collect_run,
-    layer_profile,
-    optimizer_comparison,
-    quality_scatter,
-    similarity_heatmap,
-    similarity_over_time,
-    typology_scatter,
+    FIGURES,
+    draw_comparison,
+    draw_run,
+    layer_typology,
+    parse_formats,
+    save_figures,
 )
-from figures._plot import compare_runs, figure_f6
-from figures._style import parse_formats, save
 
-from .conftest import FAMILY, GROUPS, STEPS, TASKS
-
-PERMS = 99
+from .conftest import FAMILY, GROUPS, REG_GROUPS, STEPS, TASKS
 
 
 def png_size(path) -> tuple[int, int]:
@@ -34,258 +34,331 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def check_saved(fig, tmp_path, name, lo_kb=15, hi_kb=1500):
-    paths = save(fig, tmp_path / name, ["png", "svg"])
-    assert [p.suffix for p in paths] == [".png", ".svg"]
-    for p in paths:
-        assert p.exists()
-    kb = paths[0].stat().st_size / 1024
-    assert lo_kb < kb < hi_kb, f"{name}.png is {kb:.0f} KB"
-    w, h = png_size(paths[0])
-    assert w > 300 and h > 200
-    return paths
-
-
-@pytest.fixture(scope="module")
-def sum_data(synthetic_runs):
-    return collect_run(synthetic_runs["sum"], n_permutations=PERMS)
-
-
 def all_texts(fig) -> str:
-    texts = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
-    return "\n".join(texts)
+    return "\n".join(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
 
 
-def test_f1_heatmap_orders_by_tree_and_groups_families(sum_data, tmp_path):
-    sim = sum_data.frames["similarity_matrix"]
-    fig = similarity_heatmap(
-        sim, sum_data.tree, families=sum_data.families, scripts=sum_data.scripts,
-        title="Gradient similarity test title",
-    )  # fmt: skip
-    heat = next(ax for ax in fig.axes if ax.get_xlabel() == "language (task)")
+def errorbars(ax) -> list[ErrorbarContainer]:
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_language_run_draws_every_figure_and_saves_them(drawn, tmp_path):
+    figs = drawn("sum")
+    assert list(figs) == ["f7", "f1", "f2", "f3", "f4", "f5"]
+    assert all(isinstance(f, Figure) for f in figs.values()), figs
+    paths = save_figures(figs, tmp_path, prefix="sum/")
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in paths)
+    assert names == sorted(f"sum/{FIGURES[k]}.png" for k in figs)
+    svg = save_figures({"f1": figs["f1"]}, tmp_path, formats="svg", dpi=80)
+    assert [p.name for p in svg] == ["f1_similarity_heatmap.svg"]
+    for p in paths:
+        if p.suffix == ".png":
+            w, h = png_size(p)
+            assert w > 300 and h > 200
+    # NotApplicable entries are not files
+    assert save_figures({"f2": analyses.NotApplicable("no")}, tmp_path / "x") == []
+
+
+def test_f1_orders_by_the_tree_and_groups_families(analysed, drawn):
+    result, fig = analysed("sum"), drawn("sum")["f1"]
+    heat = next(ax for ax in fig.axes if ax.get_xlabel() == "language")
     cols = [t.get_text() for t in heat.get_xticklabels()]
-    rows = [t.get_text() for t in heat.get_yticklabels()]
-    assert cols == rows == sum_data.tree.leaves
-    # the planted families come out as three contiguous blocks of the leaf order
-    fam = [FAMILY[t] for t in cols]
+    assert cols == [t.get_text() for t in heat.get_yticklabels()] == result.tree.leaves
+    fam = [FAMILY[t] for t in cols]  # the planted families: three contiguous blocks
     assert sum(a != b for a, b in zip(fam, fam[1:], strict=False)) == 2
-    # the drawn values are the matrix in leaf order, diagonal masked
     mesh = heat.collections[0].get_array().reshape(len(cols), len(cols))
-    expected = sim.loc[cols, cols].to_numpy()
+    expected = result.frames["similarity_matrix"].loc[cols, cols].to_numpy()
     off = ~np.eye(len(cols), dtype=bool)
     np.testing.assert_allclose(np.asarray(mesh)[off], expected[off])
-    assert np.ma.getmaskarray(mesh)[~off].all()
     text = all_texts(fig)
-    assert "Gradient similarity test title" in text
-    assert "gradient cosine (mean over steps)" in text
     assert {"Indo-European", "Uralic", "Turkic", "Latn", "Cyrl"} <= set(text.split("\n"))
-    check_saved(fig, tmp_path, "f1")
+    assert "mean over 10 snapshots, steps 10–100 (step 0 left out)" in " ".join(text.split())
 
 
-def test_f1_refuses_a_tree_of_other_tasks(sum_data):
-    sim = sum_data.frames["similarity_matrix"].iloc[:4, :4]
-    with pytest.raises(gt.InvalidInputError, match="tree's tasks"):
-        similarity_heatmap(sim, sum_data.tree)
+def test_f1_title_fits_at_small_k(drawn):
+    fig = drawn("regression")["f1"]
+    fig.draw_without_rendering()
+    width = fig.bbox.width
+    for text in fig.texts:
+        if text.get_text().startswith("Gradient similarity between tasks"):
+            box = text.get_window_extent()
+            assert 0 <= box.x0 and box.x1 <= width, (box, width)
+            break
+    else:
+        raise AssertionError("no F1 title")
 
 
-def test_f2_typology_panels_and_numbers(sum_data, tmp_path):
-    corr = sum_data.frames["typology"]
-    fig = typology_scatter(
-        sum_data.frames["similarity_matrix"], sum_data.distances, corr,
-        similarity_step0=sum_data.similarity_step0, families=sum_data.families,
-    )  # fmt: skip
-    panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == list(analyses.DISTANCES)
-    assert panels[0].get_ylabel() == "gradient cosine (mean over steps)"
-    assert panels[3].get_xlabel() == "geographic distance (km)"
-    # each panel: 36 pairs, split 9 within-family + 27 across, plus 36 step-0 crosses
-    counts = [len(c.get_offsets()) for c in panels[0].collections]
-    assert counts == [36, 9, 27]
+def test_f2_boxes_show_interval_p_and_holm(analysed, drawn):
+    result, fig = analysed("sum"), drawn("sum")["f2"]
+    corr = result.frames["typology"]
     row = corr[(corr["distance"] == "genetic") & (corr["control"] == "char_overlap")].iloc[0]
-    legend = [t.get_text() for t in panels[5].get_legend().get_texts()]
-    assert legend[0].startswith(f"ρ = {row['rho']:+.2f}, Mantel p=")
-    assert (
-        legend[1]
-        == f"partial | char_overlap: ρ = {row['partial_rho']:+.2f}, p={row['partial_p_value']:.3f}"
+    panel = next(ax for ax in fig.axes if ax.get_title(loc="left").startswith("genetic"))
+    box = panel.get_title(loc="left").split("\n")
+    assert box[1] == f"ρ = {row['rho']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    assert box[2].strip().startswith(f"Mantel p={row['p_value']:.3f}, Holm p={row['p_holm']:.3f}")
+    assert box[3] == (
+        f"partial | character overlap: ρ = {row['partial_rho']:+.2f} "
+        f"[{row['partial_ci_low']:+.2f}, {row['partial_ci_high']:+.2f}]"
     )
-    assert legend[2].startswith(f"step 0: ρ = {row['rho_step0']:+.2f}")
-    # planted: families only after training, so genetic rho is high and step-0 rho is not
-    assert row["rho"] > 0.5 and abs(row["rho_step0"]) < row["rho"]
-    check_saved(fig, tmp_path, "f2")
+    assert box[5].startswith(f"step 0: ρ = {row['rho_step0']:+.2f}")
+    # 36 pairs: 36 step-0 crosses, then 9 within- and 27 across-family points
+    assert [len(c.get_offsets()) for c in panel.collections] == [36, 9, 27]
+    assert row["rho"] > 0.5 and abs(row["rho_step0"]) < row["rho"]  # planted
 
 
-def test_f3_quality_points_are_the_analysis_values(sum_data, tmp_path):
-    tq = sum_data.frames["task_quality"]
-    fig = quality_scatter(tq, sum_data.frames["quality"], families=sum_data.families)
-    chrf_ax, loss_ax = fig.axes[:2]
-    assert chrf_ax.get_xlabel() == "mean gradient cosine with the other languages"
-    assert chrf_ax.get_ylabel() == "chrF (test split, greedy decoding)"
-    points = np.concatenate([c.get_offsets() for c in chrf_ax.collections])
-    np.testing.assert_allclose(points, tq[["mean_similarity", "chrf"]].to_numpy())
-    labels = [t.get_text() for t in chrf_ax.texts]
-    assert labels == list(tq["task"])
-    rho = sum_data.frames["quality"].set_index("metric").loc["heldout_loss", "rho"]
-    assert rho == pytest.approx(-1.0)  # planted: loss = 3 - alignment
-    legend = [t.get_text() for t in loss_ax.get_legend().get_texts()]
-    assert legend[1].startswith(f"Spearman ρ = {rho:+.2f}, p=")
-    check_saved(fig, tmp_path, "f3")
-
-
-def test_f3_without_quality_names_what_is_missing(synthetic_runs):
-    data = collect_run(synthetic_runs["noquality"], n_permutations=PERMS)
-    assert "no quality" in data.skipped["f3"]
-    tq = analyses.task_quality(
-        data.trace, quality=pd.DataFrame(columns=["step", "task", "metric", "value"])
-    )
-    with pytest.raises(gt.InvalidInputError, match=r"chrf.*quality rows"):
-        quality_scatter(tq)
-
-
-def test_f4_layers_in_model_order_with_family_means(sum_data, tmp_path):
-    fig = layer_profile(sum_data.frames["similarity"], sum_data.by_family)
+def test_f3_draws_each_tasks_interval(analysed, drawn):
+    result, fig = analysed("sum"), drawn("sum")["f3"]
+    tq = result.frames["task_quality"]
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == [g for g, _ in GROUPS]
-    assert ax.get_xlabel() == "parameter group (model order)"
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    within = lines["within-family pairs"].get_ydata()
-    across = lines["across-family pairs"].get_ydata()
-    assert (np.asarray(within) > np.asarray(across)).all()  # planted family term
-    assert within[-1] > within[0]  # planted: decoder groups more alike
-    check_saved(fig, tmp_path, "f4")
+    assert ax.get_ylabel() == "chrF (higher is better)"
+    assert fig.axes[1].get_ylabel() == "held-out loss (nats/byte) (lower is better)"
+    (bars,) = errorbars(ax)
+    segments = bars.lines[2][0].get_segments()
+    np.testing.assert_allclose([s[0][0] for s in segments], tq["ci_low"])
+    np.testing.assert_allclose([s[1][0] for s in segments], tq["ci_high"])
+    points = ax.collections[-1].get_offsets()
+    np.testing.assert_allclose(points, tq[["mean_similarity", "chrf"]].to_numpy())
+    q = result.frames["quality"].set_index("metric").loc["heldout_loss"]
+    box = fig.axes[1].get_title(loc="left").split("\n")
+    assert box[2] == f"Spearman ρ = {q['rho']:+.2f} [{q['ci_low']:+.2f}, {q['ci_high']:+.2f}]"
 
 
-def test_family_means_by_group_by_hand(synthetic_runs):
-    trace = gt.open_trace(synthetic_runs["sum"])
-    frame = analyses.family_means_by_group(trace, FAMILY, ["decoder.1"])
-    cos = trace.cosine("decoder.1")[1:]  # snapshots after step 0
-    fam = np.array([FAMILY[t] for t in TASKS])
-    iu = np.triu_indices(len(TASKS), 1)
-    same = fam[iu[0]] == fam[iu[1]]
-    pairs = cos[:, iu[0], iu[1]]
-    want = {"within": pairs[:, same].mean(1).mean(), "across": pairs[:, ~same].mean(1).mean()}
-    got = frame.set_index("kind")["mean_cosine"]
-    assert got["within"] == pytest.approx(want["within"], abs=1e-12)
-    assert got["across"] == pytest.approx(want["across"], abs=1e-12)
-    assert list(frame["position"]) == [4, 4]
+def test_f4_intervals_reliability_and_corrected_mean_with_halves(analysed, drawn):
+    result, fig = analysed("halves"), drawn("halves")["f4"]
+    top, bottom = fig.axes[:2]
+    summary = result.frames["similarity"].set_index("group").loc[[g for g, _ in GROUPS]]
+    raw, corrected = errorbars(top)
+    np.testing.assert_allclose(raw.lines[0].get_ydata(), summary["mean_cosine"])
+    np.testing.assert_allclose(corrected.lines[0].get_ydata(), summary["mean_corrected"])
+    low = [s[0][1] for s in raw.lines[2][0].get_segments()]
+    np.testing.assert_allclose(low, summary["ci_low"])
+    heights = [p.get_height() for p in bottom.patches if p.get_width() == pytest.approx(0.6)]
+    np.testing.assert_allclose(heights, summary["reliability"])
+    assert bottom.get_ylabel() == "reliability\n(signal fraction)"
+    dots = bottom.collections[0].get_offsets()
+    assert len(dots) == len(GROUPS) * len(TASKS)
+    lines = {line.get_label(): line for line in top.get_lines()}
+    within = np.asarray(lines["within-family pairs"].get_ydata())
+    across = np.asarray(lines["across-family pairs"].get_ydata())
+    assert (within > across).all()  # planted family term
+    assert not analysed("halves").warnings  # reliable enough: no warning
 
 
-def test_f5_time_and_spread(sum_data, tmp_path):
-    traj = sum_data.frames["family_trajectories"]
-    fig = similarity_over_time(
-        traj, sum_data.spread, sum_data.pairs, settling=sum_data.frames["family_settling"]
-    )
+def test_f4_of_a_non_language_run_names_tasks_and_no_other_part(drawn):
+    fig = drawn("regression")["f4"]
+    assert len(fig.axes) == 1  # no halves: no reliability panel
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [g for g, _ in REG_GROUPS]
+    assert ax.get_ylabel() == "mean gradient cosine\nover task pairs"
+    assert "other" not in [t.get_text() for t in ax.texts]
+    assert len(errorbars(ax)) == 1
+
+
+def test_f5_counts_every_snapshot_and_draws_the_settling_interval(analysed, drawn):
+    result, fig = analysed("sum"), drawn("sum")["f5"]
     left, right = fig.axes[:2]
-    assert left.get_xlabel() == right.get_xlabel() == "training step"
-    assert left.get_ylabel() == "gradient cosine"
     within = next(line for line in left.get_lines() if line.get_label().startswith("within"))
     np.testing.assert_allclose(within.get_xdata(), STEPS)
-    assert within.get_ydata()[-1] > within.get_ydata()[0] + 0.2  # planted growth
-    names = [line.get_label() for line in right.get_lines() if "–" in line.get_label()]
-    assert 2 <= len(names) <= 4
-    check_saved(fig, tmp_path, "f5")
-
-
-def test_pair_spread_by_hand(sum_data):
-    pairs = analyses.pair_trajectories(sum_data.trace, "all", families=FAMILY)
-    spread = analyses.pair_spread(pairs).set_index(["step", "kind"])
-    at = pairs[(pairs["step"] == 50) & (pairs["same_family"] == True)]["cosine"]  # noqa: E712
-    assert spread.loc[(50, "within"), "q25"] == pytest.approx(np.quantile(at, 0.25))
-    assert spread.loc[(50, "within"), "q75"] == pytest.approx(np.quantile(at, 0.75))
-    assert len(spread) == 2 * len(STEPS)
-
-
-def test_f5_needs_two_snapshots():
-    one = pd.DataFrame({"step": [0], "kind": ["within"], "mean_cosine": [0.1], "n_pairs": [3]})
-    with pytest.raises(gt.InvalidInputError, match="at least 2 snapshots"):
-        similarity_over_time(one)
-
-
-def test_f6_optimizers(synthetic_runs, tmp_path):
-    runs = [
-        collect_run(synthetic_runs[m], n_permutations=PERMS) for m in ("sum", "pcgrad", "gradvac")
-    ]
-    comparison = compare_runs(runs)
-    assert list(comparison.methods) == ["sum", "pcgrad (all_layer)", "gradvac (all_layer)"]
-    # chrF difference by hand from the traces' quality rows
-    q = {m: gt.open_trace(synthetic_runs[m]).quality() for m in ("sum", "gradvac")}
-    chrf = {m: q[m][q[m].metric == "chrf"].set_index("task")["value"] for m in q}
-    delta = comparison.chrf_delta[comparison.chrf_delta["run"] == "gradvac (all_layer)"]
-    np.testing.assert_allclose(
-        delta.set_index("task")["delta"].loc[TASKS], (chrf["gradvac"] - chrf["sum"]).loc[TASKS]
+    text = " ".join(all_texts(fig).split())  # titles are wrapped
+    assert f"{len(STEPS)} snapshots, steps 0–100 (step 0: untrained model)" in text
+    settle = result.frames["family_settling"].set_index("kind").loc["within"]
+    label = next(line.get_label() for line in left.get_lines() if "settles" in line.get_label())
+    assert label == (
+        f"within: settles at step {settle['settle_step']:.0f} "
+        f"[{settle['settle_ci_low']:.0f}, {settle['settle_ci_high']:.0f}]"
     )
-    # GradVac targets: mean over i != j of the stored EMA
-    target = gt.open_trace(synthetic_runs["gradvac"]).array("gradvac_target")
-    off = ~np.eye(len(TASKS), dtype=bool)
-    t = analyses.gradvac_target_trajectories(runs[2].trace)
-    assert len(t) == len(STEPS) * len(GROUPS)
-    assert t["mean_target"].iloc[-1] == pytest.approx(target[-1, -1][off].mean(), rel=1e-6)
-    assert analyses.gradvac_target_trajectories(runs[1].trace).empty
-    fig = figure_f6(comparison)
+    assert errorbars(left)  # final value with its interval
+    named = [line.get_label() for line in right.get_lines() if "–" in line.get_label()]
+    assert 2 <= len(named) <= 4
+
+
+def test_f7_cells_are_the_layer_table(analysed, drawn):
+    result, fig = analysed("sum"), drawn("sum")["f7"]
+    layers = result.frames["layers"]
+    raw, partial, ari = fig.axes[:3]
+    assert raw.get_title() == "ρ (raw)" and partial.get_title() == "partial ρ | character overlap"
+    rows = [t.get_text() for t in raw.get_yticklabels()]
+    assert rows == ["whole model", *[g for g, _ in GROUPS]]
+    kinds = [t.get_text() for t in raw.get_xticklabels()]
+    assert kinds == list(analyses.DISTANCES)
+    cell = layers[(layers["group"] == "decoder.1") & (layers["distance"] == "syntactic")].iloc[0]
+    texts = {(round(t.get_position()[1] - 0.5), round(t.get_position()[0] - 0.5)): t.get_text()
+             for t in partial.texts}  # fmt: skip
+    assert texts[(5, 0)].split("\n") == [
+        f"{cell['partial_rho']:+.2f}",
+        f"[{cell['partial_ci_low']:+.2f}, {cell['partial_ci_high']:+.2f}]",
+    ]
+    assert [t.get_text() for t in ari.get_xticklabels()] == ["family ARI", "genus ARI"]
+    assert "Cells: value [95% bootstrap interval" in all_texts(fig)
+
+
+def test_f7_marks_holm_survivors():
+    layers = pd.DataFrame(
+        {
+            "group": ["all", "all", "enc", "enc"], "position": [-1, -1, 0, 0],
+            "distance": ["syntactic", "genetic"] * 2, "control": ["char_overlap"] * 4,
+            "rho": [0.5, 0.1, 0.4, 0.0], "ci_low": [0.3, -0.1, 0.2, -0.2],
+            "ci_high": [0.7, 0.3, 0.6, 0.2], "p_holm": [0.01, 0.9, 0.2, 1.0],
+            "partial_rho": [0.45, 0.05, 0.3, 0.0], "partial_ci_low": [0.2, -0.1, 0.1, -0.2],
+            "partial_ci_high": [0.6, 0.2, 0.5, 0.2], "partial_p_holm": [0.03, 1.0, 0.04, 1.0],
+        }
+    )  # fmt: skip
+    fig = layer_typology(layers, warnings=["low reliability: test"])
+    raw, partial = fig.axes[:2]
+    marked = sorted(t.get_text().split("\n")[0] for t in partial.texts if "✓" in t.get_text())
+    assert marked == ["+0.30 ✓", "+0.45 ✓"]
+    assert [t.get_text().split("\n")[0] for t in raw.texts if "✓" in t.get_text()] == ["+0.50 ✓"]
+    assert "⚠ low reliability: test" in all_texts(fig)
+
+
+def test_warning_footnote_when_reliability_is_unknown(analysed, drawn):
+    warning = analysed("sum").warnings[0]
+    assert warning.startswith("reliability unknown")
+    for key, fig in drawn("sum").items():
+        assert "⚠ reliability unknown" in all_texts(fig), key
+    assert "⚠" not in all_texts(drawn("halves")["f1"])
+
+
+def test_non_language_run_draws_what_it_supports(analysed, drawn):
+    result = analysed("regression")
+    assert result.description.task_noun == "task"
+    figs = drawn("regression")
+    assert sorted(k for k, f in figs.items() if isinstance(f, Figure)) == ["f1", "f3", "f4", "f5"]
+    for key in ("f2", "f7"):
+        assert isinstance(figs[key], analyses.NotApplicable)
+        assert "ISO 639-3" in figs[key].reason
+    for key, fig in figs.items():
+        if isinstance(fig, Figure):
+            text = all_texts(fig).lower()
+            assert "language" not in text and "chrf" not in text and "nats/byte" not in text, key
+    (ax,) = figs["f3"].axes
+    assert ax.get_ylabel() == "mse (lower is better)"
+    assert ax.get_xlabel().startswith("mean gradient cosine with the other tasks")
+
+
+def test_chrf_plus_plus_metric_renders(analysed, tmp_path):
+    result = analysed("chrfpp", parts=("similarity", "quality"))
+    assert result.settings["metric"] == "chrF++"
+    fig = draw_run(result)["f3"]
+    assert fig.axes[0].get_ylabel() == "chrF++ (higher is better)"
+    assert fig.axes[0].get_title(loc="left").startswith("chrF++\nn = 9 languages")
+    assert save_figures({"f3": fig}, tmp_path)[0].stat().st_size > 10_000
+
+
+def test_one_task_and_step0_only_runs_say_what_they_cannot_draw(tmp_path):
+    with gt.TraceWriter(tmp_path / "k1", ["only"], [("a", 10, ["a.w"]), ("b", 10, ["b.w"])]) as w:
+        for step in (0, 10, 20):
+            w.write_snapshot(step, np.ones((2, 1, 1)), {"only": 1.0})
+        w.write_quality(20, "only", "mse", 0.5)
+    grams = np.random.default_rng(0).normal(size=(2, 4, 8))
+    with gt.TraceWriter(tmp_path / "s0", list("abcd"), [("x", 8, ["x"]), ("y", 8, ["y"])]) as w:
+        w.write_snapshot(0, grams @ grams.transpose(0, 2, 1), {})
+    for name in ("k1", "s0"):
+        result = analyses.analyse_run(tmp_path / name, n_permutations=19, n_bootstrap=10)
+        figs = draw_run(result)
+        assert set(figs) == {"f1", "f2", "f3", "f4", "f5", "f7"}
+        for key, fig in figs.items():
+            assert isinstance(fig, analyses.NotApplicable), (name, key)
+            assert fig.reason, (name, key)
+    assert "no snapshot in the step window" in figs["f1"].reason
+    assert "1 snapshot" in figs["f5"].reason
+
+
+def fake_comparison(methods=("sum", "pcgrad (all_layer)", "gradvac (all_layer)"), seeds=(0, 1)):
+    """The shape of ``analyses.compare_runs`` (its documented fields) with planted numbers."""
+    rng = np.random.default_rng(0)
+    names = dict(zip(methods, ["sum", "pcgrad", "gradvac"], strict=True))
+    others = list(methods[1:])
+    per_task = pd.DataFrame(
+        [(m, t, 0.5 * i + rng.normal(0, 0.1), 0.5 * i - 0.4, 0.5 * i + 0.4, len(seeds))
+         for i, m in enumerate(others, 1) for t in TASKS],
+        columns=["method", "task", "mean_delta", "ci_low", "ci_high", "n_seeds"],
+    )  # fmt: skip
+    per_method = pd.DataFrame(
+        [(m, 0.5 * i, 0.5 * i - 0.2, 0.5 * i + 0.2, len(seeds), len(TASKS), 5 + i)
+         for i, m in enumerate(others, 1)],
+        columns=["method", "mean_delta", "ci_low", "ci_high", "n_seeds", "n_tasks", "n_better"],
+    )  # fmt: skip
+    final_pairs = pd.DataFrame(
+        [(m, s, a, b, rng.normal(0.1, 0.1)) for m in methods for s in seeds
+         for i, a in enumerate(TASKS) for b in TASKS[i + 1:]],
+        columns=["method", "seed", "task_a", "task_b", "cosine"],
+    )  # fmt: skip
+    targets = pd.DataFrame(
+        [(methods[-1], s, step, g, 0.2 * (1 - np.exp(-step / 30)), 36)
+         for s in seeds for step in STEPS for g, _ in GROUPS],
+        columns=["method", "seed", "step", "group", "mean_target", "n_pairs"],
+    )  # fmt: skip
+    return SimpleNamespace(
+        baseline=methods[0], methods=names, metric="chrf", higher_is_better=True,
+        deltas=pd.DataFrame(), per_task=per_task, per_method=per_method,
+        final_pairs=final_pairs, targets=targets,
+    )  # fmt: skip
+
+
+def test_f6_draws_per_task_intervals_method_means_and_targets():
+    comparison = fake_comparison()
+    fig = draw_comparison(comparison)
     ax_q, ax_c, ax_t = fig.axes[:3]
-    assert ax_q.get_ylabel() == "chrF − chrF of sum"
+    bars = errorbars(ax_q)
+    assert len(bars) == 2
+    part = comparison.per_task[comparison.per_task["method"] == "gradvac (all_layer)"]
+    np.testing.assert_allclose(bars[1].lines[0].get_ydata(), part["mean_delta"])
+    low = [s[0][1] for s in bars[1].lines[2][0].get_segments()]
+    np.testing.assert_allclose(low, part["ci_low"])
+    legend = [t.get_text() for t in ax_q.get_legend().get_texts()]
+    assert legend[1] == "gradvac (all_layer): mean +1.00 [+0.80, +1.20], better for 7/9"
+    assert ax_q.get_ylabel().startswith("chrF − chrF of sum\n(higher is better")
     assert [t.get_text() for t in ax_c.get_xticklabels()] == list(comparison.methods)
-    assert ax_t.get_title() == "GradVac targets over steps"
-    check_saved(fig, tmp_path, "f6")
+    assert len(ax_t.get_lines()) == 2 * len(GROUPS) + 1  # one per seed and group, plus 0
+    assert "2 seeds per method" in all_texts(fig)
+    na = analyses.NotApplicable("F6 needs a baseline run")
+    assert draw_comparison(na) is na
 
 
-def test_f6_refuses_a_single_run_or_no_baseline(synthetic_runs):
-    sum_run = collect_run(synthetic_runs["sum"], n_permutations=PERMS)
-    with pytest.raises(gt.InvalidInputError, match="several runs with different methods"):
-        compare_runs([sum_run])
-    gv = collect_run(synthetic_runs["gradvac"], n_permutations=PERMS)
-    pc = collect_run(synthetic_runs["pcgrad"], n_permutations=PERMS)
-    with pytest.raises(gt.InvalidInputError, match="baseline run with method 'sum'"):
-        compare_runs([gv, pc])
-    with pytest.raises(gt.InvalidInputError, match="F6"):
-        optimizer_comparison(
-            pd.DataFrame(), pd.DataFrame(), None, methods={"sum": "sum"}, baseline="sum"
-        )
-    noq = collect_run(synthetic_runs["noquality"], n_permutations=PERMS)
-    with pytest.raises(gt.InvalidInputError, match="no 'chrf' quality"):
-        analyses.quality_difference({"noq": noq.trace, "gv": gv.trace}, "noq")
+def test_f6_lower_is_better_metric_is_labelled():
+    comparison = fake_comparison()
+    comparison.metric, comparison.higher_is_better = "mse", False
+    ax_q = draw_comparison(comparison).axes[0]
+    assert ax_q.get_ylabel().startswith("mse − mse of sum\n(lower is better")
 
 
-def test_empty_run_dir_and_bad_inputs(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(gt.TraceError, match="empty"):
-        collect_run(tmp_path / "empty")
-    with pytest.raises(gt.TraceError, match="no trace"):
-        collect_run(tmp_path / "missing")
+def test_parse_formats():
     with pytest.raises(gt.InvalidInputError, match="allowed: png, pdf, svg"):
         parse_formats("png,jpg")
     assert parse_formats("PNG, pdf,png") == ["png", "pdf"]
 
 
-def test_complete_tasks_drops_the_task_with_nan():
-    m = pd.DataFrame(np.ones((4, 4)), index=list("abcd"), columns=list("abcd"))
-    m.loc["c", ["a", "b", "d"]] = np.nan
-    m.loc[["a", "b", "d"], "c"] = np.nan
-    assert analyses.complete_tasks(m) == ["a", "b", "d"]
+def test_figures_only_use_public_names_and_never_the_recipe():
+    root = Path(__file__).resolve().parents[2] / "figures"
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                assert not (parts[0] == "geomtrace" and len(parts) > 1), (path.name, name)
+                assert not (parts[0] == "analyses" and any(p.startswith("_") for p in parts)), (
+                    path.name,
+                    name,
+                )
 
 
-def test_tasks_without_iso_codes_still_get_f1_f3_f4_f5(tmp_path):
-    from figures import plot_runs
-
-    from .conftest import planted_grams
-
-    grams = planted_grams(STEPS)
-    with gt.TraceWriter(tmp_path / "run", TASKS, [(n, s, [n]) for n, s in GROUPS]) as w:
-        for s, step in enumerate(STEPS):
-            w.write_snapshot(step, grams[s], {t: 1.0 for t in TASKS})
-        for i, t in enumerate(TASKS):
-            w.write_quality(STEPS[-1], t, "chrf", 10.0 + i)
-    result = plot_runs([tmp_path / "run"], tmp_path / "out", n_permutations=PERMS)
-    assert sorted(p.name for p in result.paths) == [
-        "f1_similarity_heatmap.png", "f3_quality.png", "f4_layers.png", "f5_time.png",
-    ]  # fmt: skip
-    assert "no ISO 639-3 codes" in result.skipped["run/f2"]
-    assert "several runs" in result.skipped["f6"]
-
-
-def test_strip_colours_differ_between_families_and_scripts():
-    from figures._style import CATEGORICAL, categorical_colors
-
-    families = categorical_colors(["a", "b", "c", "d"])
-    assert list(families.values()) == CATEGORICAL[:4]
-    scripts = categorical_colors(["x", "y", "z", "w"], exclude=families.values())
-    assert not set(scripts.values()) & set(families.values())
+def test_f6_from_analyses_compare_runs(analysed, tmp_path):
+    parts = ("similarity", "quality", "evolution", "optimizer")
+    results = [analysed(m, parts=parts) for m in ("sum", "pcgrad", "gradvac")]
+    comparison = analyses.compare_runs(results)
+    assert not isinstance(comparison, analyses.NotApplicable), comparison
+    fig = draw_comparison(comparison)
+    ax_q, ax_c, ax_t = fig.axes[:3]
+    assert len(errorbars(ax_q)) == 2
+    assert [t.get_text() for t in ax_c.get_xticklabels()] == list(comparison.methods)
+    gradvac = comparison.targets
+    assert len(ax_t.get_lines()) == gradvac.groupby(["seed", "group"]).ngroups + 1
+    assert "1 seed per method" in all_texts(fig)  # one seed: no interval, and it says so
+    na = analyses.compare_runs(results[:1])
+    assert isinstance(draw_comparison(na), analyses.NotApplicable)
+    assert save_figures({"f6": fig}, tmp_path)[0].name == "f6_optimizers.png"
