@@ -381,12 +381,15 @@ def _cmd_group(args) -> int:
 def _add_plot_parser(sub) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw every figure the runs support (F1-F5 per run, F6 across runs)",
-        description="Draw the Gradient Vaccine figures from one or more runs: F1 clustered "
-        "similarity heatmap, F2 similarity vs typology, F3 similarity vs quality, F4 per-group "
-        "profile, F5 similarity over steps (per run) and F6 sum vs PCGrad vs GradVac (needs a "
-        "sum run and a pcgrad/gradvac run). Figures a run cannot support are skipped with the "
-        "reason. With several runs, per-run figures go to OUT/<run>/. See figures/README.md.",
+        help="draw every figure the runs support (F1-F5, F7 per run; F6 across runs)",
+        description="Draw the Gradient Vaccine figures from one or more runs: F7 where the "
+        "language structure lives (partial rho per parameter group x typological distance), "
+        "F1 clustered similarity heatmap, F2 similarity vs typology, F3 similarity vs quality, "
+        "F4 per-group profile with reliability, F5 similarity over steps (per run), and F6 "
+        "baseline vs PCGrad vs GradVac with intervals across seeds (needs a sum run and a "
+        "pcgrad/gradvac run). Every statistic carries its bootstrap interval. A figure a run "
+        "cannot support is not drawn and the reason printed. With several runs, per-run "
+        "figures go to OUT/<run>/. See figures/README.md.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or trace.sqlite files)")
     p.add_argument("--out", required=True, help="output directory")
@@ -396,28 +399,58 @@ def _add_plot_parser(sub) -> None:
     p.add_argument(
         "--group", default=None, help="parameter group of F1-F3/F5 (default: all = whole model)"
     )
-    p.add_argument(
-        "--permutations", type=int, default=999, help="permutations per test (default 999)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
+    _add_analysis_options(p, permutations=999)
     p.add_argument("--dpi", type=int, default=None, help="PNG resolution (default 120)")
     p.set_defaults(func=_cmd_plot)
 
 
+def _analyse_for_figures(args, progress):
+    """Analyse the runs once (analyses), then draw (figures): the plot and report commands."""
+    import analyses
+
+    kwargs = _analysis_kwargs(args)
+    results = analyses.analyse_runs(args.runs, group=args.group, progress=progress, **kwargs)
+    comparison = analyses.compare_runs(results, metric=args.metric) if len(results) > 1 else (
+        analyses.NotApplicable("F6 compares several runs (a sum baseline and pcgrad/gradvac)")
+    )  # fmt: skip
+    seeds = analyses.across_seeds(results) if len(results) > 1 else None
+    return results, comparison, seeds
+
+
 def _cmd_plot(args) -> int:
-    from figures._plot import plot_runs
+    import analyses
+    import figures
+
+    if args.dpi is not None and args.dpi < 1:
+        raise InvalidInputError(f"--dpi {args.dpi}: give a positive resolution (e.g. 120)")
+    formats = figures.parse_formats(args.format)
+    _check_output_dir(args.out, "--out")
 
     def progress(message: str) -> None:
         print(f"[plot] {message}", file=sys.stderr)
 
-    result = plot_runs(
-        args.runs, args.out, formats=args.format, group=args.group,
-        n_permutations=args.permutations, seed=args.seed, dpi=args.dpi, progress=progress,
-    )  # fmt: skip
-    for path in result.paths:
+    from pathlib import Path
+
+    results, comparison, _ = _analyse_for_figures(args, progress)
+    several = len(results) > 1
+    written, skipped = [], {}
+    for res in results:
+        drawn = figures.draw_run(res)
+        for key, fig in drawn.items():
+            if isinstance(fig, analyses.NotApplicable):
+                skipped[f"{res.label}/{key}" if several else key] = fig.reason
+        out = Path(args.out) / res.label if several else Path(args.out)
+        written += figures.save_figures(drawn, out, formats=formats, dpi=args.dpi)
+    if several:
+        f6 = figures.draw_comparison(comparison)
+        if isinstance(f6, analyses.NotApplicable):
+            skipped["f6"] = f6.reason
+        else:
+            written += figures.save_figures({"f6": f6}, args.out, formats=formats, dpi=args.dpi)
+    for path in written:
         print(path)
-    for name, reason in result.skipped.items():
-        print(f"skipped {name}: {reason}", file=sys.stderr)
+    for name, reason in skipped.items():
+        print(f"not drawn {name}: {reason}", file=sys.stderr)
     return 0
 
 
@@ -425,9 +458,11 @@ def _add_report_parser(sub) -> None:
     p = sub.add_parser(
         "report",
         help="one self-contained HTML page: every figure, the numbers behind it, run configs",
-        description="Write a single HTML file (figures embedded as base64 images, tables of "
-        "the numbers behind each figure, run configs, what each figure corresponds to in the "
-        "paper and what differs). It has no external reference and reads offline.",
+        description="Write a single HTML file (figures embedded as base64 images, the tables "
+        "of numbers behind each figure with their intervals, every test with its Holm count, "
+        "results across seeds, run configs, what each figure corresponds to in the paper and "
+        "what differs). It leads with where the structure lives (F7) and has no external "
+        "reference: it reads offline.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or trace.sqlite files)")
     p.add_argument("--out", default="report.html", help="output file (default report.html)")
@@ -437,22 +472,24 @@ def _add_report_parser(sub) -> None:
     p.add_argument(
         "--image-format", default="png", choices=["png", "svg"], help="embedded image format"
     )
-    p.add_argument(
-        "--permutations", type=int, default=999, help="permutations per test (default 999)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
+    _add_analysis_options(p, permutations=999)
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args) -> int:
-    from figures._report import write_report
+    import analyses
+    import figures
+
+    _check_output_file(args.out, "--out")
 
     def progress(message: str) -> None:
         print(f"[report] {message}", file=sys.stderr)
 
-    path = write_report(
-        args.runs, args.out, group=args.group, n_permutations=args.permutations, seed=args.seed,
-        image_format=args.image_format, progress=progress,
+    results, comparison, seeds = _analyse_for_figures(args, progress)
+    path = figures.write_report(
+        results, args.out,
+        comparison=None if isinstance(comparison, analyses.NotApplicable) else comparison,
+        seeds=seeds, image_format=args.image_format,
     )  # fmt: skip
     print(path)
     return 0
@@ -462,20 +499,30 @@ def _add_reproduce_parser(sub) -> None:
     p = sub.add_parser(
         "reproduce",
         help="the paper-figure reproduction end to end: trace runs, analyses, figures, report",
-        description="Train and trace the embedded recipe with sum, PCGrad and GradVac, run "
-        "every analysis, draw every figure into OUT/figures and write OUT/report.html and "
-        "OUT/results.json. The default (24 languages, 4 runs of 400 steps, two at a time) took "
-        "11 minutes on an idle 2-core CPU; --quick (8 languages, 120 steps, the same code "
-        "path) under 2 minutes. Finished runs under OUT/runs are reused on a rerun.",
+        description="Train and trace the embedded recipe with sum, GradVac and PCGrad over "
+        "several seeds, run every analysis (with bootstrap intervals, reliability, the layer x "
+        "distance table and Holm corrections), compare the optimizers seed by seed, summarise "
+        "every statistic across seeds, draw every figure into OUT/figures and write "
+        "OUT/report.html and OUT/results.json. The default plan (sum x 3 seeds, GradVac "
+        "all_layer x 2, PCGrad all_layer x 1; two runs at a time) fits 25 minutes on an idle "
+        "2-core CPU; --quick (8 languages, one seed each) a few minutes. Finished runs under "
+        "OUT/runs are reused on a rerun.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer languages and steps (minutes)")
+    p.add_argument(
+        "--seeds", type=int, default=None,
+        help="seeds per method (default: the plan's, 3/2/1 for sum/GradVac/PCGrad; quick: 1)",
+    )  # fmt: skip
     p.add_argument("--format", default="png", help="figure formats: png,pdf,svg (default png)")
     p.add_argument(
-        "--permutations", type=int, default=None, help="permutations per test (default 999)"
+        "--permutations", type=int, default=999, help="permutations per test (default 999)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of training and permutations (default 0)"
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates per interval (1000)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="first training seed and the analyses' seed (0)"
     )
     p.add_argument("--force", action="store_true", help="overwrite existing runs under OUT/runs")
     p.add_argument(
@@ -486,11 +533,20 @@ def _add_reproduce_parser(sub) -> None:
 
 
 def _cmd_reproduce(args) -> int:
-    from figures._reproduce import reproduce
+    import figures
+    from reproduce import reproduce
 
+    figures.parse_formats(args.format)
+    _check_output_dir(args.out, "--out")
+    if args.permutations < 1 or args.bootstrap < 10:
+        raise InvalidInputError(
+            f"--permutations {args.permutations} / --bootstrap {args.bootstrap}: give at least "
+            "1 permutation and 10 bootstrap replicates"
+        )
     result = reproduce(
-        args.out, quick=args.quick, formats=args.format, n_permutations=args.permutations,
-        seed=args.seed, force=args.force, workers=args.workers,
+        args.out, quick=args.quick, seeds=args.seeds, formats=args.format,
+        n_permutations=args.permutations, n_bootstrap=args.bootstrap, seed=args.seed,
+        force=args.force, workers=args.workers,
     )  # fmt: skip
     for path in result.figures:
         print(path)

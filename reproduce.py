@@ -227,7 +227,7 @@ def reproduce(
         skipped["f6"] = comparison.reason
     else:
         f6 = figures.draw_comparison(comparison)
-        drawn[""] = {"f6": f6}
+        drawn["f6"] = f6
         result.figures += figures.save_figures({"f6": f6}, out / "figures", formats=formats)
     for name, reason in skipped.items():
         _say(f"not drawn {name}: {reason}")

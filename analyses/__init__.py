@@ -67,6 +67,7 @@ from analyses._quality import (
     task_quality,
 )
 from analyses._results import (
+    ALPHA,
     FRAMES,
     PARTS,
     NotApplicable,
@@ -93,7 +94,6 @@ from analyses._similarity import (
     task_alignment,
 )
 from analyses._stats import PermutationResult, mantel, partial_mantel, permutation_correlation
-from analyses._summary import Summary, summary
 from analyses._typology import (
     DISTANCES,
     MACROLANGUAGE_FALLBACK,
@@ -107,7 +107,7 @@ from analyses._typology import (
 from analyses._uncertainty import block_bootstrap, holm, interval
 
 __all__ = [
-    "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
+    "ALPHA", "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
     "heuristic_partition", "lookahead_affinity", "partition_score", "planted_affinity",
     "task_affinity",
     "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
@@ -121,12 +121,12 @@ __all__ = [
     "GROUP_TRAJECTORY_COLUMNS", "MACROLANGUAGE_FALLBACK", "PAIR_SPREAD_COLUMNS",
     "PAIR_TRAJECTORY_COLUMNS", "PARTS", "QUALITY_CORRELATION_COLUMNS",
     "QUALITY_DIFFERENCE_COLUMNS", "SETTLING_COLUMNS", "SUMMARY_COLUMNS", "ClusterTree",
-    "PermutationResult", "Summary", "adjusted_rand_index", "cache_dir", "char_overlap_distance",
+    "PermutationResult", "adjusted_rand_index", "cache_dir", "char_overlap_distance",
     "check_languages", "cluster_tasks", "complete_tasks", "covariate_distances",
     "family_agreement", "family_means_by_group", "family_trajectories",
     "gradvac_target_trajectories", "group_trajectories", "language_families", "mantel",
     "pair_spread", "pair_trajectories", "partial_mantel", "permutation_correlation",
     "quality_correlation", "quality_difference", "script_distance", "settling", "settling_step",
-    "similarity_matrix", "similarity_summary", "summary", "task_alignment", "task_families",
+    "similarity_matrix", "similarity_summary", "task_alignment", "task_families",
     "task_quality", "typological_distance", "typological_distances", "typology_correlation",
 ]  # fmt: skip

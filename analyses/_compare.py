@@ -82,6 +82,8 @@ class Comparison:
     final_pairs: pd.DataFrame
     targets: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    level: float = LEVEL
+    task_noun: str = "task"
 
     def to_dict(self) -> dict:
         import json
@@ -193,6 +195,8 @@ def compare_runs(
         final_pairs=final_pairs,
         targets=target_frame,
         notes=notes,
+        level=level,
+        task_noun=baselines[0].description.task_noun,
     )
 
 

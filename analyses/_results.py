@@ -424,8 +424,8 @@ def analyse_run(
         result.families = dict(zip(families["task"], families["family"], strict=True))
         result.genera = dict(zip(families["task"], families["genus"], strict=True))
     no_iso = (
-        f"the {description.tasks_noun} have no ISO 639-3 codes (pass iso_codes to the Tracer): "
-        "families and typology apply to languages"
+        f"the {description.tasks_noun} have no ISO 639-3 codes (pass iso_codes to the Tracer "
+        "when tasks are languages): typological distances and families need them"
     )
     if "clustering" in parts:
         _clustering(result, sim, complete, n_permutations, boot)
@@ -488,9 +488,13 @@ def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None
     result.tree = cluster_tasks(matrix, complete)
     labelled = [t for t in complete if t in result.families]
     if len(labelled) < 4 or not result.families:
+        noun = result.description.tasks_noun
         result.not_applicable["clustering"] = (
-            "agreement with families needs >= 4 languages with Glottolog families; "
-            f"the tree is drawn without it ({len(labelled)} labelled)"
+            "agreement with families needs >= 4 languages with ISO 639-3 codes (Glottolog "
+            f"families); the tree of the {noun} is drawn without it ({len(labelled)} labelled)"
+            if result.description.task_noun == "language"
+            else f"the {noun} have no ISO 639-3 codes, so no family labels: the tree is drawn "
+            "without an agreement test"
         )
         return
     index = [sim.tasks.index(t) for t in labelled]

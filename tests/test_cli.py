@@ -65,3 +65,73 @@ def test_group_command_prints_groups_and_writes_json(tmp_path, capsys):
     assert sorted(payload["groups"]) == [["head0", "head1", "head2"], ["head3", "head4", "head5"]]
     assert main(["group", str(tmp_path), "--k", "9"]) == 2
     assert "between 1 and 6" in capsys.readouterr().err
+
+
+def _regression_run(path):
+    """A multi-task run that is not translation: six regression heads, metric mse, no ISO."""
+    rng = np.random.default_rng(1)
+    tasks = [f"reg{i}" for i in range(6)]
+    groups = [("trunk.0", 16, ["t0"]), ("trunk.1", 16, ["t1"]), ("heads", 12, ["h"])]
+    centers = rng.normal(size=(3, 2, 16))
+    with gt.TraceWriter(path, tasks, groups, config={"method": "sum", "seed": 0}) as w:
+        for step in range(0, 61, 10):
+            grams = []
+            for g, (_, size, _) in enumerate(groups):
+                c = centers[g % 3, np.arange(6) % 2, :size]
+                x = c + rng.normal(size=(6, size))
+                grams.append(x @ x.T)
+            w.write_snapshot(step, np.stack(grams), {t: 1.0 / (1 + step) for t in tasks})
+        for i, t in enumerate(tasks):
+            w.write_quality(60, t, "mse", 0.5 + 0.1 * i)
+    return tasks
+
+
+def test_a_regression_run_goes_through_every_command_with_the_same_numbers(tmp_path, capsys):
+    from analyses import analyse_run
+
+    run = tmp_path / "regression"
+    _regression_run(run)
+    assert main(["inspect", str(run), "--json", str(tmp_path / "inspect.json")]) == 0
+    inspected = json.loads((tmp_path / "inspect.json").read_text())
+    assert main(["analyze", str(run), "--json", str(tmp_path / "analyze.json"),
+                 "--permutations", "99", "--bootstrap", "50"]) == 0  # fmt: skip
+    analyzed = json.loads((tmp_path / "analyze.json").read_text())
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs"), "--permutations", "99",
+                 "--bootstrap", "50"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    drawn = {p.name for p in (tmp_path / "figs").iterdir()}
+    assert {"f1_similarity_heatmap.png", "f3_quality.png", "f4_layers.png", "f5_time.png"} <= drawn
+    assert "f2_typology.png" not in drawn and "f7_layer_typology.png" not in drawn
+    assert "not drawn f2" in captured.err
+    report = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(report), "--permutations", "99",
+                 "--bootstrap", "50"]) == 0  # fmt: skip
+    import html
+    import re
+
+    text = html.unescape(re.sub(r"<[^>]+>|data:[^\"']+", " ", report.read_text()))
+    assert "language" not in text.lower() and "chrf" not in text.lower()
+    # One number, one definition: the whole-model mean similarity everywhere.
+    mean = inspected["groups"][0]["mean_similarity"]
+    assert analyzed["headline"]["mean_similarity"] == pytest.approx(mean)
+    summary = analyse_run(run, parts=["similarity", "quality"]).summary_text()  # `trace` prints it
+    assert f"{mean:+.2f}" in summary and f"{mean:.3f}" in text
+    assert analyzed["description"]["task_noun"] == "task" and "mse" in summary
+
+
+def test_output_paths_and_counts_are_checked_before_any_work(tmp_path, capsys):
+    _trace(tmp_path / "run")
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["analyze", str(tmp_path / "run"), "--permutations", "0"], "--permutations 0"),
+        (["analyze", str(tmp_path / "run"), "--json", str(tmp_path)], "is a directory"),
+        (["plot", str(tmp_path / "run"), "--out", str(tmp_path / "file")], "not a directory"),
+        (["plot", str(tmp_path / "run"), "--out", str(tmp_path / "p"), "--dpi", "0"], "--dpi 0"),
+        (["report", str(tmp_path / "run"), "--out", str(tmp_path)], "is a directory"),
+        (["reproduce", "--out", str(tmp_path / "file")], "not a directory"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)

@@ -101,7 +101,7 @@ def test_results_say_what_does_not_apply(tmp_path, planted_trace):
         assert "ISO 639-3" in result.not_applicable[part]
     # Clustering needs no labels: the tree is there, only the family agreement is not.
     assert result.tree is not None and len(result.tree.tasks) == 12
-    assert "families" in result.not_applicable["clustering"]
+    assert "family labels" in result.not_applicable["clustering"]
     assert "quality" in result.not_applicable["quality"]
     assert {"similarity", "task_alignment", "similarity_matrix", "group_trajectories"} <= set(
         result.frames

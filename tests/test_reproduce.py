@@ -1,0 +1,45 @@
+"""The end-to-end reproduction on a tiny plan: training, analyses, figures, report, JSON."""
+
+import json
+
+import pytest
+
+from reproduce import PLANS, plan_runs, reproduce
+
+TINY = {
+    "langs": ["es", "fr", "de", "ru"], "steps": 4, "every": 2, "d_model": 32, "d_ff": 64,
+    "nhead": 2, "max_bytes": 24, "batch_per_lang": 4, "warmup": 1, "eval_batch": 64,
+}  # fmt: skip
+
+
+def test_plans_give_every_method_its_seeds():
+    runs = plan_runs("default")
+    names = [r.name for r in runs]
+    assert names[:3] == ["sum-s0", "sum-s1", "sum-s2"] and "gradvac-all_layer-s1" in names
+    assert sum(n for _, _, n in PLANS["default"]) == len(runs)
+    assert [r.seed for r in plan_runs("quick", seeds=2)] == [0, 1] * 3
+
+
+@pytest.mark.slow
+def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
+    # Two methods x two seeds: the smallest plan with seed-matched comparisons.
+    monkeypatch.setitem(PLANS, "quick", [("sum", None, 1), ("gradvac", "all_layer", 1)])
+    result = reproduce(
+        tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20, workers=1,
+        overrides=TINY,
+    )  # fmt: skip
+    assert len(result.runs) == 4 and result.report.exists()
+    payload = json.loads(result.results.read_text())
+    assert set(payload["runs"]) == {r.name for r in result.runs}
+    assert payload["comparison"]["metric"] == "chrf"
+    methods = {row["method"] for row in payload["comparison"]["per_method"]}
+    assert methods == {"GradVac (all_layer)"}
+    assert all(row["n_seeds"] == 2 for row in payload["comparison"]["per_method"])
+    seeds = [row for row in payload["across_seeds"] if row["table"] == "similarity"]
+    assert seeds and all(row["n_seeds"] == 2 for row in seeds)
+    names = {p.name for p in result.figures}
+    assert "f6_optimizers.png" in names and "f1_similarity_heatmap.png" in names
+    # A second call reuses the finished runs.
+    again = reproduce(tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20,
+                      workers=1, overrides=TINY)  # fmt: skip
+    assert again.timings["train"] < result.timings["train"]
