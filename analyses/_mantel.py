@@ -21,6 +21,7 @@ from analyses._uncertainty import (
     correlation_rows,
     interval,
     partial_from_r,
+    rank_rows,
     upper,
 )
 from geomtrace import InvalidInputError
@@ -150,11 +151,17 @@ def typology_correlation(
     ys.update(controls)
 
     kw = {"n_permutations": n_permutations, "seed": seed, "method": method}
-    x_boot = upper(replicates[:, keep][:, :, keep])  # [B, pairs]
+    # Ranks of the replicates' pair values, once for every distance (Spearman = Pearson of
+    # ranks); NaN rows (a replicate with a missing pair) stay NaN.
+    x_boot = rank_rows(upper(replicates[:, keep][:, :, keep])) if method == "spearman" else (
+        upper(replicates[:, keep][:, :, keep])
+    )  # fmt: skip
+    row_method = "pearson"
     rows = []
     for kind, y in ys.items():
         y_up = upper(y.to_numpy())
-        r_boot = correlation_rows(x_boot, y_up, method)
+        y_rank = rank_rows(y_up[None])[0] if method == "spearman" else y_up
+        r_boot = correlation_rows(x_boot, y_rank, row_method)
         row_note = list(notes)
         if np.ptp(y.to_numpy()[np.triu_indices(len(labels), 1)]) == 0:
             row_note.append(f"{kind} is constant over these languages")
@@ -168,8 +175,10 @@ def typology_correlation(
             p_lo = p_hi = np.nan
             if c:
                 z_up = upper(controls[c].to_numpy())
-                ryz = float(correlation_rows(y_up[None], z_up, method)[0])
-                partial = partial_from_r(r_boot, correlation_rows(x_boot, z_up, method), ryz)
+                z_rank = rank_rows(z_up[None])[0] if method == "spearman" else z_up
+                ryz = float(correlation_rows(y_rank[None], z_rank, row_method)[0])
+                rxz = correlation_rows(x_boot, z_rank, row_method)
+                partial = partial_from_r(r_boot, rxz, ryz)
                 p_lo, p_hi = interval(partial, level)
             rows.append(
                 {

@@ -87,7 +87,7 @@ def results_text(res) -> str:
                 "(signal fraction; split halves)"]  # fmt: skip
         out.append(
             _table(
-                [[r.task, _f(r.reliability, 2), _f(r.median_snapshot, 2), _f(r.fraction_below, 2)]
+                [[r.task, _f(r.reliability, 2), _f(r.median_snapshot, 2), _plain(r.fraction_below)]
                  for r in head.itertuples()],
                 [d.task_noun, "reliability", "median snapshot", "fraction < 0.5"],
             )

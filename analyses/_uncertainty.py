@@ -105,6 +105,15 @@ def _standardise_rows(v: np.ndarray) -> np.ndarray:
         return np.where(norm > 0, v / np.where(norm > 0, norm, 1.0), np.nan)
 
 
+def rank_rows(x: np.ndarray) -> np.ndarray:
+    """Average ranks of each row of ``x`` [B, m]; a row with a NaN becomes all NaN."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    bad = ~np.isfinite(x).all(axis=1)
+    ranks = rankdata(np.where(np.isfinite(x), x, 0.0), axis=1)
+    ranks[bad] = np.nan
+    return ranks
+
+
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman r of every row of ``x`` [B, m] with ``y`` [m] (or with each row of y [B, m]).
 
@@ -125,8 +134,10 @@ def correlation_rows(x: np.ndarray, y: np.ndarray, method: str = "spearman") -> 
         return spearman_rows(x, y)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     y = np.asarray(y, dtype=np.float64)
-    xs, ys = _standardise_rows(x), _standardise_rows(y)
-    return (xs * ys).sum(axis=1) if ys.ndim == 2 else xs @ ys
+    bad = ~np.isfinite(x).all(axis=1)
+    xs, ys = _standardise_rows(np.where(np.isfinite(x), x, 0.0)), _standardise_rows(y)
+    r = (xs * ys).sum(axis=1) if ys.ndim == 2 else xs @ ys
+    return np.where(bad, np.nan, r)
 
 
 def partial_from_r(rxy, rxz, ryz):

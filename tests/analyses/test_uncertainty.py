@@ -40,3 +40,21 @@ def test_interval_and_row_correlations():
     assert correlation_rows(x, y, "pearson") == pytest.approx([np.corrcoef(r, y)[0, 1] for r in x])
     assert partial_from_r(0.5, 0.0, 0.0) == pytest.approx(0.5)
     assert partial_from_r(0.5, 0.5, 0.5) == pytest.approx((0.5 - 0.25) / 0.75)
+
+
+def test_fast_tree_cut_equals_scipy_maxclust():
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    from analyses import adjusted_rand_index
+    from analyses._clustering import _cut
+
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        x = rng.normal(size=(12, 5))
+        d = np.linalg.norm(x[:, None] - x[None], axis=2)
+        Z = linkage(squareform(d, checks=False), "average")
+        for n in (2, 3, 5):
+            ours = _cut(Z, 12, n)
+            theirs = fcluster(Z, t=n, criterion="maxclust")
+            assert adjusted_rand_index(ours, theirs) == pytest.approx(1.0)
