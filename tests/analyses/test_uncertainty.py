@@ -50,7 +50,7 @@ def test_fast_tree_cut_equals_scipy_maxclust():
     from analyses._clustering import _cut
 
     rng = np.random.default_rng(1)
-    for trial in range(20):
+    for _ in range(20):
         x = rng.normal(size=(12, 5))
         d = np.linalg.norm(x[:, None] - x[None], axis=2)
         Z = linkage(squareform(d, checks=False), "average")
