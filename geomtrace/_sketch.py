@@ -28,7 +28,11 @@ the error shrinks as 1/sqrt(d). Norms are estimated with relative standard devia
 term then matters); increase d or use exact mode for such groups.
 
 Aggregation (PCGrad, GradVac) needs the full task gradients for its combination sum_i w_i g_i:
-a sketch cannot be un-projected. Sketch mode is therefore for tracing only; ``combine`` raises.
+a sketch cannot be un-projected, so :class:`TaskSketches` is for tracing only (``combine``
+raises). The weights, though, need only the Gram matrix: :class:`SketchedGram`
+(``MultiTask(..., gram="sketch", sketch=d)``) keeps the exact local gradients for the
+combination and uses sketches only to estimate the Gram, which under torch.distributed cuts the
+traffic of an aggregated step to one plain all-reduce plus G K d floats.
 
 In the Tracer, a sketched step keeps plain ``loss.backward()`` into ``.grad`` and sketches the
 *change* of ``.grad`` caused by each task's backward (S is linear: S(grad_after) - S(grad_before)
