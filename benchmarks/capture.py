@@ -13,6 +13,7 @@ snapshot) against the untraced and plain traced steps.
 
     python benchmarks/capture.py            # K = 8 and 24
     python benchmarks/capture.py --tasks 8 --repeats 5 --threads 2
+    python benchmarks/capture.py --device cuda
 """
 
 from __future__ import annotations
@@ -41,17 +42,19 @@ class ByteTransformer(nn.Module):
         return nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten())
 
 
-def measure(num_tasks: int, repeats: int, rows: int, length: int) -> dict[str, float]:
+def measure(
+    num_tasks: int, repeats: int, rows: int, length: int, device: str = "cpu"
+) -> dict[str, float]:
     """Median step times (s) of every mode, interleaved in one process run."""
     torch.manual_seed(0)
-    model = ByteTransformer()
+    model = ByteTransformer().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tasks = [f"lang{i}" for i in range(num_tasks)]
     g = torch.Generator().manual_seed(0)
     batches = {
         t: (
-            torch.randint(0, 260, (rows, length), generator=g),
-            torch.randint(0, 260, (rows, length), generator=g),
+            torch.randint(0, 260, (rows, length), generator=g).to(device),
+            torch.randint(0, 260, (rows, length), generator=g).to(device),
         )
         for t in tasks
     }
@@ -71,6 +74,8 @@ def measure(num_tasks: int, repeats: int, rows: int, length: int) -> dict[str, f
                     s.backward(task, model.loss(src[half:], tgt[half:]) * 0.5)
         optimizer.step()
         optimizer.zero_grad()
+        if device != "cpu":
+            torch.cuda.synchronize()  # time the work, not its launch
         return time.perf_counter() - start
 
     for tracer, micro in ((plain, 1), (plain, 2), (halves, 2)):  # warm-up: allocations
@@ -109,11 +114,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8, help="rows per task sub-batch")
     parser.add_argument("--length", type=int, default=32, help="bytes per row")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"capture overhead, torch {torch.__version__}, {args.threads} threads")
+    print(f"capture overhead, torch {torch.__version__}, {args.threads} threads, {args.device}")
     for k in args.tasks:
-        t = measure(k, args.repeats, args.rows, args.length)
+        t = measure(k, args.repeats, args.rows, args.length, args.device)
         print(
             f"K={k:3d}  traced/untraced = {t['traced'] / t['untraced']:.3f} (goal <= 1.15)"
             f"  | 2 micro-batches per task: traced/untraced = "

@@ -1,12 +1,17 @@
-"""Trace per-task gradients of a data-parallel (DDP) training run launched with torchrun.
+"""Trace per-task gradients of a data-parallel (DDP or FSDP2) training run launched with torchrun.
 
     torchrun --standalone --nproc_per_node 2 examples/torchrun_trace.py --out runs/ddp
+    torchrun --standalone --nproc_per_node 2 examples/torchrun_trace.py --fsdp --out runs/fsdp
+    torchrun --standalone --nproc_per_node 2 examples/torchrun_trace.py --fsdp --gradvac --out x
     geomtrace inspect runs/ddp        # or: geomtrace.open_trace("runs/ddp")
 
 Every rank trains on its own share of each task's batch; the Tracer makes each task's gradient
 the mean over ranks (as DDP does for the summed gradient) and rank 0 writes the trace. Uses the
 gloo backend on CPU, NCCL when every rank has a GPU. ``--sketch D`` traces CountSketches of
-dimension D instead of full gradients.
+dimension D instead of full gradients. ``--fsdp`` shards the model with FSDP2 (``fully_shard`` on
+every Linear and on the root) instead of DDP: each task's backward is reduce-scattered by FSDP and
+the Gram matrices come from the shards. ``--gradvac`` trains with MultiTask(GradVac) instead of
+a plain summed update (the tracer records its Gram matrices and weights).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--sketch", type=int, default=None)
+    parser.add_argument("--fsdp", action="store_true", help="fully_shard instead of DDP")
+    parser.add_argument("--gradvac", action="store_true", help="MultiTask(GradVac) updates")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
 
@@ -54,7 +61,16 @@ def main() -> None:
     model = nn.Sequential(
         nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
     )
-    model = nn.parallel.DistributedDataParallel(model.to(device))
+    model = model.to(device)
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)  # the root too: every parameter is then a sharded DTensor
+    else:
+        model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     # Create the Tracer after init_process_group: it picks up the group, and only rank 0 writes.
@@ -66,10 +82,13 @@ def main() -> None:
         out=args.out,
         overwrite=True,
         sketch=args.sketch,
-        config={"world_size": world, "steps": args.steps},
+        config={"world_size": world, "steps": args.steps, "fsdp": args.fsdp},
     ) as tracer:
+        owner = tracer
+        if args.gradvac:
+            owner = gt.MultiTask(model, TASKS, gt.GradVac(beta=1e-2), "all_layer", tracer=tracer)
         for step in range(args.steps + 1):
-            with tracer.step(step) as s:  # traced steps: no_sync + geomtrace's own reduction
+            with owner.step(step) as s:  # DDP: no_sync + geomtrace's reduction; FSDP: its own
                 for i, task in enumerate(TASKS):
                     x, y = task_batch(step, i, rank, world)
                     loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))

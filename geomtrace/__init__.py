@@ -8,8 +8,9 @@ modules are private (checked by ``tests/test_layers.py``).
 
 - Recording and optimising: ``Tracer``, ``MultiTask``, the ``Step`` they return, aggregators
   (``Aggregator``, ``Sum``, ``Mean``, ``PCGrad``, ``GradVac``, ``random_order``).
-- Capture protocol: ``Capture`` and its implementations ``TaskGradients`` (exact) and
-  ``TaskSketches`` (``CountSketch``).
+- Capture protocol: ``Capture`` and its implementations ``TaskGradients`` (exact),
+  ``TaskSketches`` (``CountSketch``) and ``SketchedGram`` (``MultiTask(gram="sketch")``).
+- Measuring communication: ``CollectiveBytes`` (bytes per collective, in the dispatcher).
 - Groups: ``resolve_groups``, ``ParameterGroup``, ``GRANULARITIES``; ``ALL_GROUPS`` (``"all"``,
   the whole model in the reader).
 - Traces: ``open_trace``, ``Trace``, ``TraceWriter``, ``trace_path``, ``TRACE_FILENAME``,
@@ -55,6 +56,8 @@ _EXPORTS = {
     "MultiTask": "geomtrace._multitask",
     "CountSketch": "geomtrace._sketch",
     "TaskSketches": "geomtrace._sketch",
+    "SketchedGram": "geomtrace._sketch",
+    "CollectiveBytes": "geomtrace._distributed",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -469,15 +469,8 @@ class TaskGradients(Capture):
         all-gathered (collective call).
         """
         weights = weights.to(device=self.device, dtype=torch.float32)
-        K = self.num_tasks
         if self.sharding is None:
-            rows = self.buffer[:K]
-            if exclude_nonfinite:
-                self._drop_nonfinite_rows(rows)
-            flat = torch.empty(self.numel, dtype=torch.float32, device=self.device)
-            for k, (a, b) in enumerate(self.offsets):
-                torch.mv(rows[:, a:b].T, weights[k], out=flat[a:b])
-            return _split_like(flat, self.params)
+            return _split_like(self._combine_local(weights, exclude_nonfinite), self.params)
         shard = self._reduced()
         if exclude_nonfinite:
             self._drop_nonfinite_rows(shard)
@@ -488,6 +481,16 @@ class TaskGradients(Capture):
         full = torch.empty(self.sharding.padded, dtype=torch.float32, device=self.device)
         _distributed.all_gather(full, local, self.process_group)
         return _split_like(full[: self.numel], self.params)
+
+    def _combine_local(self, weights: torch.Tensor, exclude_nonfinite: bool) -> torch.Tensor:
+        """sum_i w_ki g_i of this rank's own (unreduced) rows, one flat [P] float32 vector."""
+        rows = self.buffer[: self.num_tasks]
+        if exclude_nonfinite:
+            self._drop_nonfinite_rows(rows)
+        flat = torch.empty(self.numel, dtype=torch.float32, device=self.device)
+        for k, (a, b) in enumerate(self.offsets):
+            torch.mv(rows[:, a:b].T, weights[k], out=flat[a:b])
+        return flat
 
     def sum_into_grad(self) -> None:
         if self.process_group is None:

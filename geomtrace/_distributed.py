@@ -184,3 +184,52 @@ def all_reduce_grads(params: Sequence[torch.Tensor], group: Any) -> None:
         grads,
         [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)],
     )
+
+
+class CollectiveBytes:
+    """Counts the collectives issued through torch's dispatcher inside ``with`` (ours, FSDP's,
+    plain ``torch.distributed`` calls), by op: ``calls[op]`` and ``bytes[op]``.
+
+    Convention: a collective's size is the largest tensor handed to it, i.e. the full,
+    unsharded payload n (all-reduce: the tensor; reduce-scatter: its input; all-gather: its
+    output). A ring algorithm sends 2 (W-1)/W n bytes per rank for an all-reduce and
+    (W-1)/W n for a reduce-scatter or an all-gather. DDP's C++ reducer does not go through
+    the Python dispatcher and is not counted. For measurements (tests, benchmarks), not for
+    training: a dispatch mode sees every op.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
+        self._mode = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+    def __enter__(self) -> CollectiveBytes:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(func.overloadpacket)
+                if "c10d" in name and "wait" not in name and "barrier" not in name:
+                    tensors = [
+                        t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)
+                    ]
+                    size = max((t.numel() * t.element_size() for t in tensors), default=0)
+                    op = name.split(".")[-1]
+                    counter.calls[op] = counter.calls.get(op, 0) + 1
+                    counter.bytes[op] = counter.bytes.get(op, 0) + size
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._mode = None

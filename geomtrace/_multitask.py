@@ -25,6 +25,15 @@ Non-finite tasks: a task whose gradient is NaN/inf in some group (e.g. a NaN los
 of the combination like an absent task (weight 0 and its gradient row zeroed, so ``.grad``
 stays finite), recorded in the trace's ``nonfinite`` array and warned about once per task.
 
+Communication (torch.distributed, see docs/scaling.md). ``gram="exact"`` (default) reduces
+every task's gradient before the Gram (about (K + 1) / 2 plain data-parallel steps of traffic).
+``gram="sketch", sketch=d`` (:class:`~geomtrace._sketch.SketchedGram`) keeps each rank's local
+task gradients, all-reduces only their [G, K, d] CountSketches to estimate the Gram, and
+all-reduces the combined update once: one plain step plus G K d floats. Under FSDP2
+(``fully_shard``) the capture is :class:`~geomtrace._fsdp.ShardedTaskGradients`: each task's
+backward is reduce-scattered by FSDP, the exact Gram comes from partial Grams on the shards
+(one [G, K, K] all-reduce) and each rank combines its own shard into its ``.grad`` shard.
+
 With ``tracer=Tracer(..., halves=True)`` the traced steps also record ``split_half`` (the
 aggregator still sees the full Gram matrix). A windowed tracer (``window > 1``) is refused:
 the aggregator needs each step's own Gram matrix.
@@ -36,17 +45,22 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from geomtrace import _distributed
+from geomtrace import _distributed, _fsdp
 from geomtrace._aggregators import Aggregator
 from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
+from geomtrace._fsdp import ShardedTaskGradients
 from geomtrace._groups import ParameterGroup, resolve_groups
+from geomtrace._sketch import IDENTITY, SketchedGram, check_sketch_dim
 from geomtrace._step import Step, StepPolicy, check_real_params, step_number, validate_tasks
 from geomtrace._tracer import Tracer
 
 # Kept importable from here (the step class used to live in this module).
 MultiTaskStep = Step
-__all__ = ["MultiTask", "MultiTaskStep"]
+__all__ = ["GRAM_MODES", "MultiTask", "MultiTaskStep"]
+
+#: how a MultiTask obtains the Gram matrices (see the module docstring)
+GRAM_MODES = ("exact", "sketch")
 
 
 class MultiTask(StepPolicy):
@@ -64,6 +78,13 @@ class MultiTask(StepPolicy):
             GradVac, the targets ``gradvac_target`` ``[G, K, K]``; with ``halves=True``,
             ``split_half``) are recorded from this MultiTask's capture (the tracer builds
             none of its own). Use the tracer only for recording here, not its own ``step``.
+            With ``gram="sketch"`` the tracer must have the same ``sketch=d`` and ``seed``
+            (its trace then says the Gram matrices are estimates).
+        gram: ``"exact"`` (default) or ``"sketch"``: estimate the Gram matrices from
+            CountSketches of dimension ``sketch`` (the combination stays exact; under
+            torch.distributed it costs one plain all-reduce plus G K d floats per step).
+        sketch / seed: the sketch dimension d (``gram="sketch"`` only; ``"identity"`` makes the
+            sketch the identity: an exact check of the sketched path) and its seed.
 
     ``step(n)`` returns a :class:`~geomtrace.Step`; after it closes, ``s.gram`` and
     ``s.weights`` hold the step's Gram matrices and weights.
@@ -79,6 +100,9 @@ class MultiTask(StepPolicy):
         aggregator: Aggregator,
         groups: str | Mapping[str, str] = "whole_model",
         tracer: Tracer | None = None,
+        gram: str = "exact",
+        sketch: int | str | None = None,
+        seed: int = 0,
     ) -> None:
         if not isinstance(aggregator, Aggregator):
             raise InvalidInputError(
@@ -92,14 +116,46 @@ class MultiTask(StepPolicy):
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
         check_real_params(self.groups)
         aggregator.bind(self.tasks, [g.name for g in self.groups])  # names in its state_dict
+        if gram not in GRAM_MODES:
+            raise InvalidInputError(f"gram={gram!r}: use one of {', '.join(GRAM_MODES)}")
+        if gram == "exact" and sketch is not None:
+            raise InvalidInputError(
+                f"sketch={sketch!r} needs gram='sketch' (exact mode has no sketch dimension)"
+            )
+        if gram == "sketch":
+            if sketch is None:
+                raise InvalidInputError("gram='sketch' needs sketch=d (the sketch dimension)")
+            if sketch != IDENTITY:
+                check_sketch_dim(sketch)
+        self.gram_mode = gram
+        self.sketch = sketch
+        self.seed = seed
+        #: the FSDP layout when ``model`` is sharded with fully_shard (see ``geomtrace._fsdp``)
+        self.fsdp: _fsdp.FSDPLayout | None = None
+        if _fsdp.is_fully_sharded(model):
+            if gram != "exact":
+                raise InvalidInputError(
+                    f"gram={gram!r} is not supported with a fully_shard model: FSDP "
+                    "reduce-scatters each task's backward before geomtrace sees it (no rank "
+                    "holds its local task gradients), so a sketched Gram would save no "
+                    "traffic; use gram='exact'"
+                )
+            self.fsdp = _fsdp.fsdp_layout(model, self.groups, _distributed.AUTO, "MultiTask")
         if tracer is not None:
             if not isinstance(tracer, Tracer):
                 raise InvalidInputError(
                     f"tracer must be a geomtrace Tracer, got {type(tracer).__name__}"
                 )
-            if tracer.sketch is not None:
+            wanted = sketch if gram == "sketch" and sketch != IDENTITY else None
+            if tracer.sketch != wanted or (wanted is not None and tracer.seed != seed):
                 raise InvalidInputError(
-                    "a MultiTask records exact Gram matrices: give it a tracer without sketch="
+                    "a MultiTask records the Gram matrices it aggregates with: "
+                    + (
+                        "give it a tracer without sketch="
+                        if wanted is None
+                        else f"give it a tracer with sketch={wanted} and seed={seed}"
+                    )
+                    + f" (got sketch={tracer.sketch}, seed={tracer.seed})"
                 )
             if tracer.window > 1:
                 raise InvalidInputError(
@@ -123,9 +179,16 @@ class MultiTask(StepPolicy):
                     f"{self.tasks}: give both the same tasks in the same order"
                 )
         self.tracer = tracer
-        self.capture: Capture = TaskGradients(
-            self.groups, len(self.tasks), halves=tracer is not None and tracer.halves
-        )
+        halves = tracer is not None and tracer.halves
+        self.capture: Capture
+        if self.fsdp is not None:
+            self.capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
+        elif gram == "sketch":
+            if halves:
+                raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
+            self.capture = SketchedGram(self.groups, len(self.tasks), sketch, seed)
+        else:
+            self.capture = TaskGradients(self.groups, len(self.tasks), halves=halves)
         if tracer is not None:
             tracer._adopt(self.capture)
         self._active_step: Step | None = None
@@ -146,6 +209,8 @@ class MultiTask(StepPolicy):
         return self
 
     def _open(self, step: Step) -> Capture:
+        if self.fsdp is not None:
+            self.fsdp.check_gradient_sync()
         self.capture.reset()
         return self.capture
 

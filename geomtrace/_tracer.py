@@ -84,9 +84,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from geomtrace import _distributed
+from geomtrace import _distributed, _fsdp
 from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
+from geomtrace._fsdp import ShardedTaskGradients
 from geomtrace._groups import ParameterGroup, resolve_groups
 from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._step import (
@@ -237,7 +238,21 @@ class Tracer(StepPolicy):
         self.probe_loss = probe_loss
         self.sketch = None if sketch is None else check_sketch_dim(sketch)
         self.seed = seed
-        self._group_arg = _distributed.resolve_group(process_group)
+        #: the FSDP layout when ``model`` is sharded with fully_shard (see ``geomtrace._fsdp``)
+        self.fsdp: _fsdp.FSDPLayout | None = None
+        if _fsdp.is_fully_sharded(model):
+            for option, value, why in (
+                ("probe=", self.probe, "probe gradients would need torch.autograd.grad"),
+                ("sketch=", self.sketch, "use exact capture (the [K, P/W] shard per rank)"),
+            ):
+                if value is not None:
+                    raise InvalidInputError(
+                        f"{option} is not supported with a fully_shard model: {why}"
+                    )
+            self.fsdp = _fsdp.fsdp_layout(model, self.groups, process_group, "Tracer")
+            self._group_arg = self.fsdp.process_group
+        else:
+            self._group_arg = _distributed.resolve_group(process_group)
         self.window = _positive_int("window", window)
         if _is_integral(every) and self.window > int(every):
             raise InvalidInputError(
@@ -302,7 +317,9 @@ class Tracer(StepPolicy):
         """The capture the traced steps feed (built on first use; a MultiTask hands over its
         own, so a Tracer used for recording only never allocates one)."""
         if self._capture is None:
-            if self.sketch is None:
+            if self.fsdp is not None:
+                self._capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
+            elif self.sketch is None:
                 self._capture = TaskGradients(
                     self.groups, len(self.tasks), process_group=self._group_arg, halves=self.halves
                 )
@@ -357,6 +374,8 @@ class Tracer(StepPolicy):
             return self.capture
         if not self.should_trace(n) or self.probe is not None:
             return None
+        if self.fsdp is not None:
+            self.fsdp.check_gradient_sync()
         capture = self.capture
         capture.reset()
         if self.window > 1:
