@@ -9,6 +9,7 @@ bool, list of str).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -20,8 +21,11 @@ from typing import Any
 from geomtrace._errors import InvalidInputError
 from geomtrace.recipe.languages import DEFAULT_LANGUAGES
 
+log = logging.getLogger(__name__)
+
 DIRECTIONS = ("x2en", "en2x")
 METHODS = ("sum", "pcgrad", "gradvac")
+BUCKETS = ("independent", "shared", "none")
 
 
 @dataclass
@@ -44,7 +48,11 @@ class RecipeConfig:
     max_bytes: int = 40  # pairs longer than this (UTF-8 bytes, either side) are left out
     batch_per_lang: int = 12  # rows per language per step (one sub-batch per language)
     sampling_temperature: float = 0.0  # 0: equal rows per language; T > 0: rows ∝ n_l^(1/T)
-    bucket: bool = True  # draw each step's rows from one length window (less padding)
+    # length windows of the sampler (embedded.sample_indices): "independent" (each half of each
+    # language's sub-batch from its own window), "shared" (the pre-issue-11 sampler: one window
+    # quantile per step for all languages, a length component common to every task), "none".
+    # Old configs' ``bucket = true`` / ``false`` load as "shared" / "none".
+    bucket: str = "independent"
     dev_fraction: float = 0.05
     test_fraction: float = 0.10
     # model
@@ -69,8 +77,25 @@ class RecipeConfig:
     groups: str = "all_layer"
     probe: bool = False
     probe_size: int = 16
+    # split-half capture: each traced sub-batch's rows in two halves a, b (a + b = the
+    # full-batch gradient), so the trace carries each task's reliability (needs the Tracer's
+    # ``halves``; ``.grad`` and the update are unchanged)
+    halves: bool = False
+    # steps per snapshot: a snapshot sums each task's gradients over steps t..t+window-1 (with
+    # halves: even/odd steps of the window are the halves); 1 = the step's own batch
+    window: int = 1
     # evaluation
     eval_batch: int = 512
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bucket, bool):  # configs written before bucket took a mode
+            mapped = "shared" if self.bucket else "none"
+            log.info(
+                "config bucket=%s is the old spelling: read as bucket=%r (the sampler of runs "
+                "before issue 11; the default is now 'independent')",
+                str(self.bucket).lower(), mapped,
+            )  # fmt: skip
+            self.bucket = mapped
 
     def validate(self) -> RecipeConfig:
         """Check values a user can get wrong; raise :class:`InvalidInputError` naming them."""
@@ -156,6 +181,24 @@ class RecipeConfig:
 
     def write_toml(self, path: str | os.PathLike) -> None:
         Path(path).write_text(to_toml(self.to_dict()), encoding="utf-8")
+
+
+def check_snapshot_fields(config: RecipeConfig) -> RecipeConfig:
+    """Check the sampler and snapshot-design fields (``bucket``, ``halves``, ``window``);
+    raise :class:`InvalidInputError` naming them. ``RecipeConfig.validate`` calls it; the
+    training loop calls it too (a config built by hand and never validated)."""
+    if config.bucket not in BUCKETS:
+        raise InvalidInputError(f"bucket={config.bucket!r}; allowed: {', '.join(BUCKETS)}")
+    if not isinstance(config.halves, bool):
+        raise InvalidInputError(f"halves={config.halves!r}: expected true or false")
+    if isinstance(config.window, bool) or not isinstance(config.window, int) or config.window < 1:
+        raise InvalidInputError(f"window={config.window!r}: must be an integer >= 1")
+    if config.window > config.every:
+        raise InvalidInputError(
+            f"window={config.window} > every={config.every}: windows of consecutive snapshots "
+            "would overlap (use window <= every)"
+        )
+    return config
 
 
 #: Named starting points; ``quick`` is what ``geomtrace reproduce`` uses for a fast check,

@@ -221,11 +221,6 @@ def normalize_locale(code: str) -> str:
     raise InvalidInputError(f"unknown language {code!r}; available: {' '.join(sorted(LANGUAGES))}")
 
 
-def get_language(code: str) -> Language:
-    """The table row of a locale (any spelling :func:`normalize_locale` accepts)."""
-    return LANGUAGES[normalize_locale(code)]
-
-
 #: ISO codes of the table outside lang2vec's ``URIEL_LANGUAGES`` (``epo`` and ``nno`` are only in
 #: its learned-vector set). Stored so a run needs no lang2vec data; the tests check it against
 #: the installed lang2vec (:func:`uriel_languages`).

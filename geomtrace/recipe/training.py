@@ -58,6 +58,10 @@ class Recipe:
             mode; stored as quality rows of the final step (e.g. "chrf", "heldout_loss").
         joint_loss: optional ``joint_loss(model, batches) -> {task: loss}`` computing every
             task's loss in one forward; used on untraced steps (same gradient, faster).
+        half_losses: optional ``half_losses(model, task, batch) -> (loss_0, loss_1)`` for
+            split-half capture (``config.halves``): the losses of two disjoint halves of the
+            batch's rows, scaled so that ``loss_0 + loss_1 == loss(model, task, batch)``
+            (e.g. each half's token-loss sum over the whole batch's token count).
         meta: extra trace metadata (JSON-serialisable), e.g. "scripts", "char_profiles".
         describe: optional lines for the run summary (e.g. corpus sizes).
     """
@@ -70,6 +74,7 @@ class Recipe:
     probe: Mapping[str, Any] | None = None
     evaluate: Callable[[nn.Module], Mapping[str, Mapping[str, float]]] | None = None
     joint_loss: Callable[[nn.Module, Mapping[str, Any]], Mapping[str, torch.Tensor]] | None = None
+    half_losses: Callable[[nn.Module, str, Any], tuple[torch.Tensor, torch.Tensor]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     describe: list[str] = field(default_factory=list)
 
@@ -133,6 +138,69 @@ def _aggregator(config: RecipeConfig):
     return GradVac(beta=config.beta, seed=config.seed)
 
 
+def make_optimizer(model: nn.Module, config: RecipeConfig):
+    """AdamW (betas 0.9/0.98; weight decay on matrices only) and its warmup + cosine schedule."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # no weight decay on biases, norms and embeddings (standard AdamW practice)
+            (no_decay if p.ndim < 2 or "embed" in name or "pos" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup, config.steps)
+    )
+    return optimizer, scheduler
+
+
+def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict[str, Any]:
+    """The Tracer's ``halves`` and ``window`` arguments for ``config`` (only those that differ
+    from the Tracer's defaults); refuses what this recipe or Tracer cannot do."""
+    import inspect
+
+    from geomtrace._errors import InvalidInputError
+    from geomtrace.recipe.config import check_snapshot_fields
+
+    check_snapshot_fields(config)
+    options: dict[str, Any] = {}
+    if config.halves:
+        options["halves"] = True
+        if config.window == 1 and recipe.half_losses is None and not config.probe:
+            raise InvalidInputError(
+                "halves=true with window=1 needs a recipe with half_losses (two halves of each "
+                "batch's rows); give the recipe half_losses, set window >= 2 (halves from even "
+                "and odd steps) or halves=false"
+            )
+    if config.window > 1:
+        options["window"] = config.window
+    accepted = inspect.signature(tracer_class).parameters
+    missing = [key for key in options if key not in accepted]
+    if missing:
+        raise InvalidInputError(
+            f"config {', '.join(f'{k}={config.to_dict()[k]}' for k in missing)}: this "
+            f"geomtrace's Tracer takes no {' or '.join(f'{k}=' for k in missing)} "
+            f"(set {' '.join(f'{k}={_off(k)}' for k in missing)})"
+        )
+    return options
+
+
+def _off(key: str) -> str:
+    return {"halves": "false", "window": "1"}[key]
+
+
+def _captures(tracer, step: int, window: int) -> bool:
+    """Whether ``step`` feeds a snapshot: it is traced, or (windows) within ``window`` steps
+    after a traced step. The Tracer's own answer wins when it has one."""
+    captures = getattr(tracer, "captures", None)
+    if callable(captures):
+        return bool(captures(step))
+    return any(tracer.should_trace(step - j) for j in range(window) if step - j >= 0)
+
+
 def train(
     recipe: Recipe,
     config: RecipeConfig,
@@ -175,6 +243,7 @@ def train(
         probe=probe,
         probe_loss=recipe.loss if probe is not None else None,
         overwrite=overwrite,
+        **snapshot_options(recipe, config, Tracer),
     )
     driver = tracer
     if config.method != "sum":
@@ -194,20 +263,7 @@ def train(
     for key, value in meta.items():
         tracer.set_meta(key, value)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            # no weight decay on biases, norms and embeddings (standard AdamW practice)
-            (no_decay if p.ndim < 2 or "embed" in name or "pos" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-    )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup, steps)
-    )
+    optimizer, scheduler = make_optimizer(model, config)
 
     model.train()
     final_step = 0
@@ -215,15 +271,19 @@ def train(
     with tracer, _StopFlag() as flag:
         for step in range(steps + 1):
             last = step == steps
-            traced = tracer.should_trace(step)
             batches = {t: _to_device(b, device) for t, b in recipe.sample(step, generator).items()}
-            per_task = (
-                config.method != "sum" or (traced and probe is None) or (recipe.joint_loss is None)
-            )
+            capturing = probe is None and _captures(tracer, step, config.window)
+            per_task = config.method != "sum" or capturing or (recipe.joint_loss is None)
             with driver.step(step) as s:
                 if per_task:
+                    split = capturing and config.halves and config.window == 1
                     for task in tasks:
-                        s.backward(task, recipe.loss(model, task, batches[task]))
+                        if split:  # rows in two halves: a + b is the sub-batch's gradient
+                            loss_a, loss_b = recipe.half_losses(model, task, batches[task])
+                            s.backward(task, loss_a, retain_graph=True, half=0)
+                            s.backward(task, loss_b, half=1)
+                        else:
+                            s.backward(task, recipe.loss(model, task, batches[task]))
                     total = None
                 else:
                     losses = recipe.joint_loss(model, batches)
