@@ -381,7 +381,11 @@ def make_probe(
     for lg in langs:
         by_en = {p.en: p for p in short.pairs[lg]}
         enc = encode_pairs([by_en[e] for e in english], tags[lg], direction)
-        out[lg] = _trim(enc.src, enc.tgt, enc.src_len, enc.tgt_len)
+        # rows come sorted by length; put the even-ranked rows first and the odd-ranked second,
+        # so the two row halves of split-half capture (half_sizes) have matched lengths
+        n = enc.src.shape[0]
+        order = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)])
+        out[lg] = _trim(enc.src[order], enc.tgt[order], enc.src_len[order], enc.tgt_len[order])
     return out
 
 

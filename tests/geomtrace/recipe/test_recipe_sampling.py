@@ -209,3 +209,14 @@ def test_snapshot_options_refuse_what_the_tracer_cannot_do():
     assert snapshot_options(recipe, RecipeConfig(halves=True, window=4), NewTracer) == {
         "halves": True, "window": 4,
     }  # fmt: skip
+
+
+def test_probe_rows_interleave_lengths_so_halves_match():
+    config = RecipeConfig(langs=["es", "ja"], d_model=32, d_ff=64, probe=True, probe_size=16)
+    recipe, _ = make_recipe(config)
+    src, tgt = recipe.probe["es"]
+    lengths = (src != 256).sum(1) + (tgt != 256).sum(1)  # PAD = 256; rows sort by src + tgt
+    first, second = lengths[:8], lengths[8:]
+    # rank 2i in the first half, rank 2i + 1 in the second: pairwise no longer
+    assert (first <= second).all() and (first[1:] >= second[:-1]).all()
+    assert abs(float(first.float().mean() - second.float().mean())) < 3
