@@ -19,6 +19,13 @@ forward and one backward over all sub-batches at once. The gradient is the same,
 d/dθ sum_i L_i = sum_i dL_i/dθ, so this changes nothing but speed (per-task passes are only
 needed when per-task gradients are captured). The schedule always includes step 0 (the
 untrained model, the analyses' baseline) and the last step, where quality is recorded.
+
+Snapshot design (``config.halves``, ``config.window``): with ``halves`` each task's traced
+sub-batch is split into two halves of rows, one forward and two backward passes
+(``recipe.half_losses``, ``s.backward(task, loss_h, half=h)``), so that a + b is exactly the
+sub-batch's gradient and ``.grad`` is what it would be without halves; with ``window=m`` every
+step of t..t+m-1 after a traced step t is a per-task step and the Tracer sums them (its
+halves are then the even and odd steps). Untraced steps are unchanged.
 """
 
 from __future__ import annotations
