@@ -15,8 +15,7 @@ from _data import django_strings
 from transformers import BertConfig, BertForMaskedLM, TrainingArguments
 
 import geomtrace as gt
-from geomtrace._aggregators import GradVac, PCGrad
-from geomtrace._multitask import MultiTask
+from geomtrace import GradVac, MultiTask, PCGrad
 from geomtrace.integrations.hf import GeomtraceTrainer, TaskCollator
 
 LANGS = ["de", "fr", "ru", "ja"]

@@ -15,8 +15,7 @@ from _data import django_strings
 from torch import nn
 
 import geomtrace as gt
-from geomtrace._aggregators import GradVac
-from geomtrace._multitask import MultiTask
+from geomtrace import GradVac, MultiTask
 from geomtrace.integrations.lightning import GeometryMixin
 
 LANGS = ["de", "fr", "ru", "ja"]

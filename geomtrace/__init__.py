@@ -1,7 +1,22 @@
 """geomtrace: the geometry of per-task gradients in multi-task and multilingual training.
 
 Public names are imported lazily (PEP 562), so ``import geomtrace`` is fast and reading a trace
-(``geomtrace.open_trace``) does not import torch.
+(``geomtrace.open_trace``) does not import torch. Everything outside this package (analyses,
+figures, the CLI, examples, benchmarks, the recipe) uses only these names and the documented
+public submodules ``geomtrace.integrations`` and ``geomtrace.recipe``; the ``geomtrace._*``
+modules are private (checked by ``tests/test_layers.py``).
+
+- Recording and optimising: ``Tracer``, ``MultiTask``, the ``Step`` they return, aggregators
+  (``Aggregator``, ``Sum``, ``Mean``, ``PCGrad``, ``GradVac``, ``random_order``).
+- Capture protocol: ``Capture`` and its implementations ``TaskGradients`` (exact) and
+  ``TaskSketches`` (``CountSketch``).
+- Groups: ``resolve_groups``, ``ParameterGroup``, ``GRANULARITIES``; ``ALL_GROUPS`` (``"all"``,
+  the whole model in the reader).
+- Traces: ``open_trace``, ``Trace``, ``TraceWriter``, ``trace_path``, ``TRACE_FILENAME``,
+  ``cosine_from_gram``.
+- Reliability: ``split_half_reliability``, ``corrected_cosine``, ``corrected_cosine_from_means``.
+- Errors: ``GeomtraceError``, ``InvalidInputError``, ``TraceError``.
+- Packaging helper: ``lazy_exports`` (for the lazy ``__init__`` of the project's packages).
 """
 
 from geomtrace._lazy import lazy_exports
@@ -15,20 +30,31 @@ _EXPORTS = {
     "ParameterGroup": "geomtrace._groups",
     "resolve_groups": "geomtrace._groups",
     "GRANULARITIES": "geomtrace._groups",
+    "Capture": "geomtrace._capture",
     "TaskGradients": "geomtrace._capture",
+    "Step": "geomtrace._step",
     "Tracer": "geomtrace._tracer",
+    "HALVES_RULES": "geomtrace._tracer",
     "TraceWriter": "geomtrace._trace",
     "Trace": "geomtrace._trace",
     "open_trace": "geomtrace._trace",
+    "trace_path": "geomtrace._trace",
+    "TRACE_FILENAME": "geomtrace._trace",
+    "ALL_GROUPS": "geomtrace._trace",
     "cosine_from_gram": "geomtrace._trace",
+    "split_half_reliability": "geomtrace._reliability",
+    "corrected_cosine": "geomtrace._reliability",
+    "corrected_cosine_from_means": "geomtrace._reliability",
     "Aggregator": "geomtrace._aggregators",
     "Sum": "geomtrace._aggregators",
     "Mean": "geomtrace._aggregators",
     "PCGrad": "geomtrace._aggregators",
     "GradVac": "geomtrace._aggregators",
+    "random_order": "geomtrace._aggregators",
     "MultiTask": "geomtrace._multitask",
     "CountSketch": "geomtrace._sketch",
     "TaskSketches": "geomtrace._sketch",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted([*__all__, "lazy_exports", "__version__"])

@@ -201,8 +201,9 @@ class Aggregator(ABC):
         """Weights ``[G, K]`` for ``gram`` ``[G, K, K]``.
 
         ``order`` (long ``[G, K, K-1]``): for group g and task i, the order in which the other
-        tasks are visited; drawn from the aggregator's seeded generator when omitted.
-        Order-free aggregators ignore it.
+        tasks are visited; drawn from the aggregator's seeded generator when omitted (see
+        ``PCGrad``'s docstring for exactly which orders a seed gives). Order-free aggregators
+        (Sum, Mean) ignore it.
         """
 
     def trace_arrays(self) -> dict[str, Tensor]:
@@ -247,6 +248,22 @@ class Mean(Aggregator):
         return w / w.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+_ORDERS_DOC = """
+    Visiting orders. ``weights(gram, order=None)``: ``order`` is a long tensor [G, K, K-1] whose
+    row ``order[g, i]`` is a permutation of the tasks other than i (checked). When omitted, the
+    n-th such call (counting only calls without ``order``) uses the n-th draw
+    ``random_order(G, K, generator)`` from ``generator = torch.Generator().manual_seed(seed)``,
+    a CPU generator (so CPU and GPU runs visit alike): ``torch.rand(G, K, K-1)`` keys, argsorted
+    per row, indices >= i shifted by one. To reproduce the orders of a run::
+
+        gen = torch.Generator().manual_seed(seed)
+        orders = [gt.random_order(G, K, gen) for _ in range(calls)]
+
+    A call with an explicit ``order`` does not advance the generator. ``last_order`` holds the
+    order [G, K, K-1] used by the last call (on the Gram's device), None before the first.
+"""
+
+
 class _Shuffling(Aggregator):
     """An aggregator with a seeded generator for its visiting orders."""
 
@@ -255,6 +272,8 @@ class _Shuffling(Aggregator):
             raise InvalidInputError(f"seed must be an int, got {seed!r}")
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        #: the visiting order [G, K, K-1] of the last ``weights`` call (None before the first)
+        self.last_order: Tensor | None = None
 
     def _order(self, gram: Tensor, order: Tensor | None) -> Tensor:
         num_groups, num_tasks = gram.shape[0], gram.shape[1]
@@ -263,9 +282,13 @@ class _Shuffling(Aggregator):
             if gram.device.type == "cuda":
                 # Drawn on the CPU so CPU and GPU runs visit in the same order; a copy from
                 # pinned memory is asynchronous (a pageable copy would block on the GPU).
-                return order.pin_memory().to(gram.device, non_blocking=True)
-            return order.to(gram.device)
-        return _check_order(order, num_groups, num_tasks, gram.device)
+                order = order.pin_memory().to(gram.device, non_blocking=True)
+            else:
+                order = order.to(gram.device)
+        else:
+            order = _check_order(order, num_groups, num_tasks, gram.device)
+        self.last_order = order
+        return order
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "generator": self.generator.get_state()}
@@ -280,9 +303,11 @@ class PCGrad(_Shuffling):
 
     For each group g and task i, visit the other tasks j in random order; if
     ``g_i' . g_j < 0``, project: ``g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j``. The update is
-    ``sum_i g_i'``. Visiting orders come from a ``torch.Generator`` seeded with ``seed``.
+    ``sum_i g_i'``. Visiting orders come from a ``torch.Generator`` seeded with ``seed``
+    (see below).
     """
 
+    __doc__ = (__doc__ or "") + _ORDERS_DOC
     name = "pcgrad"
 
     def weights(self, gram: Tensor, order: Tensor | None = None) -> Tensor:
@@ -313,9 +338,10 @@ class GradVac(_Shuffling):
     ----------
     beta : EMA rate of the targets, in [0, 1] (paper: 1e-2).
     eps : non-negative constant added to denominators.
-    seed : seed of the generator that draws the visiting orders.
+    seed : seed of the generator that draws the visiting orders (see below).
     """
 
+    __doc__ = (__doc__ or "") + _ORDERS_DOC
     name = "gradvac"
 
     def __init__(self, beta: float = 1e-2, eps: float = 1e-8, seed: int = 0) -> None:

@@ -20,102 +20,40 @@ the step, for every group g::
 summed-loss backward with ``Sum()``. Parameters that no task's loss reaches keep ``.grad``
 untouched (None after ``zero_grad(set_to_none=True)``). Everything stays on the parameters'
 device; nothing synchronises with the host except on traced steps.
+
+Non-finite tasks: a task whose gradient is NaN/inf in some group (e.g. a NaN loss) is left out
+of the combination like an absent task (weight 0 and its gradient row zeroed, so ``.grad``
+stays finite), recorded in the trace's ``nonfinite`` array and warned about once per task.
+
+With ``tracer=Tracer(..., halves=True)`` the traced steps also record ``split_half`` (the
+aggregator still sees the full Gram matrix). A windowed tracer (``window > 1``) is refused:
+the aggregator needs each step's own Gram matrix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import nn
 
 from geomtrace import _distributed
 from geomtrace._aggregators import Aggregator
-from geomtrace._capture import TaskGradients
+from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup, resolve_groups
-from geomtrace._tracer import StepBase, Tracer, accumulate_grads, validate_tasks
+from geomtrace._step import Step, StepPolicy, check_real_params, step_number, validate_tasks
+from geomtrace._tracer import Tracer
 
+# Kept importable from here (the step class used to live in this module).
+MultiTaskStep = Step
 __all__ = ["MultiTask", "MultiTaskStep"]
 
 
-class MultiTaskStep(StepBase):
-    """One optimisation step under a :class:`MultiTask` (returned by ``MultiTask.step``)."""
-
-    def __init__(self, owner: MultiTask, step: int) -> None:
-        super().__init__("mt", owner.tasks, step)
-        self._owner = owner
-        # Host-side record of which parameters received a gradient from any task: those that
-        # did not keep .grad untouched (a None check on autograd's output, no device sync).
-        self._touched = [False] * len(owner.capture.params)
-        #: the weights [G, K] of this step (set on exit)
-        self.weights: torch.Tensor | None = None
-        #: the Gram matrices [G, K, K] of this step (set on exit)
-        self.gram: torch.Tensor | None = None
-        self._no_sync = None
-
-    def _backward(self, index: int, loss: torch.Tensor, retain_graph: bool) -> None:
-        capture = self._owner.capture
-        grads = torch.autograd.grad(
-            loss, capture.params, retain_graph=retain_graph, allow_unused=True
-        )
-        capture.add(index, grads)
-        touched = self._touched
-        for n, g in enumerate(grads):
-            if g is not None:
-                touched[n] = True
-
-    def __enter__(self) -> MultiTaskStep:
-        owner = self._owner
-        if owner._active_step is not None:
-            raise InvalidInputError(
-                f"step {self.step} opened inside step {owner._active_step.step}: "
-                "close one step before starting the next"
-            )
-        owner._active_step = self
-        self.active = True
-        owner.capture.reset()
-        # DDP's reducer never sees autograd.grad's gradients; the capture reduces them itself.
-        # Entered here so it covers the forward passes (DDP decides at forward time).
-        self._no_sync = _distributed.no_sync(owner.model)
-        self._no_sync.__enter__()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        owner = self._owner
-        self.active = False
-        owner._active_step = None
-        if self._no_sync is not None:
-            self._no_sync.__exit__(None, None, None)
-            self._no_sync = None
-        distributed = owner.capture.process_group is not None
-        # An interrupted step, or one without any backward, changes neither .grad nor the
-        # aggregator's state. Distributed, gram()/combine() are collective: every rank must
-        # take part even if it saw no task this step.
-        if exc_type is not None or (not distributed and not any(owner.capture.present)):
-            return
-        capture = owner.capture
-        self.gram = capture.gram()
-        self.weights = owner.aggregator.weights(self.gram)
-        combined = capture.combine(self.weights)
-        params, grads = [], []
-        for p, g, touched in zip(capture.params, combined, self._touched, strict=True):
-            if touched:
-                params.append(p)
-                # combine() returns views of one fresh flat vector: safe to keep as .grad.
-                grads.append(g if g.dtype == p.dtype else g.to(p.dtype))
-        accumulate_grads(params, grads)
-        tracer = owner.tracer
-        if tracer is not None and tracer.should_trace(self.step):
-            arrays = {"weights": self.weights, **owner.aggregator.trace_arrays()}
-            tracer.record(self.step, self.gram, self.mean_losses(), arrays=arrays)
-
-
-class MultiTask:
+class MultiTask(StepPolicy):
     """Per-task gradients every step, combined per parameter group by an aggregator.
 
     Args:
-        model: the model whose trainable parameters are optimised.
+        model: the model whose trainable parameters are optimised (real dtypes only).
         tasks: task names, in the order of the Gram matrices' rows and of the weights.
         aggregator: an :class:`Aggregator` (``Sum()``, ``Mean()``, ``PCGrad()``, ``GradVac()``).
         groups: parameter groups, as for the Tracer (``"whole_model"``, ``"enc_dec"``,
@@ -123,9 +61,16 @@ class MultiTask:
             weights (GradVac's paper granularities).
         tracer: optional :class:`Tracer` with the same tasks and group names: on the steps its
             schedule selects, the step's Gram matrices, losses, weights ``[G, K]`` (and, for
-            GradVac, the targets ``gradvac_target`` ``[G, K, K]``) are recorded without a second
-            capture. Use the tracer only for recording here, not its own ``step``.
+            GradVac, the targets ``gradvac_target`` ``[G, K, K]``; with ``halves=True``,
+            ``split_half``) are recorded from this MultiTask's capture (the tracer builds
+            none of its own). Use the tracer only for recording here, not its own ``step``.
+
+    ``step(n)`` returns a :class:`~geomtrace.Step`; after it closes, ``s.gram`` and
+    ``s.weights`` hold the step's Gram matrices and weights.
     """
+
+    _owner_name = "mt"
+    sums_into_grad = False
 
     def __init__(
         self,
@@ -145,11 +90,25 @@ class MultiTask:
         self.aggregator = aggregator
         # Groups on the module inside a DDP wrapper, so names match the Tracer's.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
-        if tracer is not None and getattr(tracer, "sketch", None) is not None:
-            raise InvalidInputError(
-                "a MultiTask records exact Gram matrices: give it a tracer without sketch="
-            )
+        check_real_params(self.groups)
         if tracer is not None:
+            if not isinstance(tracer, Tracer):
+                raise InvalidInputError(
+                    f"tracer must be a geomtrace Tracer, got {type(tracer).__name__}"
+                )
+            if tracer.sketch is not None:
+                raise InvalidInputError(
+                    "a MultiTask records exact Gram matrices: give it a tracer without sketch="
+                )
+            if tracer.window > 1:
+                raise InvalidInputError(
+                    f"a MultiTask needs the Gram matrix of every step: give it a tracer "
+                    f"without window= (got window={tracer.window})"
+                )
+            if tracer.probe is not None:
+                raise InvalidInputError(
+                    "a MultiTask records the gradients it combines: give it a tracer without probe="
+                )
             ours = [g.name for g in self.groups]
             theirs = [g.name for g in tracer.groups]
             if ours != theirs:
@@ -163,12 +122,60 @@ class MultiTask:
                     f"{self.tasks}: give both the same tasks in the same order"
                 )
         self.tracer = tracer
-        self.capture = TaskGradients(self.groups, len(self.tasks))
-        self._active_step: MultiTaskStep | None = None
+        self.capture: Capture = TaskGradients(
+            self.groups, len(self.tasks), halves=tracer is not None and tracer.halves
+        )
+        if tracer is not None:
+            tracer._adopt(self.capture)
+        self._active_step: Step | None = None
 
-    def step(self, step: int) -> MultiTaskStep:
+    @property
+    def _process_group(self) -> object:
+        return self.capture.process_group
+
+    def step(self, step: int) -> Step:
         """Context manager for one optimisation step (``with mt.step(step) as s: ...``)."""
-        return MultiTaskStep(self, int(step))
+        step = step_number(step)
+        traced = self.tracer is not None and self.tracer.should_trace(step)
+        return Step(self, step, traced)
+
+    def follow(self) -> MultiTask:
+        """Keep the capture on the device the parameters live on now (after ``model.to``)."""
+        self.capture.follow()
+        return self
+
+    def _open(self, step: Step) -> Capture:
+        self.capture.reset()
+        return self.capture
+
+    def _half(self, step: Step, task_index: int, half: int | None) -> int | None:
+        tracer = self.tracer
+        if tracer is None or not tracer.halves:
+            return super()._half(step, task_index, half)
+        if not step.traced:
+            return None  # split halves are only worth their copies on recorded steps
+        return half if half is not None else step._backwards[task_index] % 2
+
+    def _close(self, step: Step) -> None:
+        capture = self.capture
+        distributed = capture.process_group is not None
+        # A step without any backward changes neither .grad nor the aggregator's state.
+        # Distributed, gram()/combine() are collective: every rank must take part even if it
+        # saw no task this step.
+        if not distributed and not any(capture.present):
+            return
+        step.gram = capture.gram()  # non-finite tasks come back NaN, like absent ones
+        step.weights = self.aggregator.weights(step.gram)
+        capture.combine_into_grad(step.weights)  # non-finite rows count as zero
+        if step.traced:
+            arrays = {
+                "weights": step.weights,
+                **self.aggregator.trace_arrays(),
+                "nonfinite": capture.nonfinite(),
+            }
+            if capture.halves:
+                arrays["split_half"] = capture.split_half()
+            self.tracer.record(step.step, step.gram, step.mean_losses(), arrays=arrays)
 
     def __repr__(self) -> str:
         return (

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from geomtrace import _distributed
+from geomtrace._capture import Capture
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup
 
@@ -144,13 +145,17 @@ class CountSketch:
         return self._codes[key]
 
 
-class TaskSketches:
-    """CountSketches of K task gradients per group: the sketch-mode twin of TaskGradients.
+class TaskSketches(Capture):
+    """CountSketches of K task gradients per group: the sketch-mode implementation of the
+    capture protocol (:class:`~geomtrace._capture.Capture`).
 
-    Same interface (``params``, ``offsets``, ``present``, ``reset``, ``add``, ``gram``), plus
-    ``add_grad_change`` for the Tracer's copy-free path. Memory: a [G, K, d] float32 tensor.
-    ``combine`` raises: aggregation needs full gradients (see the module docstring).
+    ``backward(..., into_grad=True)`` is the Tracer's copy-free path (plain ``loss.backward()``
+    and the sketch of the change of ``.grad``); ``add`` sketches given gradients (probe mode).
+    Memory: a [G, K, d] float32 tensor. ``combine`` raises: aggregation needs full gradients
+    (see the module docstring); split halves are not supported (``halves=True`` raises).
     """
+
+    can_combine = False
 
     def __init__(
         self,
@@ -161,30 +166,26 @@ class TaskSketches:
         device: torch.device | str | None = None,
         process_group: Any = _distributed.AUTO,
         chunk: int | None = None,
+        halves: bool = False,
     ) -> None:
-        self.groups = list(groups)
-        self.num_tasks = num_tasks
+        if halves:
+            raise InvalidInputError(
+                "halves=True is not supported with sketch=: split halves need exact gradients "
+                "(use sketch=None)"
+            )
+        super().__init__(groups, num_tasks, device, process_group)
         self.dim = check_sketch_dim(dim)
-        self.params = [p for group in self.groups for p in group.params]
-        self.device = torch.device(device) if device is not None else self.params[0].device
-        self.offsets: list[tuple[int, int]] = []
-        start = 0
         # Per parameter: (group index, column offset inside its group).
         self._places: list[tuple[int, int]] = []
         for k, group in enumerate(self.groups):
-            self.offsets.append((start, start + group.numel))
             column = 0
             for p in group.params:
                 self._places.append((k, column))
                 column += p.numel()
-            start += group.numel
-        self.numel = start
         self.sketch = CountSketch(self.offsets, dim, seed, chunk)
-        self.process_group = _distributed.resolve_group(process_group)
-        self.present = [False] * num_tasks
-        self.touched = [False] * len(self.params)
         self._sketches: torch.Tensor | None = None  # [G, K, d]
         self._present_mask: torch.Tensor | None = None
+        self._half_mask: torch.Tensor | None = None
         self._grad_sketch: torch.Tensor | None = None  # [G, d] sketch of .grad so far
         self._reduced = False
 
@@ -195,33 +196,44 @@ class TaskSketches:
             self.reset()
         return self._sketches
 
+    @property
+    def present_mask(self) -> torch.Tensor:
+        if self._present_mask is None:
+            self.reset()
+        return self._present_mask
+
     def reset(self) -> None:
         G, K = len(self.groups), self.num_tasks
         if self._sketches is None:
             self._sketches = torch.zeros(G, K, self.dim, dtype=torch.float32, device=self.device)
             self._present_mask = torch.zeros(K, dtype=torch.bool, device=self.device)
+            self._half_mask = torch.zeros(2, K, dtype=torch.bool, device=self.device)
         else:
             self._sketches.zero_()
             self._present_mask.zero_()
         self._grad_sketch = None
         self._reduced = False
+        self._nonfinite = None
         self.present = [False] * K
         self.touched = [False] * len(self.params)
 
     def release(self) -> None:
         self._sketches = None
         self._present_mask = None
+        self._half_mask = None
         self._grad_sketch = None
 
     def _mark(self, task_index: int) -> None:
         if self._reduced:
             raise RuntimeError("TaskSketches.add after gram in the same step: reset first")
-        if not self.present[task_index]:
-            self._present_mask[task_index].fill_(True)
-        self.present[task_index] = True
+        self._mark_present(task_index, None)
 
-    def add(self, task_index: int, grads: Sequence[torch.Tensor | None]) -> None:
+    def add(
+        self, task_index: int, grads: Sequence[torch.Tensor | None], half: int | None = None
+    ) -> None:
         """Add the sketch of one backward's gradients (aligned with ``params``) to a task."""
+        if half is not None:
+            raise InvalidInputError("sketch capture has no split halves (half= must be None)")
         if self._sketches is None:
             self.reset()
         self._mark(task_index)
@@ -230,6 +242,28 @@ class TaskSketches:
                 k, column = self._places[n]
                 self.sketch.accumulate(self._sketches[k, task_index], k, column, g.float())
                 self.touched[n] = True
+
+    def backward(
+        self,
+        task_index: int,
+        loss: torch.Tensor,
+        retain_graph: bool = False,
+        into_grad: bool = True,
+        half: int | None = None,
+    ) -> None:
+        if not into_grad:
+            grads = torch.autograd.grad(
+                loss, self.params, retain_graph=retain_graph, allow_unused=True
+            )
+            self.add(task_index, grads, half)
+            return
+        if half is not None:
+            raise InvalidInputError("sketch capture has no split halves (half= must be None)")
+        # Copy-free: plain backward into .grad, sketch the change it made.
+        if self._grad_sketch is None:
+            self.begin()  # the sketch of .grad before the step's first backward
+        loss.backward(retain_graph=retain_graph)
+        self.add_grad_change(task_index)
 
     def grad_sketch(self) -> torch.Tensor:
         """[G, d]: the sketch of the parameters' current ``.grad`` (None = 0)."""
@@ -275,12 +309,7 @@ class TaskSketches:
                 self._present_mask = packed[sketches.numel() :] > 0
                 self._reduced = True
             sketches, present = self._sketches, self._present_mask
-        grams = sketches @ sketches.transpose(1, 2)
-        if self.process_group is None and all(self.present):
-            return grams
-        absent = ~present
-        nan = torch.full_like(grams, float("nan"))
-        return torch.where(absent[None, :, None] | absent[None, None, :], nan, grams)
+        return self._mask_grams(sketches @ sketches.transpose(1, 2), present)
 
     def combine(self, weights: torch.Tensor) -> list[torch.Tensor]:
         raise InvalidInputError(
@@ -288,3 +317,8 @@ class TaskSketches:
             "but not combine them (aggregators need full gradients); use exact mode "
             "(sketch=None) for MultiTask"
         )
+
+    def sum_into_grad(self) -> None:
+        # The copy-free path left the plain summed backward in .grad; average it like DDP.
+        if self.process_group is not None:
+            _distributed.all_reduce_grads(self.params, self.process_group)

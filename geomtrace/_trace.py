@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x67747263  # "gtrc"
 TRACE_FILENAME = "trace.sqlite"
+#: the group name that means the whole model (the sum over the groups) in the reader
+ALL_GROUPS = "all"
 _DTYPE = "<f4"
 
 _SCHEMA = """
@@ -345,7 +347,13 @@ class Trace:
         return np.stack([by_id[s] for s in self._snapshot_ids])
 
     def gram(self, group: str) -> np.ndarray:
-        """Gram matrices G[s] = [g_i . g_j] of ``group`` at every snapshot: [S, K, K]."""
+        """Gram matrices G[s] = [g_i . g_j] of ``group`` at every snapshot: [S, K, K].
+
+        ``group="all"``: the whole model, the sum of the groups' Gram matrices (exact: the
+        groups are disjoint blocks of the parameters).
+        """
+        if group == ALL_GROUPS and ALL_GROUPS not in self.group_sizes:
+            return self._sum_over_groups(self.gram)
         k = self._group_index(group)
         rows = self._conn.execute(
             "SELECT snapshot_id, shape, data FROM grams WHERE group_idx = ?", (k,)
@@ -354,8 +362,18 @@ class Trace:
             return np.zeros((0, len(self.tasks), len(self.tasks)))
         return self._stack(rows, f"group {group!r}")
 
-    def cosine(self, group: str) -> np.ndarray:
-        """Cosines G_ij / sqrt(G_ii G_jj) of ``group``: [S, K, K]; NaN where a norm is 0."""
+    def cosine(self, group: str, corrected: bool = False) -> np.ndarray:
+        """Cosines G_ij / sqrt(G_ii G_jj) of ``group``: [S, K, K]; NaN where a norm is 0.
+
+        ``corrected=True``: per snapshot, the cosine corrected for sampling noise,
+        G_ij / sqrt(4 ab_i 4 ab_j) from the split halves (``halves=True`` traces only; see
+        :meth:`reliability`). For an average over snapshots prefer a ratio of means
+        (``geomtrace.corrected_cosine_from_means``): single-snapshot a.b can be <= 0.
+        """
+        if corrected:
+            from geomtrace._reliability import corrected_cosine
+
+            return corrected_cosine(self.gram(group), self.split_half(group))
         return cosine_from_gram(self.gram(group))
 
     def array(self, name: str, group: str | None = None) -> np.ndarray:
@@ -437,6 +455,43 @@ class Trace:
             f"Trace({str(self.path)!r}: {len(self.tasks)} tasks, {len(self.groups)} groups, "
             f"{len(self.steps)} snapshots)"
         )
+
+    # -- split halves, reliability, the whole model ------------------------------------------
+    def _sum_over_groups(self, read) -> np.ndarray:
+        """Sum of ``read(group)`` over the groups (NaN propagates: absent stays absent)."""
+        parts = [read(g) for g in self.groups]
+        return np.sum(np.stack(parts), axis=0)
+
+    @property
+    def has_halves(self) -> bool:
+        """Whether the snapshots carry split-half products (traced with ``halves=True``)."""
+        return "split_half" in self.array_names()
+
+    def split_half(self, group: str) -> np.ndarray:
+        """Split-half products (a.a, b.b, a.b) per snapshot and task: [S, K, 3].
+
+        ``group="all"``: summed over the groups (exact, as for :meth:`gram`). Raises
+        ``InvalidInputError`` for a trace without halves.
+        """
+        if not self.has_halves:
+            raise InvalidInputError(
+                f"{self.path} has no split halves: trace with gt.Tracer(..., halves=True) to "
+                "measure reliability and corrected cosines"
+            )
+        if group == ALL_GROUPS and ALL_GROUPS not in self.group_sizes:
+            return self._sum_over_groups(self.split_half)
+        return self.array("split_half", group=group)
+
+    def reliability(self, group: str) -> np.ndarray:
+        """Reliability (signal fraction) of each task's full snapshot gradient: [S, K].
+
+        r = 4 ab / (aa + bb + 2 ab) from the split halves (see ``geomtrace._reliability``);
+        NaN where a half is missing. Over snapshots, a ratio of means (mean 4ab / mean |g|^2)
+        is more robust than the mean of r.
+        """
+        from geomtrace._reliability import split_half_reliability
+
+        return split_half_reliability(self.split_half(group))
 
 
 def cosine_from_gram(gram: np.ndarray) -> np.ndarray:

@@ -37,258 +37,168 @@ Scaling (see docs/scaling.md):
   untraced steps are plain ``loss.backward()`` with DDP's own reduction. Only rank 0 writes.
 - ``sketch=d`` keeps a CountSketch of each task gradient (G x K x d floats) instead of the
   [K, P] buffer; the trace's meta ``"sketch"`` is d (see ``geomtrace._sketch``).
+
+Reliability (``halves=True``, see ``geomtrace._reliability``): on traced steps each backward is
+credited to one of two independent halves of its task, a_i or b_i, with the task's gradient the
+full g_i = a_i + b_i (what goes into ``.grad`` and into the Gram matrix is unchanged). The rule
+(meta ``"halves_rule"``): ``s.backward(task, loss, half=0|1)`` names the half; with ``half=None``
+a task's micro-batches alternate 0, 1, 0, ... within the step (``"micro_batches"``, the default
+for ``window=1``: give each task at least two micro-batches on traced steps), or, in a window of
+m >= 2 steps, the window's even steps go to a and its odd steps to b (``"step_parity"``, the
+default for ``window >= 2``: each half is then whole batches from independently sampled
+steps). Each snapshot stores the array ``split_half`` [G, K, 3] = (a.a, b.b, a.b) per group
+and task, NaN for a task that got no gradient in one half (warned once per task). Not available
+with ``sketch=``, ``probe=`` or under torch.distributed (refused at construction).
+
+Windows (``window=m``, default 1): a snapshot sums each task's gradients over the m consecutive
+steps t, t+1, ..., t+m-1 starting at a scheduled step t and is recorded under step t (meta
+``"window"`` = m, array ``window_steps`` [1] = the number of steps actually summed: fewer when
+training ends inside a window and ``close()`` writes it, or when step numbers jump past the
+window's end). Call ``tracer.step(s)`` every step as usual: every step of an open window
+captures (per-task backward; ``.grad`` still gets the plain summed gradient). The parameters
+move between the steps of a window (the optimizer steps in between), so a window's gradient is
+a sum along a short stretch of the trajectory, not m batches at one point: keep m small
+against the time the geometry takes to change. A step that raises inside a window drops the
+whole window (nothing is written). Windows are for the plain Tracer: ``MultiTask`` needs the
+Gram matrix of every step and refuses a windowed tracer; probe mode, sketches and
+torch.distributed refuse ``window > 1`` too.
+
+Logging: warnings (a task with a zero gradient in a group, reported once per (task, group) with
+a summary count at ``close()``; a non-finite gradient or loss, once per task; a missing split
+half, once per task) go to the ``geomtrace`` logger. Silence them with
+``logging.getLogger("geomtrace").setLevel(logging.ERROR)``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import numbers
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from geomtrace import _distributed
-from geomtrace._capture import TaskGradients
+from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup, resolve_groups
 from geomtrace._sketch import TaskSketches, check_sketch_dim
+from geomtrace._step import (
+    Step,
+    StepPolicy,
+    check_real_params,
+    mean_losses,
+    step_number,
+    validate_tasks,
+)
 from geomtrace._trace import TraceWriter
 
 log = logging.getLogger(__name__)
 
 Schedule = int | Iterable[int] | Callable[[int], bool]
 
+#: half rules (see the module docstring)
+HALVES_RULES = ("micro_batches", "step_parity")
+
+_SCHEDULE_HELP = "give a positive integer, a list of integer steps or a callable(step) -> bool"
+
+# Kept importable from here (the step class used to live in this module).
+TraceStep = Step
+__all__ = ["HALVES_RULES", "Schedule", "TraceStep", "Tracer", "make_schedule", "validate_tasks"]
+
+
+def _is_integral(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 def make_schedule(every: Schedule) -> Callable[[int], bool]:
-    """``every``: trace when ``step % every == 0`` (int), when ``step`` is listed, or when
-    ``every(step)`` is true."""
-    if isinstance(every, bool):
-        raise InvalidInputError(
-            f"every={every!r}: give a positive int, a list of steps or a callable"
-        )
-    if isinstance(every, int):
+    """``every``: trace when ``step % every == 0`` (an integral number: int, numpy integer),
+    when ``step`` is listed (an iterable of integral numbers), or when ``every(step)`` is true.
+    Strings, floats and booleans are refused."""
+    if isinstance(every, str | bytes | bool | float):
+        raise InvalidInputError(f"every={every!r}: {_SCHEDULE_HELP}")
+    if _is_integral(every):
+        every = int(every)
         if every < 1:
             raise InvalidInputError(f"every={every}: must be a positive number of steps")
         return lambda step: step % every == 0
     if callable(every):
         return lambda step: bool(every(step))
     try:
-        steps = {int(s) for s in every}
-    except (TypeError, ValueError):
-        raise InvalidInputError(
-            f"every={every!r}: give a positive int, a list of steps or a callable"
-        ) from None
-    return steps.__contains__
+        steps = list(every)
+    except TypeError:
+        raise InvalidInputError(f"every={every!r}: {_SCHEDULE_HELP}") from None
+    bad = [s for s in steps if not _is_integral(s)]
+    if bad:
+        raise InvalidInputError(f"every lists {bad[0]!r}, not an integer step: {_SCHEDULE_HELP}")
+    return {int(s) for s in steps}.__contains__
 
 
-def validate_tasks(tasks: Sequence[str]) -> list[str]:
-    """Task names: a non-empty sequence of distinct, non-empty strings."""
-    if isinstance(tasks, str) or not isinstance(tasks, Iterable):
-        raise InvalidInputError(f"tasks must be a list of task names, not {tasks!r}")
-    tasks = list(tasks)
-    if not tasks:
-        raise InvalidInputError("tasks is empty: give at least one task name")
-    seen = set()
-    for task in tasks:
-        if not isinstance(task, str) or not task:
-            raise InvalidInputError(f"task names must be non-empty strings, got {task!r}")
-        if task in seen:
-            raise InvalidInputError(f"task {task!r} appears twice in tasks")
-        seen.add(task)
-    return tasks
+def _positive_int(name: str, value: Any) -> int:
+    if not _is_integral(value) or int(value) < 1:
+        raise InvalidInputError(f"{name}={value!r}: give a positive integer")
+    return int(value)
 
 
-class StepBase:
-    """What the Tracer's and MultiTask's step objects share: validation and loss bookkeeping.
-
-    Subclasses implement ``_backward(task_index, loss, retain_graph)``.
-    """
-
-    #: process group over which ``mean_losses`` averages ("auto": the default group if any)
-    _process_group: Any = _distributed.AUTO
-
-    def __init__(self, owner_name: str, tasks: Sequence[str], step: int) -> None:
-        self._owner_name = owner_name
-        self._tasks = list(tasks)
-        self._task_index = {t: i for i, t in enumerate(self._tasks)}
-        self.step = step
-        self.active = False
-        # Detached loss tensors per task (no .item(): converted once, when the step is recorded).
-        self._losses: dict[str, list[torch.Tensor]] = {}
-
-    def _check(self, task: str, loss: torch.Tensor) -> int:
-        if not self.active:
-            raise InvalidInputError(
-                f"backward({task!r}, ...) called outside a step: use "
-                f"`with {self._owner_name}.step(step) as s: s.backward(task, loss)`"
-            )
-        if task not in self._task_index:
-            raise InvalidInputError(f"unknown task {task!r}; the tasks are {self._tasks}")
-        if not isinstance(loss, torch.Tensor):
-            raise InvalidInputError(
-                f"loss of task {task!r} must be a torch.Tensor, not {type(loss).__name__}"
-            )
-        if not loss.requires_grad:
-            raise InvalidInputError(
-                f"loss of task {task!r} does not require grad (was it computed under "
-                "torch.no_grad(), or from frozen parameters only?)"
-            )
-        if loss.numel() != 1:
-            raise InvalidInputError(
-                f"loss of task {task!r} has shape {tuple(loss.shape)}; backward needs a scalar loss"
-            )
-        return self._task_index[task]
-
-    def backward(self, task: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
-        """Backward of one task's loss, like ``loss.backward()``; repeated calls sum."""
-        index = self._check(task, loss)
-        self._losses.setdefault(task, []).append(loss.detach().reshape(()))
-        self._backward(index, loss, retain_graph)
-
-    def backward_shared(self, losses: Mapping[str, torch.Tensor]) -> None:
-        """Backward of several tasks' losses computed from one shared forward pass."""
-        items = list(losses.items())
-        for n, (task, loss) in enumerate(items):
-            self.backward(task, loss, retain_graph=n < len(items) - 1)
-
-    def mean_losses(self) -> dict[str, float]:
-        """Per task, the mean of its micro-batch losses (one host sync for all of them).
-
-        Distributed: the mean over ranks of the ranks' means (the loss of the global batch when
-        ranks hold equal shares), a collective call; tasks no rank saw are left out.
-        """
-        group = _distributed.resolve_group(self._process_group)
-        if group is None:
-            if not self._losses:
-                return {}
-            tasks = list(self._losses)
-            means = torch.stack([torch.stack(self._losses[t]).float().mean() for t in tasks])
-            return dict(zip(tasks, means.cpu().tolist(), strict=True))
-        device = next(iter(self._losses.values()))[0].device if self._losses else None
-        values = torch.zeros(len(self._tasks), device=device)
-        counts = torch.zeros(len(self._tasks), device=device)
-        for task, losses in self._losses.items():
-            values[self._task_index[task]] = torch.stack(losses).float().mean()
-            counts[self._task_index[task]] = 1.0
-        means = _distributed.mean_over_ranks(values, counts, group).cpu().tolist()
-        return {t: m for t, m in zip(self._tasks, means, strict=True) if m == m}  # m == m: not NaN
-
-    def _backward(self, index: int, loss: torch.Tensor, retain_graph: bool) -> None:
-        raise NotImplementedError
+def _check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's config as a dict, refused *before* any file is created if not JSON."""
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise InvalidInputError(f"config must be a mapping, not {type(config).__name__}")
+    try:
+        json.dumps(dict(config), allow_nan=True)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"config is not JSON-serialisable: {err}") from None
+    return dict(config)
 
 
-def accumulate_grads(params: Sequence[nn.Parameter], grads: Sequence[torch.Tensor | None]) -> None:
-    """``p.grad += g`` for every parameter, as ``loss.backward()`` would (None = no gradient)."""
-    existing, added = [], []
-    for p, g in zip(params, grads, strict=True):
-        if g is None:
-            continue
-        if p.grad is None:
-            p.grad = g
-        else:
-            existing.append(p.grad)
-            added.append(g)
-    if existing:
-        torch._foreach_add_(existing, added)
+@dataclass
+class _Window:
+    """An open window: its first step, the steps summed so far and their losses."""
+
+    start: int
+    steps: int = 0
+    losses: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
-class TraceStep(StepBase):
-    """One training step under a Tracer (returned by ``Tracer.step``)."""
-
-    def __init__(self, tracer: Tracer, step: int, traced: bool) -> None:
-        super().__init__("tracer", tracer.tasks, step)
-        self._tracer = tracer
-        self._process_group = tracer.capture.process_group
-        self.traced = traced
-        # In probe mode the snapshot comes from the probe batches, not the training batches.
-        self._capturing = traced and tracer.probe is None
-        self._no_sync = None
-
-    def _backward(self, index: int, loss: torch.Tensor, retain_graph: bool) -> None:
-        if not self._capturing:
-            loss.backward(retain_graph=retain_graph)
-            return
-        capture = self._tracer.capture
-        if isinstance(capture, TaskSketches):
-            # Copy-free: plain backward into .grad, sketch the change it made.
-            loss.backward(retain_graph=retain_graph)
-            capture.add_grad_change(index)
-            return
-        grads = torch.autograd.grad(
-            loss, capture.params, retain_graph=retain_graph, allow_unused=True
-        )
-        capture.add(index, grads)
-        if capture.process_group is None:
-            accumulate_grads(capture.params, grads)
-        # Distributed: .grad gets the rank-averaged sum on exit (from the reduced shards).
-
-    def __enter__(self) -> TraceStep:
-        if self._tracer._active_step is not None:
-            raise InvalidInputError(
-                f"step {self.step} opened inside step {self._tracer._active_step.step}: "
-                "close one step before starting the next"
-            )
-        self._tracer._active_step = self
-        self.active = True
-        if self._capturing:
-            # DDP must not expect reducer hooks that autograd.grad never fires; the reduction
-            # of the task gradients replaces DDP's on this step.
-            self._no_sync = _distributed.no_sync(self._tracer.model)
-            self._no_sync.__enter__()
-            capture = self._tracer.capture
-            capture.reset()
-            if isinstance(capture, TaskSketches):
-                capture.begin()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.active = False
-        self._tracer._active_step = None
-        if self._no_sync is not None:
-            self._no_sync.__exit__(None, None, None)
-            self._no_sync = None
-        if exc_type is not None or not self.traced:
-            return  # an interrupted step writes nothing: the trace keeps its last good snapshot
-        tracer = self._tracer
-        if tracer.probe is not None:
-            gram, losses = tracer.probe_gram()
-            tracer.record(self.step, gram, losses, source="probe")
-            return
-        capture = tracer.capture
-        gram = capture.gram()
-        if capture.process_group is not None:
-            if isinstance(capture, TaskSketches):
-                _distributed.all_reduce_grads(capture.params, capture.process_group)
-            else:
-                ones = torch.ones(len(capture.groups), capture.num_tasks, device=capture.device)
-                summed = capture.combine(ones)
-                params, grads = [], []
-                for p, g, touched in zip(capture.params, summed, capture.touched, strict=True):
-                    if touched:
-                        params.append(p)
-                        grads.append(g if g.dtype == p.dtype else g.to(p.dtype))
-                accumulate_grads(params, grads)
-        tracer.record(self.step, gram, self.mean_losses())
-
-
-class Tracer:
+class Tracer(StepPolicy):
     """Captures per-task gradients on scheduled steps and writes their Gram matrices.
 
     Args:
-        model: the model whose trainable parameters are traced.
+        model: the model whose trainable parameters are traced (real dtypes only).
         tasks: task (language) names, in the order of every matrix's rows and columns.
         groups: parameter groups (see ``resolve_groups``): ``"whole_model"``, ``"enc_dec"``,
             ``"all_layer"``, ``"all_matrix"`` or ``{name: regex}``.
-        every: which steps to trace: every N steps, a list of steps, or ``callable(step)``.
+        every: which steps to trace: every N steps (an integral number), a list of steps, or
+            ``callable(step)``; with ``window=m``, the first step of each window.
         out: run directory for ``trace.sqlite``; None keeps only ``last_gram`` in memory.
         iso_codes: optional ``{task: ISO 639-3 code}`` stored with the tasks.
-        config: the run's configuration, stored in the trace.
+        config: the run's configuration (JSON-serialisable, checked before any file is
+            created), stored in the trace.
         probe / probe_loss: fixed per-task batches and ``probe_loss(model, task, batch) -> loss``
             (see the module docstring).
         overwrite: replace an existing trace in ``out``.
+        sketch / seed: CountSketch dimension d and its seed (see the module docstring).
+        process_group: ``"auto"``, None or a ProcessGroup (see ``geomtrace._distributed``).
+        halves: capture two split halves per task and record ``split_half`` (module docstring).
+        halves_rule: ``"micro_batches"`` or ``"step_parity"``; None: ``"step_parity"`` when
+            ``window >= 2``, else ``"micro_batches"``. An explicit ``half=`` always wins.
+        window: steps summed per snapshot (module docstring).
+
+    Public state: ``capture`` (the :class:`~geomtrace.Capture`, built on first use),
+    ``last_gram`` (the last recorded [G, K, K], on the device), ``zero_norm_warnings`` (how many
+    (snapshot, group, task) zero gradients were seen).
     """
+
+    _owner_name = "tracer"
+    sums_into_grad = True
 
     def __init__(
         self,
@@ -305,11 +215,15 @@ class Tracer:
         sketch: int | None = None,
         seed: int = 0,
         process_group: Any = _distributed.AUTO,
+        halves: bool = False,
+        halves_rule: str | None = None,
+        window: int = 1,
     ) -> None:
         self.model = model
         self.tasks = validate_tasks(tasks)
         # Groups of the inner module: parameter names as in a single-process run.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
+        check_real_params(self.groups)
         self.should_trace = make_schedule(every)
         if (probe is None) != (probe_loss is None):
             raise InvalidInputError("probe mode needs both probe={task: batch} and probe_loss")
@@ -322,16 +236,36 @@ class Tracer:
         self.probe = dict(probe) if probe is not None else None
         self.probe_loss = probe_loss
         self.sketch = None if sketch is None else check_sketch_dim(sketch)
-        if self.sketch is None:
-            self.capture = TaskGradients(self.groups, len(self.tasks), process_group=process_group)
-        else:
-            self.capture = TaskSketches(
-                self.groups, len(self.tasks), self.sketch, seed, process_group=process_group
+        self.seed = seed
+        self._group_arg = _distributed.resolve_group(process_group)
+        self.window = _positive_int("window", window)
+        if _is_integral(every) and self.window > int(every):
+            raise InvalidInputError(
+                f"window={self.window} is longer than every={int(every)}: windows would "
+                "overlap; use every >= window"
             )
+        self.halves = bool(halves)
+        self.halves_rule = self._check_halves(halves_rule)
+        for option, value, bad in (
+            ("probe=", self.probe, self.halves or self.window > 1),
+            ("sketch=", self.sketch, self.halves or self.window > 1),
+            ("torch.distributed (process_group)", self._group_arg, self.halves or self.window > 1),
+        ):
+            if value is not None and bad:
+                what = "halves=True" if self.halves else f"window={self.window}"
+                raise InvalidInputError(
+                    f"{what} is not supported with {option}: trace split halves and windows "
+                    "with exact capture of the training batches in one process"
+                )
+        config = _check_config(config)
+        self._capture: Capture | None = None
         self.last_gram: torch.Tensor | None = None
         self.zero_norm_warnings = 0
+        self._zero_norms: Counter[tuple[str, str]] = Counter()
+        self._warned: set[tuple[str, str]] = set()  # (kind, task): warned once
         self._listeners: list[Callable[..., None]] = []
-        self._active_step: StepBase | None = None
+        self._active_step: Step | None = None
+        self._window: _Window | None = None
         # Only global rank 0 writes (the Gram matrices are identical on every rank).
         self.writer = (
             TraceWriter(out, self.tasks, self.groups, iso_codes, config, overwrite)
@@ -339,16 +273,152 @@ class Tracer:
             else None
         )
         if self.writer is not None:
-            world = _distributed.world_size(self.capture.process_group)
+            world = _distributed.world_size(self._group_arg)
             if world > 1:
                 self.writer.set_meta("world_size", world)
             if self.sketch is not None:
                 self.writer.set_meta("sketch", self.sketch)
                 self.writer.set_meta("sketch_seed", seed)
+            if self.halves:
+                self.writer.set_meta("halves", True)
+                self.writer.set_meta("halves_rule", self.halves_rule)
+            if self.window > 1:
+                self.writer.set_meta("window", self.window)
 
-    def step(self, step: int) -> TraceStep:
+    def _check_halves(self, rule: str | None) -> str | None:
+        if rule is None:
+            return ("step_parity" if self.window > 1 else "micro_batches") if self.halves else None
+        if not self.halves:
+            raise InvalidInputError(f"halves_rule={rule!r} needs halves=True")
+        if rule not in HALVES_RULES:
+            raise InvalidInputError(f"halves_rule={rule!r}: use one of {', '.join(HALVES_RULES)}")
+        if rule == "step_parity" and self.window < 2:
+            raise InvalidInputError("halves_rule='step_parity' needs a window of window >= 2 steps")
+        return rule
+
+    # -- the capture ---------------------------------------------------------------------------
+    @property
+    def capture(self) -> Capture:
+        """The capture the traced steps feed (built on first use; a MultiTask hands over its
+        own, so a Tracer used for recording only never allocates one)."""
+        if self._capture is None:
+            if self.sketch is None:
+                self._capture = TaskGradients(
+                    self.groups, len(self.tasks), process_group=self._group_arg, halves=self.halves
+                )
+            else:
+                self._capture = TaskSketches(
+                    self.groups,
+                    len(self.tasks),
+                    self.sketch,
+                    self.seed,
+                    process_group=self._group_arg,
+                )
+        return self._capture
+
+    def _adopt(self, capture: Capture) -> None:
+        """Record from ``capture`` (a MultiTask's) instead of building one."""
+        self._capture = capture
+
+    def follow(self) -> Tracer:
+        """Keep the capture on the device the parameters live on now (after ``model.to``)."""
+        if self._capture is not None:
+            self._capture.follow()
+        return self
+
+    @property
+    def _process_group(self) -> Any:
+        return self._group_arg
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _in_window(self, step: int) -> bool:
+        w = self._window
+        return w is not None and w.start <= step < w.start + self.window
+
+    def captures(self, step: int) -> bool:
+        """Whether ``s.backward`` on ``step`` will capture per-task gradients of the training
+        batches (a traced step, or any step of an open window; never in probe mode): a loop
+        that can also run one joint backward must run per-task backward passes then."""
+        step = step_number(step)
+        if self.probe is not None:
+            return False
+        return self._in_window(step) or self.should_trace(step)
+
+    def step(self, step: int) -> Step:
         """Context manager for one training step; traced when the schedule says so."""
-        return TraceStep(self, int(step), self.should_trace(int(step)))
+        step = step_number(step)
+        return Step(self, step, self._in_window(step) or self.should_trace(step))
+
+    def _open(self, step: Step) -> Capture | None:
+        n = step.step
+        if self._window is not None and not self._in_window(n):
+            self._close_window()  # step numbers jumped past the window's end
+        if self._window is not None:
+            return self.capture
+        if not self.should_trace(n) or self.probe is not None:
+            return None
+        capture = self.capture
+        capture.reset()
+        if self.window > 1:
+            self._window = _Window(n)
+        return capture
+
+    def _half(self, step: Step, task_index: int, half: int | None) -> int | None:
+        if not self.halves:
+            return super()._half(step, task_index, half)
+        if half is not None or not step.capturing:
+            return half
+        if self.halves_rule == "step_parity":
+            return (step.step - self._window.start) % 2
+        return step._backwards[task_index] % 2
+
+    def _close(self, step: Step) -> None:
+        if self.probe is not None:
+            if step.traced:
+                gram, losses = self.probe_gram()
+                self.record(step.step, gram, losses, arrays=self._capture_arrays(), source="probe")
+            return
+        if not step.capturing:
+            return
+        step.capture.sum_into_grad()
+        window = self._window
+        if window is None:
+            gram = step.capture.gram()
+            self.record(step.step, gram, step.mean_losses(), arrays=self._capture_arrays())
+            return
+        window.steps += 1
+        for task, losses in step._losses.items():
+            window.losses.setdefault(task, []).extend(losses)
+        if step.step >= window.start + self.window - 1:
+            self._close_window()
+
+    def _abort(self, step: Step) -> None:
+        if self._window is not None and step.capturing:
+            log.warning(
+                "step %d raised inside the window opened at step %d: the window is dropped "
+                "(nothing is written for it)",
+                step.step,
+                self._window.start,
+            )
+            self._window = None
+
+    def _close_window(self) -> None:
+        window, self._window = self._window, None
+        if window is None or window.steps == 0:
+            return
+        gram = self.capture.gram()
+        arrays = self._capture_arrays()
+        arrays["window_steps"] = np.array([window.steps], dtype=np.float32)
+        losses = mean_losses(window.losses, self.tasks, self._group_arg)
+        self.record(window.start, gram, losses, arrays=arrays)
+
+    def _capture_arrays(self) -> dict[str, Any]:
+        """Per-snapshot arrays that come from the capture (after its ``gram()``)."""
+        capture = self.capture
+        arrays: dict[str, Any] = {"nonfinite": capture.nonfinite()}
+        if self.halves:
+            arrays["split_half"] = capture.split_half()
+        return arrays
 
     def probe_gram(self) -> tuple[torch.Tensor, dict[str, float]]:
         """Gram matrices [G, K, K] of the probe batches' gradients (``.grad`` untouched)."""
@@ -372,6 +442,7 @@ class Tracer:
             values = _distributed.mean_over_ranks(values, torch.ones_like(values), group)
         return capture.gram(), dict(zip(losses, values.cpu().tolist(), strict=True))
 
+    # -- recording -----------------------------------------------------------------------------
     def record(
         self,
         step: int,
@@ -380,10 +451,22 @@ class Tracer:
         arrays: Mapping[str, Any] | None = None,
         source: str = "train",
     ) -> None:
-        """Write one snapshot: ``gram`` [G, K, K], per-task losses, extra arrays."""
+        """Write one snapshot: ``gram`` [G, K, K], per-task losses, extra arrays.
+
+        Every snapshot also gets the array ``nonfinite`` [K] (1 for a task whose gradient or
+        loss was NaN/inf, recorded as absent in ``gram``; 0 otherwise).
+        """
         self.last_gram = gram
-        host = gram.detach().float().cpu()  # the only device -> host copy: G x K x K numbers
-        self._warn_zero_norms(host)
+        host = gram.detach().float().cpu()  # the main device -> host copy: G x K x K numbers
+        arrays = {k: _host(v) for k, v in (arrays or {}).items()}
+        nonfinite = np.zeros(len(self.tasks), dtype=np.float32)
+        if "nonfinite" in arrays:
+            nonfinite = np.asarray(arrays["nonfinite"], dtype=np.float32).reshape(-1).copy()
+        for task, value in (losses or {}).items():
+            if not np.isfinite(value):
+                nonfinite[self.tasks.index(task)] = 1.0
+        arrays["nonfinite"] = nonfinite
+        self._warn(host, arrays)
         if self.writer is not None:
             self.writer.write_snapshot(step, host.numpy(), losses, arrays, source)
         for listener in self._listeners:
@@ -394,22 +477,63 @@ class Tracer:
 
         ``gram`` is the host copy ([G, K, K] float32 numpy) that was written, so a listener
         (TensorBoard, a dashboard) costs no second device transfer. Listeners run on every rank
-        that records; ``arrays`` values are passed as given (tensors or arrays).
+        that records; ``arrays`` values are host numpy arrays.
         """
         if not callable(listener):
             raise InvalidInputError(f"listener must be callable, got {listener!r}")
         self._listeners.append(listener)
 
-    def _warn_zero_norms(self, gram: torch.Tensor) -> None:
+    def _warn_once(self, kind: str, task: str, message: str, *args: Any) -> None:
+        if (kind, task) not in self._warned:
+            self._warned.add((kind, task))
+            log.warning(message, *args)
+
+    def _warn(self, gram: torch.Tensor, arrays: Mapping[str, np.ndarray]) -> None:
         diag = torch.diagonal(gram, dim1=-2, dim2=-1)
         for k, i in (diag == 0).nonzero().tolist():
             self.zero_norm_warnings += 1
-            log.warning(
-                "task %r has a zero gradient in group %r: its cosines are NaN (warning %d)",
-                self.tasks[i],
-                self.groups[k].name,
-                self.zero_norm_warnings,
+            key = (self.tasks[i], self.groups[k].name)
+            self._zero_norms[key] += 1
+            if self._zero_norms[key] == 1:
+                log.warning(
+                    "task %r has a zero gradient in group %r: its cosines there are NaN "
+                    "(reported once per task and group; counted in a summary at close)",
+                    *key,
+                )
+        for i in np.flatnonzero(arrays["nonfinite"]).tolist():
+            task = self.tasks[i]
+            self._warn_once(
+                "nonfinite",
+                task,
+                "task %r has a non-finite (NaN/inf) loss or gradient: recorded in the array "
+                "'nonfinite' and left out like an absent task (warned once per task)",
+                task,
             )
+        split = arrays.get("split_half")
+        if split is not None:
+            present = np.isfinite(diag.numpy()).all(axis=0)
+            missing = np.isnan(split).any(axis=(0, 2)) & present
+            for i in np.flatnonzero(missing).tolist():
+                task = self.tasks[i]
+                self._warn_once(
+                    "half",
+                    task,
+                    "task %r got no gradient in one of its two halves: its split-half products "
+                    "are NaN (give it two micro-batches per traced step, or half=0/1; warned "
+                    "once per task)",
+                    task,
+                )
+
+    def _summarise_zero_norms(self) -> None:
+        if not self._zero_norms:
+            return
+        items = sorted(self._zero_norms.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{t!r} in {g!r} x{n}" for (t, g), n in items[:10])
+        more = f" and {len(items) - 10} more" if len(items) > 10 else ""
+        log.warning(
+            "zero task gradients over the run (task in group x snapshots): %s%s", shown, more
+        )
+        self._zero_norms.clear()
 
     def record_quality(self, step: int, task: str, metric: str, value: float) -> None:
         """Store a quality measurement (e.g. ``chrf``) of ``task`` at ``step``."""
@@ -422,6 +546,11 @@ class Tracer:
             self.writer.set_meta(key, value)
 
     def close(self) -> None:
+        """Write an open window (with the steps it summed), log the zero-gradient summary and
+        close the trace."""
+        if self._window is not None and self._active_step is None:
+            self._close_window()
+        self._summarise_zero_norms()
         if self.writer is not None:
             self.writer.close()
 
@@ -430,3 +559,9 @@ class Tracer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _host(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return value

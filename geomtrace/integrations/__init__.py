@@ -12,7 +12,7 @@ first access (PEP 562), and a missing framework raises ``MissingExtraError`` (a
 ``GeomtraceError``) naming the extra to install.
 """
 
-from geomtrace._lazy import lazy_exports
+from geomtrace import lazy_exports
 
 _EXPORTS = {
     "MissingExtraError": "geomtrace.integrations._extras",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from geomtrace._errors import GeomtraceError
+from geomtrace import GeomtraceError
 
 # module to import -> (pip extra, distribution the extra installs)
 EXTRAS: dict[str, tuple[str, str]] = {

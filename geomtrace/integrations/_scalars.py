@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from geomtrace._errors import InvalidInputError
-from geomtrace._trace import cosine_from_gram
+from geomtrace import InvalidInputError, cosine_from_gram
 
 
 def _off_diagonal(matrix: np.ndarray) -> np.ndarray:

@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 from geomtrace.integrations._extras import require
-from geomtrace.integrations._stepping import check_stepper, follow_device
+from geomtrace.integrations._stepping import check_stepper
 
 transformers = require("transformers")
 require("accelerate")
@@ -234,7 +234,7 @@ class GeomtraceTrainer(transformers.Trainer):
 
         if self._geometry_step is None:
             self._check_supported()
-            follow_device(self.geometry)
+            self.geometry.follow()  # the Trainer moved the model after the user built it
             self._geometry_step = self.geometry.step(self.state.global_step).__enter__()
         step = self._geometry_step
         scaler = getattr(self.accelerator, "scaler", None)

@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
-from geomtrace._errors import InvalidInputError
+import geomtrace as gt
+from geomtrace import InvalidInputError
 from geomtrace.integrations._extras import require
-from geomtrace.integrations._stepping import follow_device
 
 require("lightning")
 
@@ -71,11 +71,8 @@ class GeometryMixin:
 
     # -- Lightning hooks -------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        from geomtrace._multitask import MultiTask
-        from geomtrace._tracer import Tracer
-
         geometry = self.configure_geometry()
-        if not isinstance(geometry, Tracer | MultiTask):
+        if not isinstance(geometry, gt.Tracer | gt.MultiTask):
             raise InvalidInputError(
                 f"{type(self).__name__}.configure_geometry() must return a geomtrace Tracer or "
                 f"MultiTask, got {type(geometry).__name__}"
@@ -85,13 +82,13 @@ class GeometryMixin:
                 f"GeometryMixin runs in one process; this run has world size "
                 f"{self.trainer.world_size}"
             )
-        if isinstance(geometry, MultiTask) and self._grad_scaler() is not None:
+        if isinstance(geometry, gt.MultiTask) and self._grad_scaler() is not None:
             raise InvalidInputError(
                 "MultiTask with fp16 mixed precision (GradScaler) is not supported: Lightning "
                 "unscales .grad before the combined gradient exists; use precision='bf16-mixed' "
                 "or '32'"
             )
-        follow_device(geometry)
+        geometry.follow()  # Lightning moved the model to its device in setup
         self.geometry = geometry
         self._geometry_step = None
         self._pending_task_losses = None
@@ -140,7 +137,7 @@ class GeometryMixin:
         ``with self.geometry_step() as s: s.backward(task, loss)``."""
         if self.geometry is None:
             raise InvalidInputError("no geometry: define configure_geometry() or set self.geometry")
-        follow_device(self.geometry)
+        self.geometry.follow()
         return self.geometry.step(self.trainer.global_step)
 
     def _grad_scaler(self) -> Any:

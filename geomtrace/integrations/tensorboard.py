@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from geomtrace._errors import InvalidInputError
+import geomtrace as gt
+from geomtrace import InvalidInputError
 from geomtrace.integrations._extras import require
 from geomtrace.integrations._scalars import snapshot_scalars
 
@@ -113,9 +114,7 @@ class TensorBoardSink:
         for task, value in (losses or {}).items():
             self.writer.add_scalar(f"{self.prefix}/loss/{task}", float(value), step)
         if self.images is not False:
-            from geomtrace._trace import cosine_from_gram
-
-            cosine = cosine_from_gram(gram)
+            cosine = gt.cosine_from_gram(gram)
             for k, group in enumerate(self.groups):
                 if self._draws(group):
                     picture = heatmap_image(cosine[k], self.tasks, f"{group}, step {step}")
@@ -157,9 +156,8 @@ def export_trace(
 
     Returns the number of snapshots written.
     """
-    from geomtrace._trace import open_trace
 
-    with open_trace(run) as trace:
+    with gt.open_trace(run) as trace:
         grams = np.stack([trace.gram(g) for g in trace.groups], axis=1)  # [S, G, K, K]
         targets = None
         if TARGETS in trace.array_names():

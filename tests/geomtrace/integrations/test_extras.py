@@ -8,7 +8,7 @@ import pytest
 
 import geomtrace as gt
 import geomtrace.integrations as integrations
-from geomtrace.integrations._extras import MissingExtraError
+from geomtrace.integrations import MissingExtraError
 
 FRAMEWORKS = ["transformers", "accelerate", "lightning", "pytorch_lightning", "tensorboard"]
 

@@ -9,8 +9,7 @@ import torch
 pytest.importorskip("transformers")
 
 import geomtrace as gt  # noqa: E402
-from geomtrace._aggregators import PCGrad, Sum  # noqa: E402
-from geomtrace._multitask import MultiTask  # noqa: E402
+from geomtrace import MultiTask, PCGrad, Sum  # noqa: E402
 from geomtrace.integrations.hf import GeomtraceTrainer, TaskCollator  # noqa: E402
 
 LENGTH = 24

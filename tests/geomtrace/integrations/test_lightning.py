@@ -8,8 +8,7 @@ from torch import nn
 L = pytest.importorskip("lightning")
 
 import geomtrace as gt  # noqa: E402
-from geomtrace._aggregators import GradVac, Sum  # noqa: E402
-from geomtrace._multitask import MultiTask  # noqa: E402
+from geomtrace import GradVac, MultiTask, Sum  # noqa: E402
 from geomtrace.integrations.lightning import GeometryMixin  # noqa: E402
 
 LENGTH = 16

@@ -9,9 +9,8 @@ import torch
 pytest.importorskip("tensorboard")
 
 import geomtrace as gt  # noqa: E402
-from geomtrace._aggregators import GradVac  # noqa: E402
-from geomtrace._multitask import MultiTask  # noqa: E402
-from geomtrace.integrations._scalars import snapshot_scalars  # noqa: E402
+from geomtrace import GradVac, MultiTask  # noqa: E402
+from geomtrace.integrations import snapshot_scalars  # noqa: E402
 from geomtrace.integrations.tensorboard import TensorBoardSink, export_trace  # noqa: E402
 
 TASKS = ["es", "fr", "ru", "ja"]
