@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 from geomtrace.recipe.languages import DEFAULT_LANGUAGES
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class RecipeConfig:
     # split-half capture: each traced sub-batch's rows in two halves a, b (a + b = the
     # full-batch gradient), so the trace carries each task's reliability (needs the Tracer's
     # ``halves``; ``.grad`` and the update are unchanged)
-    halves: bool = False
+    halves: bool = True
     # steps per snapshot: a snapshot sums each task's gradients over steps t..t+window-1 (with
     # halves: even/odd steps of the window are the halves); 1 = the step's own batch
     window: int = 1

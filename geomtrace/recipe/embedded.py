@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 from geomtrace.recipe.config import BUCKETS, RecipeConfig
 from geomtrace.recipe.corpus import Corpus, Pair, build_corpus, char_profile, probe_strings
 from geomtrace.recipe.languages import LANGUAGES, iso_codes_for, normalize_locale

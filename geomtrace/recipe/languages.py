@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ class _StopFlag:
 
 
 def _aggregator(config: RecipeConfig):
-    from geomtrace._aggregators import GradVac, PCGrad
+    from geomtrace import GradVac, PCGrad
 
     if config.method == "pcgrad":
         return PCGrad(seed=config.seed)
@@ -166,24 +166,44 @@ def make_optimizer(model: nn.Module, config: RecipeConfig):
 
 def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict[str, Any]:
     """The Tracer's ``halves`` and ``window`` arguments for ``config`` (only those that differ
-    from the Tracer's defaults); refuses what this recipe or Tracer cannot do."""
+    from the Tracer's defaults); refuses what this recipe or Tracer cannot do.
+
+    Where a field does not apply it is left out, with a log line saying why: probe snapshots
+    have no split halves and no windows (the Tracer refuses both with ``probe=``: a probe
+    snapshot is one fixed batch per task); with pcgrad/gradvac the trace records the Gram
+    matrix the optimizer used at each traced step, so there is no window (``MultiTask``
+    refuses a windowed Tracer), but halves work.
+    """
     import inspect
 
-    from geomtrace._errors import InvalidInputError
+    from geomtrace import InvalidInputError
     from geomtrace.recipe.config import check_snapshot_fields
 
     check_snapshot_fields(config)
+    halves, window = config.halves, config.window
+    if config.probe and (halves or window > 1):
+        log.info(
+            "probe mode: snapshots come from the fixed probe batches, without split halves or "
+            "windows (halves=%s, window=%d not applied)", str(halves).lower(), window,
+        )  # fmt: skip
+        halves, window = False, 1
+    if config.method != "sum" and window > 1:
+        log.info(
+            "method %s: the trace records the Gram matrix the optimizer used at each traced "
+            "step; window=%d not applied", config.method, window,
+        )  # fmt: skip
+        window = 1
     options: dict[str, Any] = {}
-    if config.halves:
+    if halves:
         options["halves"] = True
-        if config.window == 1 and recipe.half_losses is None and not config.probe:
+        if window == 1 and recipe.half_losses is None:
             raise InvalidInputError(
                 "halves=true with window=1 needs a recipe with half_losses (two halves of each "
                 "batch's rows); give the recipe half_losses, set window >= 2 (halves from even "
                 "and odd steps) or halves=false"
             )
-    if config.window > 1:
-        options["window"] = config.window
+    if window > 1:
+        options["window"] = window
     accepted = inspect.signature(tracer_class).parameters
     missing = [key for key in options if key not in accepted]
     if missing:
@@ -220,7 +240,7 @@ def train(
     ``on_step(step, mean_loss)`` is called after every step (the CLI's progress bar). Returns
     the final step, whether Ctrl-C stopped the run early, and the evaluation results.
     """
-    from geomtrace._tracer import Tracer
+    from geomtrace import Tracer
 
     start_time = time.perf_counter()
     device = torch.device(config.device)
@@ -234,11 +254,12 @@ def train(
     probe = None
     if config.probe:
         if recipe.probe is None:
-            from geomtrace._errors import InvalidInputError
+            from geomtrace import InvalidInputError
 
             raise InvalidInputError("--probe: this recipe provides no probe batches")
         probe = {t: _to_device(b, device) for t, b in recipe.probe.items()}
 
+    snapshot = snapshot_options(recipe, config, Tracer)
     tracer = Tracer(
         model,
         tasks,
@@ -250,11 +271,11 @@ def train(
         probe=probe,
         probe_loss=recipe.loss if probe is not None else None,
         overwrite=overwrite,
-        **snapshot_options(recipe, config, Tracer),
+        **snapshot,
     )
     driver = tracer
     if config.method != "sum":
-        from geomtrace._multitask import MultiTask
+        from geomtrace import MultiTask
 
         driver = MultiTask(
             model, tasks, aggregator=_aggregator(config), groups=config.granularity, tracer=tracer
@@ -283,12 +304,14 @@ def train(
             per_task = config.method != "sum" or capturing or (recipe.joint_loss is None)
             with driver.step(step) as s:
                 if per_task:
-                    split = capturing and config.halves and config.window == 1
+                    split = capturing and snapshot.get("halves") and "window" not in snapshot
                     for task in tasks:
                         if split:  # rows in two halves: a + b is the sub-batch's gradient
                             loss_a, loss_b = recipe.half_losses(model, task, batches[task])
-                            s.backward(task, loss_a, retain_graph=True, half=0)
-                            s.backward(task, loss_b, half=1)
+                            # each value shifted to the whole batch's loss (the Tracer records
+                            # the mean of a task's backward losses); gradients unchanged
+                            s.backward(task, loss_a + loss_b.detach(), retain_graph=True, half=0)
+                            s.backward(task, loss_b + loss_a.detach(), half=1)
                         else:
                             s.backward(task, recipe.loss(model, task, batches[task]))
                     total = None

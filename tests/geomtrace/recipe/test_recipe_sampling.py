@@ -202,6 +202,11 @@ def test_snapshot_options_refuse_what_the_tracer_cannot_do():
 
     recipe = Recipe(model=torch.nn.Linear(1, 1), tasks=["a"], sample=None, loss=None)
     assert snapshot_options(recipe, RecipeConfig(halves=False), OldTracer) == {}
+    probe = RecipeConfig(probe=True, halves=True, window=4)  # probe snapshots: neither applies
+    assert snapshot_options(recipe, probe, NewTracer) == {}
+    gradvac = RecipeConfig(method="gradvac", halves=True, window=4)  # no window with MultiTask
+    with pytest.raises(InvalidInputError, match="needs a recipe with half_losses"):
+        snapshot_options(recipe, gradvac, NewTracer)
     with pytest.raises(InvalidInputError, match="Tracer takes no halves= or window="):
         snapshot_options(recipe, RecipeConfig(halves=True, window=2), OldTracer)
     with pytest.raises(InvalidInputError, match="needs a recipe with half_losses"):
@@ -222,3 +227,50 @@ def test_probe_rows_interleave_lengths_so_halves_match():
     assert float(second.sum() - first.sum()) == 25  # 265 vs 240 length units
     ranked = lengths.sort().values  # a contiguous split of sorted rows: 144 vs 359
     assert float(ranked[8:].sum() - ranked[:8].sum()) == 215
+
+
+def test_tracer_halves_keep_grad_and_gram_and_split_by_rows(small_recipe):
+    """With the Tracer's halves: .grad and the Gram equal those without halves, and
+    a.a + b.b + 2 a.b = |a + b|^2 per task and group (a + b is the full sub-batch gradient)."""
+    recipe, batches = small_recipe
+    model = recipe.model.train()
+    tasks = recipe.tasks
+    results = {}
+    for halves in (False, True):
+        tracer = Tracer(model, tasks, groups="all_layer", halves=halves)
+        model.zero_grad()
+        torch.manual_seed(4)
+        with tracer.step(0) as s:
+            for t in tasks:
+                if halves:
+                    la, lb = recipe.half_losses(model, t, batches[t])
+                    s.backward(t, la + lb.detach(), retain_graph=True, half=0)
+                    s.backward(t, lb + la.detach(), half=1)
+                else:
+                    s.backward(t, recipe.loss(model, t, batches[t]))
+        grads = [p.grad.clone() for p in model.parameters()]
+        results[halves] = (grads, tracer.last_gram.double(), s.mean_losses())
+    (g0, gram0, loss0), (g1, gram1, loss1) = results[False], results[True]
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gram1, gram0, rtol=1e-5, atol=1e-8)
+    assert loss1 == pytest.approx(loss0, rel=1e-6)  # the recorded loss is the batch's loss
+    split = torch.as_tensor(tracer.capture.split_half()).double()  # [G, K, 3]
+    diag = torch.diagonal(gram1, dim1=-2, dim2=-1)
+    torch.testing.assert_close(split[..., 0] + split[..., 1] + 2 * split[..., 2], diag)
+    assert (split[..., 2].sum(0) > 0).all()  # whole model: positive split-half product
+
+
+@pytest.mark.slow
+def test_run_with_halves_and_window(tmp_path):
+    from geomtrace import open_trace
+    from geomtrace.recipe import run
+
+    tiny = {"langs": ["es", "ru", "ja"], "steps": 6, "every": 3, "d_model": 32, "d_ff": 64,
+            "batch_per_lang": 4, "max_bytes": 24, "out": str(tmp_path)}  # fmt: skip
+    plain = open_trace(run(tiny | {"name": "h", "halves": True, "window": 1}))
+    assert plain.has_halves and plain.reliability("encoder.layers.0").shape == (3, 3)
+    windowed = open_trace(run(tiny | {"name": "w", "halves": True, "window": 2}))
+    assert windowed.steps.tolist() == [0, 3, 6] and windowed.has_halves
+    assert windowed.meta("window") == 2
+    assert windowed.array("window_steps")[:, 0].tolist() == [2, 2, 1]  # the last: the end
