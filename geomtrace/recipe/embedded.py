@@ -124,6 +124,9 @@ def rows_per_language(sizes: Sequence[int], batch: int, temperature: float) -> l
     return [max(1, int(round(float(s)))) for s in share]
 
 
+#: rows per forward of an eval-mode snapshot batch's halves (sorted by length)
+SNAPSHOT_CHUNK_ROWS = 24
+
 #: rows per forward of the fused loss when sub-batches have different lengths (sorted by length)
 JOINT_CHUNK_ROWS = 96
 
@@ -237,18 +240,33 @@ def fused_losses(
 
 
 def split_half_losses(
-    model: nn.Module, batch: Batch, smoothing: float
+    model: nn.Module, batch: Batch, smoothing: float, chunk_rows: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two halves' losses of a sub-batch from one forward: (sum of half 0's token losses,
-    sum of half 1's), each over the token count of the *whole* sub-batch, so that
-    loss_0 + loss_1 is the sub-batch's mean-token loss and the half gradients sum to its
-    gradient. Halves are the row blocks of :func:`half_sizes`. One forward (not two) keeps the
-    dropout masks, hence ``.grad``, the same as without halves."""
+    """The two halves' losses of a sub-batch: (sum of half 0's token losses, sum of half 1's),
+    each over the token count of the *whole* sub-batch, so that loss_0 + loss_1 is the
+    sub-batch's mean-token loss and the half gradients sum to its gradient. Halves are the row
+    blocks of :func:`half_sizes`.
+
+    In training mode: one forward (not two), which keeps the dropout masks, hence ``.grad``,
+    the same as without halves. In eval mode with ``chunk_rows`` > 0 (large snapshot batches):
+    each half's rows sorted by length and run in forwards of ``chunk_rows`` rows, each padded
+    to its own longest row (no dropout: the same losses, less padding)."""
     src, tgt = batch
-    tok = token_losses(model, src, tgt, smoothing)
     count = (tgt[:, 1:] != PAD).sum()
     h = half_sizes(src.shape[0])[0]
-    return tok[:h].sum() / count, tok[h:].sum() / count
+    if model.training or chunk_rows <= 0:
+        tok = token_losses(model, src, tgt, smoothing)
+        return tok[:h].sum() / count, tok[h:].sum() / count
+    sums = []
+    for lo, hi in ((0, h), (h, src.shape[0])):
+        length = (src[lo:hi] != PAD).sum(1) + (tgt[lo:hi] != PAD).sum(1)
+        order = lo + torch.sort(length.cpu(), stable=True).indices.to(src.device)
+        total = src.new_zeros((), dtype=torch.float32)
+        for rows in torch.split(order, chunk_rows):
+            s, t = _trim(src[rows], tgt[rows], (src[rows] != PAD).sum(1), (tgt[rows] != PAD).sum(1))
+            total = total + token_losses(model, s, t, smoothing).sum()
+        sums.append(total / count)
+    return sums[0], sums[1]
 
 
 def make_recipe(config: RecipeConfig) -> tuple:
@@ -312,7 +330,16 @@ def make_recipe(config: RecipeConfig) -> tuple:
         return fused_losses(model, batches, smoothing, chunk_rows=JOINT_CHUNK_ROWS)
 
     def half_losses(model: nn.Module, task: str, batch: Batch) -> tuple[torch.Tensor, ...]:
-        return split_half_losses(model, batch, smoothing)
+        return split_half_losses(model, batch, smoothing, chunk_rows=SNAPSHOT_CHUNK_ROWS)
+
+    def snapshot_sample(step: int, generator: torch.Generator, size: int) -> dict[str, Batch]:
+        # uniform rows (no windows): the two halves are independent draws of the language's data
+        out = {}
+        for lang, n in zip(langs, sizes, strict=True):
+            enc = train[lang]
+            idx = torch.randint(n, (size,), generator=generator)
+            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
+        return out
 
     def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
         return evaluate_model(model, test, direction, tags, config.eval_batch, max_len - 1)
@@ -356,8 +383,8 @@ def make_recipe(config: RecipeConfig) -> tuple:
         )
     recipe = Recipe(
         model=model, tasks=langs, sample=sample, loss=loss, iso_codes=iso_codes, probe=probe,
-        evaluate=evaluate, joint_loss=joint_loss, half_losses=half_losses, meta=meta,
-        describe=describe,
+        evaluate=evaluate, joint_loss=joint_loss, half_losses=half_losses,
+        snapshot_sample=snapshot_sample, meta=meta, describe=describe,
     )  # fmt: skip
     return recipe, counts
 

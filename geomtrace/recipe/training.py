@@ -30,6 +30,7 @@ halves are then the even and odd steps). Untraced steps are unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -69,6 +70,9 @@ class Recipe:
             split-half capture (``config.halves``): the losses of two disjoint halves of the
             batch's rows, scaled so that ``loss_0 + loss_1 == loss(model, task, batch)``
             (e.g. each half's token-loss sum over the whole batch's token count).
+        snapshot_sample: optional ``snapshot_sample(step, generator, rows) -> {task: batch}``:
+            ``rows`` fresh rows per task for a snapshot taken apart from the training step
+            (``config.snapshot_rows``); halves are its two row halves (``half_losses``).
         meta: extra trace metadata (JSON-serialisable), e.g. "scripts", "char_profiles".
         describe: optional lines for the run summary (e.g. corpus sizes).
     """
@@ -82,6 +86,7 @@ class Recipe:
     evaluate: Callable[[nn.Module], Mapping[str, Mapping[str, float]]] | None = None
     joint_loss: Callable[[nn.Module, Mapping[str, Any]], Mapping[str, torch.Tensor]] | None = None
     half_losses: Callable[[nn.Module, str, Any], tuple[torch.Tensor, torch.Tensor]] | None = None
+    snapshot_sample: Callable[[int, torch.Generator, int], Mapping[str, Any]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     describe: list[str] = field(default_factory=list)
 
@@ -193,15 +198,16 @@ def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict
             "step; window=%d not applied", config.method, window,
         )  # fmt: skip
         window = 1
+    if halves and window == 1 and recipe.half_losses is None:
+        log.warning(
+            "halves=true: this recipe has no half_losses (two halves of each batch's rows), so "
+            "the trace has no split halves and no reliability; give the recipe half_losses or "
+            "use window >= 2 (halves from even and odd steps)"
+        )
+        halves = False
     options: dict[str, Any] = {}
     if halves:
         options["halves"] = True
-        if window == 1 and recipe.half_losses is None:
-            raise InvalidInputError(
-                "halves=true with window=1 needs a recipe with half_losses (two halves of each "
-                "batch's rows); give the recipe half_losses, set window >= 2 (halves from even "
-                "and odd steps) or halves=false"
-            )
     if window > 1:
         options["window"] = window
     accepted = inspect.signature(tracer_class).parameters
@@ -213,6 +219,62 @@ def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict
             f"(set {' '.join(f'{k}={_off(k)}' for k in missing)})"
         )
     return options
+
+
+def separate_snapshot_rows(recipe: Recipe, config: RecipeConfig) -> int:
+    """Rows per task of the separate snapshot batch (``config.snapshot_rows``), or 0 where it
+    does not apply (with a log line): probe mode has its own snapshot batches, with
+    pcgrad/gradvac the trace records the Gram matrix the optimizer used, and a recipe without
+    ``snapshot_sample`` cannot draw one."""
+    rows = config.snapshot_rows
+    if rows == 0:
+        return 0
+    if config.probe or config.method != "sum":
+        why = "probe mode" if config.probe else f"method {config.method}"
+        log.info("%s: snapshots of the training batches; snapshot_rows=%d not applied", why, rows)
+        return 0
+    if recipe.snapshot_sample is None:
+        log.warning(
+            "snapshot_rows=%d: this recipe has no snapshot_sample, so snapshots come from the "
+            "training batches", rows,
+        )  # fmt: skip
+        return 0
+    return rows
+
+
+class _PlainStep:
+    """What a step is when the tracer already took this step's snapshot: plain backward."""
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+
+    def backward(self, task: str, loss: torch.Tensor, **_: Any) -> None:
+        self._losses.append(loss.detach())
+        loss.backward()
+
+    def mean_losses(self) -> dict[str, float]:
+        return {str(i): float(v) for i, v in enumerate(self._losses)}
+
+
+def _separate_snapshot(tracer, recipe: Recipe, step: int, generator, rows: int, device) -> None:
+    """Snapshot ``step`` from ``rows`` fresh rows per task, model in eval mode (no dropout
+    noise), halves = the batch's two row halves. ``.grad`` is left for the caller to clear."""
+    model = tracer.model
+    batches = recipe.snapshot_sample(step, generator, rows)
+    was_training = model.training
+    model.eval()
+    try:
+        with tracer.step(step) as s:
+            for task, batch in batches.items():
+                batch = _to_device(batch, device)
+                if tracer.halves:
+                    loss_a, loss_b = recipe.half_losses(model, task, batch)
+                    s.backward(task, loss_a + loss_b.detach(), retain_graph=True, half=0)
+                    s.backward(task, loss_b + loss_a.detach(), half=1)
+                else:
+                    s.backward(task, recipe.loss(model, task, batch))
+    finally:
+        model.train(was_training)
 
 
 def _off(key: str) -> str:
@@ -260,6 +322,9 @@ def train(
         probe = {t: _to_device(b, device) for t, b in recipe.probe.items()}
 
     snapshot = snapshot_options(recipe, config, Tracer)
+    snapshot_rows = separate_snapshot_rows(recipe, config)
+    # its own stream: the training batches are those of a run without separate snapshots
+    snapshot_gen = torch.Generator().manual_seed(config.seed + 1)
     tracer = Tracer(
         model,
         tasks,
@@ -301,8 +366,13 @@ def train(
             last = step == steps
             batches = {t: _to_device(b, device) for t, b in recipe.sample(step, generator).items()}
             capturing = probe is None and _captures(tracer, step, config.window)
+            separate = capturing and snapshot_rows > 0
+            if separate:  # the snapshot from its own batch; then an untraced training step
+                _separate_snapshot(tracer, recipe, step, snapshot_gen, snapshot_rows, device)
+                optimizer.zero_grad(set_to_none=True)
+                capturing = False
             per_task = config.method != "sum" or capturing or (recipe.joint_loss is None)
-            with driver.step(step) as s:
+            with contextlib.nullcontext(_PlainStep()) if separate else driver.step(step) as s:
                 if per_task:
                     split = capturing and snapshot.get("halves") and "window" not in snapshot
                     for task in tasks:

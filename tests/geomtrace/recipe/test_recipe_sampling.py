@@ -185,7 +185,9 @@ def test_old_bucket_true_config_loads_as_shared(tmp_path, caplog):
 @pytest.mark.parametrize(
     ("values", "message"),
     [({"bucket": "wide"}, "bucket='wide'"), ({"window": 0}, "window=0"),
-     ({"window": 30, "every": 20}, "window=30 > every=20"), ({"halves": 1}, "halves")],
+     ({"window": 30, "every": 20, "snapshot_rows": 0}, "window=30 > every=20"),
+     ({"halves": 1}, "halves"), ({"snapshot_rows": 1}, "snapshot_rows=1"),
+     ({"window": 4}, "snapshot_rows=96 with window=4")],
 )  # fmt: skip
 def test_check_snapshot_fields(values, message):
     config = RecipeConfig(**values)
@@ -202,16 +204,16 @@ def test_snapshot_options_refuse_what_the_tracer_cannot_do():
 
     recipe = Recipe(model=torch.nn.Linear(1, 1), tasks=["a"], sample=None, loss=None)
     assert snapshot_options(recipe, RecipeConfig(halves=False), OldTracer) == {}
-    probe = RecipeConfig(probe=True, halves=True, window=4)  # probe snapshots: neither applies
+    probe = RecipeConfig(probe=True, halves=True, window=4, snapshot_rows=0)  # neither applies
     assert snapshot_options(recipe, probe, NewTracer) == {}
-    gradvac = RecipeConfig(method="gradvac", halves=True, window=4)  # no window with MultiTask
-    with pytest.raises(InvalidInputError, match="needs a recipe with half_losses"):
-        snapshot_options(recipe, gradvac, NewTracer)
-    with pytest.raises(InvalidInputError, match="Tracer takes no halves= or window="):
-        snapshot_options(recipe, RecipeConfig(halves=True, window=2), OldTracer)
-    with pytest.raises(InvalidInputError, match="needs a recipe with half_losses"):
-        snapshot_options(recipe, RecipeConfig(halves=True), NewTracer)
-    assert snapshot_options(recipe, RecipeConfig(halves=True, window=4), NewTracer) == {
+    gradvac = RecipeConfig(method="gradvac", halves=True, window=4, snapshot_rows=0)
+    assert snapshot_options(recipe, gradvac, NewTracer) == {}  # no window, no half_losses
+    recipe.half_losses = lambda model, task, batch: (batch, batch)
+    assert snapshot_options(recipe, gradvac, NewTracer) == {"halves": True}
+    with pytest.raises(InvalidInputError, match="Tracer takes no halves="):
+        snapshot_options(recipe, RecipeConfig(halves=True), OldTracer)
+    windowed = RecipeConfig(halves=True, window=4, snapshot_rows=0)
+    assert snapshot_options(recipe, windowed, NewTracer) == {
         "halves": True, "window": 4,
     }  # fmt: skip
 
@@ -268,9 +270,31 @@ def test_run_with_halves_and_window(tmp_path):
 
     tiny = {"langs": ["es", "ru", "ja"], "steps": 6, "every": 3, "d_model": 32, "d_ff": 64,
             "batch_per_lang": 4, "max_bytes": 24, "out": str(tmp_path)}  # fmt: skip
-    plain = open_trace(run(tiny | {"name": "h", "halves": True, "window": 1}))
+    plain = open_trace(run(tiny | {"name": "h", "halves": True, "snapshot_rows": 0}))
     assert plain.has_halves and plain.reliability("encoder.layers.0").shape == (3, 3)
-    windowed = open_trace(run(tiny | {"name": "w", "halves": True, "window": 2}))
+    windowed = open_trace(run(tiny | {"name": "w", "window": 2, "snapshot_rows": 0}))
     assert windowed.steps.tolist() == [0, 3, 6] and windowed.has_halves
     assert windowed.meta("window") == 2
     assert windowed.array("window_steps")[:, 0].tolist() == [2, 2, 1]  # the last: the end
+
+
+@pytest.mark.slow
+def test_separate_snapshot_batches_leave_training_unchanged(tmp_path):
+    """snapshot_rows: the snapshot comes from its own eval-mode batch (own generator), so the
+    trained weights do not depend on its size; the trace has halves from its row halves."""
+    from geomtrace import open_trace
+    from geomtrace.recipe import load_model, run
+
+    tiny = {"langs": ["es", "ru", "ja"], "steps": 4, "every": 2, "d_model": 32, "d_ff": 64,
+            "batch_per_lang": 4, "max_bytes": 24, "out": str(tmp_path)}  # fmt: skip
+    a = run(tiny | {"name": "a", "snapshot_rows": 8})
+    b = run(tiny | {"name": "b", "snapshot_rows": 16})
+    for p, q in zip(load_model(a).parameters(), load_model(b).parameters(), strict=True):
+        assert torch.equal(p, q)
+    ta, tb = open_trace(a), open_trace(b)
+    assert ta.steps.tolist() == [0, 2, 4] and ta.has_halves
+    assert not (ta.gram("embed") == tb.gram("embed")).all()  # other snapshot rows
+    rel_a = ta.reliability("encoder.layers.0")
+    assert rel_a.shape == (3, 3) and float(rel_a[0].mean()) > 0.5  # step 0: mostly signal
+    losses = ta.losses()
+    assert losses[losses.step == 0].loss.mean() > 5  # the eval-mode snapshot loss, untrained
