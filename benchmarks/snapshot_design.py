@@ -35,6 +35,9 @@ needs nothing from the Tracer, and the statistics are those of ``Trace.reliabili
   own timings of each piece (median joint untraced step, per-task steps with and without the
   half split, the snapshot-only forwards and backwards): the run's measured pieces, same load.
 
+Results (seed 0; the table and what it decided are in geomtrace/recipe/README.md):
+benchmarks/snapshot_design.json (+ .log) and benchmarks/snapshot_design_shared.json.
+
     python benchmarks/snapshot_design.py --json benchmarks/snapshot_design.json
     python benchmarks/snapshot_design.py --set bucket=shared --designs a,w4,w8 --json shared.json
 """

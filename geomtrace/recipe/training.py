@@ -25,7 +25,10 @@ sub-batch is split into two halves of rows, one forward and two backward passes
 (``recipe.half_losses``, ``s.backward(task, loss_h, half=h)``), so that a + b is exactly the
 sub-batch's gradient and ``.grad`` is what it would be without halves; with ``window=m`` every
 step of t..t+m-1 after a traced step t is a per-task step and the Tracer sums them (its
-halves are then the even and odd steps). Untraced steps are unchanged.
+halves are then the even and odd steps). Untraced steps are unchanged. With
+``config.snapshot_rows`` > 0 (the default) a traced step's snapshot comes from its own batch
+(``recipe.snapshot_sample``, model in eval mode) in a tracer step of its own, and the training
+step that follows is untraced.
 """
 
 from __future__ import annotations
