@@ -228,6 +228,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_per_lang": 8,
         "d_model": 96,
         "d_ff": 384,
+        "snapshot_rows": 48,  # 13 snapshots of 8 languages: 96 rows would double the run
     },
     "full": {
         "langs": [],  # filled in by preset(): every base locale of the table
