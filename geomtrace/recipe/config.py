@@ -9,6 +9,7 @@ bool, list of str).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -20,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 from geomtrace.recipe.languages import DEFAULT_LANGUAGES
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = ("x2en", "en2x")
 METHODS = ("sum", "pcgrad", "gradvac")
+BUCKETS = ("independent", "shared", "none")
 
 
 @dataclass
@@ -47,7 +51,11 @@ class RecipeConfig:
     max_bytes: int = 40  # pairs longer than this (UTF-8 bytes, either side) are left out
     batch_per_lang: int = 12  # rows per language per step (one sub-batch per language)
     sampling_temperature: float = 0.0  # 0: equal rows per language; T > 0: rows ∝ n_l^(1/T)
-    bucket: bool = True  # draw each step's rows from one length window (less padding)
+    # length windows of the sampler (embedded.sample_indices): "independent" (each half of each
+    # language's sub-batch from its own window), "shared" (the pre-issue-11 sampler: one window
+    # quantile per step for all languages, a length component common to every task), "none".
+    # Old configs' ``bucket = true`` / ``false`` load as "shared" / "none".
+    bucket: str = "independent"
     dev_fraction: float = 0.05
     test_fraction: float = 0.10
     # model
@@ -72,8 +80,30 @@ class RecipeConfig:
     groups: str = "all_layer"
     probe: bool = False
     probe_size: int = 16
+    # split-half capture: each traced sub-batch's rows in two halves a, b (a + b = the
+    # full-batch gradient), so the trace carries each task's reliability (needs the Tracer's
+    # ``halves``; ``.grad`` and the update are unchanged)
+    halves: bool = True
+    # steps per snapshot: a snapshot sums each task's gradients over steps t..t+window-1 (with
+    # halves: even/odd steps of the window are the halves); 1 = the step's own batch
+    window: int = 1
+    # rows per language of a separate snapshot batch on traced steps: fresh uniform rows, model
+    # in eval mode (no dropout noise), halves = its two row halves, not used for the update
+    # (benchmarks/snapshot_design.py: whole-model reliability 0.42 at 96 rows vs 0.03 for the
+    # 12-row training batch, for ~1.4x the run time); 0 = snapshot the training batch
+    snapshot_rows: int = 96
     # evaluation
     eval_batch: int = 512
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bucket, bool):  # configs written before bucket took a mode
+            mapped = "shared" if self.bucket else "none"
+            log.info(
+                "config bucket=%s is the old spelling: read as bucket=%r (the sampler of runs "
+                "before issue 11; the default is now 'independent')",
+                str(self.bucket).lower(), mapped,
+            )  # fmt: skip
+            self.bucket = mapped
 
     def validate(self) -> RecipeConfig:
         """Check values a user can get wrong; raise :class:`InvalidInputError` naming them.
@@ -166,6 +196,35 @@ class RecipeConfig:
         Path(path).write_text(to_toml(self.to_dict()), encoding="utf-8")
 
 
+def check_snapshot_fields(config: RecipeConfig) -> RecipeConfig:
+    """Check the sampler and snapshot-design fields (``bucket``, ``halves``, ``window``,
+    ``snapshot_rows``);
+    raise :class:`InvalidInputError` naming them. ``RecipeConfig.validate`` calls it; the
+    training loop calls it too (a config built by hand and never validated)."""
+    if config.bucket not in BUCKETS:
+        raise InvalidInputError(f"bucket={config.bucket!r}; allowed: {', '.join(BUCKETS)}")
+    if not isinstance(config.halves, bool):
+        raise InvalidInputError(f"halves={config.halves!r}: expected true or false")
+    if isinstance(config.window, bool) or not isinstance(config.window, int) or config.window < 1:
+        raise InvalidInputError(f"window={config.window!r}: must be an integer >= 1")
+    rows = config.snapshot_rows
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0 or rows == 1:
+        raise InvalidInputError(
+            f"snapshot_rows={rows!r}: 0 (the training batch) or >= 2 rows per language"
+        )
+    if rows and config.window > 1:
+        raise InvalidInputError(
+            f"snapshot_rows={rows} with window={config.window}: a separate snapshot batch is "
+            "taken at one step; set window=1 or snapshot_rows=0"
+        )
+    if config.window > config.every:
+        raise InvalidInputError(
+            f"window={config.window} > every={config.every}: windows of consecutive snapshots "
+            "would overlap (use window <= every)"
+        )
+    return config
+
+
 #: Named starting points; ``quick`` is what ``geomtrace reproduce`` uses for a fast check,
 #: ``full`` is the same experiment at GPU scale (every language with enough data, a bigger model).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -177,6 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_per_lang": 8,
         "d_model": 96,
         "d_ff": 384,
+        "snapshot_rows": 48,  # 13 snapshots of 8 languages: 96 rows would double the run
     },
     "full": {
         "langs": [],  # filled in by preset(): every base locale of the table

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 from geomtrace.recipe.languages import LANGUAGES
 
 log = logging.getLogger(__name__)

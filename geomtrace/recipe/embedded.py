@@ -3,9 +3,13 @@
 Data per language: the train split of :mod:`geomtrace.recipe.corpus`, pairs whose two sides
 are both at most ``max_bytes`` UTF-8 bytes, encoded once into padded int64 tensors sorted by
 length. Each step draws ``batch_per_lang`` rows per language (or rows ∝ n_l^(1/T) with
-``sampling_temperature`` T > 0). With ``bucket`` the rows come from one length window: a
-quantile u ~ U(0, 1) is drawn per step and every language samples from the rows around its own
-u-quantile of length, so sub-batches carry little padding (a CPU spends its time on real bytes).
+``sampling_temperature`` T > 0) from length windows (:func:`sample_indices`): with
+``bucket="independent"`` (default) each half of each language's sub-batch samples the rows
+around its own random quantile of length, so a sub-batch carries little padding while no
+length component is shared by the tasks of a step (``"shared"``, the old sampler, drew one
+quantile per step for every language: a step-common component that inflated every
+cross-language cosine). Untraced steps compute all losses in a few length-sorted forwards
+(:func:`fused_losses`), so independent windows cost no extra padding there either.
 
 Loss: token-level cross-entropy with label smoothing, mean over the target bytes of the
 sub-batch. Evaluation: greedy decoding of the test split (batched over all languages at once,
@@ -23,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomtrace._errors import InvalidInputError
-from geomtrace.recipe.config import RecipeConfig
+from geomtrace import InvalidInputError
+from geomtrace.recipe.config import BUCKETS, RecipeConfig
 from geomtrace.recipe.corpus import Corpus, Pair, build_corpus, char_profile, probe_strings
 from geomtrace.recipe.languages import LANGUAGES, iso_codes_for, normalize_locale
 from geomtrace.recipe.model import BOS, EOS, FIRST_TAG, PAD, ByteTransformer, decode_bytes
@@ -120,6 +124,151 @@ def rows_per_language(sizes: Sequence[int], batch: int, temperature: float) -> l
     return [max(1, int(round(float(s)))) for s in share]
 
 
+#: rows per forward of an eval-mode snapshot batch's halves (sorted by length)
+SNAPSHOT_CHUNK_ROWS = 24
+
+#: rows per forward of the fused loss when sub-batches have different lengths (sorted by length)
+JOINT_CHUNK_ROWS = 96
+
+
+def bucket_window(n: int, rows: int) -> int:
+    """Width of a length window: a language's rows are sorted by length, a window is
+    ``max(4 * rows, n // 8)`` consecutive rows (all of them when the language has fewer)."""
+    return min(n, max(4 * rows, n // 8))
+
+
+def half_sizes(rows: int) -> tuple[int, int]:
+    """Rows of the two halves of a sub-batch of ``rows`` rows: the first ``rows // 2`` rows are
+    half 0, the rest half 1 (a split by rows, the same at every step)."""
+    return rows // 2, rows - rows // 2
+
+
+def sample_indices(
+    sizes: Sequence[int], rows: Sequence[int], mode: str, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Row indices of one step's sub-batches (rows of each language sorted by length).
+
+    ``mode``:
+
+    - ``"independent"`` (default): each half of each language's sub-batch (see
+      :func:`half_sizes`) comes from its own length window, at its own quantile u ~ U(0, 1):
+      no two languages, and no two halves, share a window, so no length component is common
+      to the tasks of a step (the shared window inflated every cross-language cosine) and the
+      two halves are independent draws (split-half products then measure signal, not the
+      window the halves shared);
+    - ``"shared"``: the pre-issue-11 sampler, one u per step for every language (each at its
+      own u-quantile of length): less padding, but a length component common to all tasks;
+    - ``"none"``: uniform rows, no windows.
+
+    Draws: shared, one ``rand(())`` then per language ``randint(window, (b,))`` (exactly the
+    old sampler's stream); independent, one ``rand(K, 2)`` then per language and half a
+    ``randint``; none, per language one ``randint(n, (b,))``.
+    """
+    if mode == "shared":
+        u = float(torch.rand((), generator=generator))
+        out = []
+        for n, b in zip(sizes, rows, strict=True):
+            window = bucket_window(n, b)
+            start = min(max(0, int(u * n) - window // 2), n - window)
+            out.append(start + torch.randint(window, (b,), generator=generator))
+        return out
+    if mode == "none":
+        return [
+            torch.randint(n, (b,), generator=generator) for n, b in zip(sizes, rows, strict=True)
+        ]
+    if mode != "independent":
+        raise InvalidInputError(f"bucket={mode!r}; allowed: {', '.join(BUCKETS)}")
+    u = torch.rand(len(sizes), 2, generator=generator, dtype=torch.float64).tolist()
+    out = []
+    for (n, b), quantiles in zip(zip(sizes, rows, strict=True), u, strict=True):
+        window = bucket_window(n, b)
+        parts = []
+        for q, h in zip(quantiles, half_sizes(b), strict=True):
+            if h == 0:
+                continue
+            start = min(max(0, int(q * n) - window // 2), n - window)
+            parts.append(start + torch.randint(window, (h,), generator=generator))
+        out.append(torch.cat(parts))
+    return out
+
+
+def fused_losses(
+    model: nn.Module, batches: Mapping[str, Batch], smoothing: float, chunk_rows: int = 0
+) -> dict[str, torch.Tensor]:
+    """Every task's mean-token loss from few forwards: all sub-batches' rows, sorted by length
+    and cut into forwards of ``chunk_rows`` rows, each padded to its own longest row (0: one
+    forward over everything, padded to the longest). Row order and padding change nothing but
+    speed: each task's loss is its token-loss sum over its token count."""
+    order = list(batches)
+    task_of = torch.cat(
+        [torch.full((batches[t][0].shape[0],), i, dtype=torch.long) for i, t in enumerate(order)]
+    )
+    width_s = max(batches[t][0].shape[1] for t in order)
+    width_t = max(batches[t][1].shape[1] for t in order)
+    src = torch.cat(
+        [F.pad(batches[t][0], (0, width_s - batches[t][0].shape[1]), value=PAD) for t in order]
+    )
+    tgt = torch.cat(
+        [F.pad(batches[t][1], (0, width_t - batches[t][1].shape[1]), value=PAD) for t in order]
+    )
+    tokens = (tgt[:, 1:] != PAD).sum(1)
+    k = len(order)
+    count = torch.zeros(k, dtype=tokens.dtype, device=tokens.device).index_add_(
+        0, task_of.to(tokens.device), tokens
+    )
+    if chunk_rows <= 0 or src.shape[0] <= chunk_rows:
+        chunks = [torch.arange(src.shape[0])]
+    else:
+        src_len = (src != PAD).sum(1)
+        # stable sort: a deterministic order for equal lengths
+        by_len = torch.sort(src_len.cpu() + tokens.cpu(), stable=True).indices
+        chunks = list(torch.split(by_len, chunk_rows))
+    total = None
+    for rows in chunks:
+        rows = rows.to(src.device)
+        s = src[rows]
+        t = tgt[rows]
+        s = s[:, : int((s != PAD).sum(1).max())]
+        t = t[:, : int((t != PAD).sum(1).max())]
+        tok = token_losses(model, s, t, smoothing).sum(1)
+        part = torch.zeros(k, dtype=tok.dtype, device=tok.device).index_add(
+            0, task_of.to(src.device)[rows], tok
+        )
+        total = part if total is None else total + part
+    means = total / count.to(total.dtype)
+    return {t: means[i] for i, t in enumerate(order)}
+
+
+def split_half_losses(
+    model: nn.Module, batch: Batch, smoothing: float, chunk_rows: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves' losses of a sub-batch: (sum of half 0's token losses, sum of half 1's),
+    each over the token count of the *whole* sub-batch, so that loss_0 + loss_1 is the
+    sub-batch's mean-token loss and the half gradients sum to its gradient. Halves are the row
+    blocks of :func:`half_sizes`.
+
+    In training mode: one forward (not two), which keeps the dropout masks, hence ``.grad``,
+    the same as without halves. In eval mode with ``chunk_rows`` > 0 (large snapshot batches):
+    each half's rows sorted by length and run in forwards of ``chunk_rows`` rows, each padded
+    to its own longest row (no dropout: the same losses, less padding)."""
+    src, tgt = batch
+    count = (tgt[:, 1:] != PAD).sum()
+    h = half_sizes(src.shape[0])[0]
+    if model.training or chunk_rows <= 0:
+        tok = token_losses(model, src, tgt, smoothing)
+        return tok[:h].sum() / count, tok[h:].sum() / count
+    sums = []
+    for lo, hi in ((0, h), (h, src.shape[0])):
+        length = (src[lo:hi] != PAD).sum(1) + (tgt[lo:hi] != PAD).sum(1)
+        order = lo + torch.sort(length.cpu(), stable=True).indices.to(src.device)
+        total = src.new_zeros((), dtype=torch.float32)
+        for rows in torch.split(order, chunk_rows):
+            s, t = _trim(src[rows], tgt[rows], (src[rows] != PAD).sum(1), (tgt[rows] != PAD).sum(1))
+            total = total + token_losses(model, s, t, smoothing).sum()
+        sums.append(total / count)
+    return sums[0], sums[1]
+
+
 def make_recipe(config: RecipeConfig) -> tuple:
     """Build the embedded recipe; returns ``(Recipe, corpus_counts)``. See the module doc."""
     from geomtrace.recipe.training import Recipe
@@ -156,18 +305,14 @@ def make_recipe(config: RecipeConfig) -> tuple:
     ), strict=True))  # fmt: skip
     smoothing = config.label_smoothing
 
+    sizes = [train[lg].src.shape[0] for lg in langs]
+    row_counts = [rows[lg] for lg in langs]
+
     def sample(step: int, generator: torch.Generator) -> dict[str, Batch]:
-        u = float(torch.rand((), generator=generator)) if config.bucket else 0.0
+        picks = sample_indices(sizes, row_counts, config.bucket, generator)
         out = {}
-        for lang in langs:
+        for lang, idx in zip(langs, picks, strict=True):
             enc = train[lang]
-            n, b = enc.src.shape[0], rows[lang]
-            if config.bucket:
-                window = min(n, max(4 * b, n // 8))
-                start = min(max(0, int(u * n) - window // 2), n - window)
-                idx = start + torch.randint(window, (b,), generator=generator)
-            else:
-                idx = torch.randint(n, (b,), generator=generator)
             out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
         return out
 
@@ -177,24 +322,23 @@ def make_recipe(config: RecipeConfig) -> tuple:
         return tok.sum() / (tgt[:, 1:] != PAD).sum()
 
     def joint_loss(model: nn.Module, batches: Mapping[str, Batch]) -> dict[str, torch.Tensor]:
-        # One forward over every sub-batch: pad all to the longest, then per-task token means.
         # sum_l mean_l is exactly the sum of the per-task losses, so gradients match.
-        order = list(batches)
-        width_s = max(batches[t][0].shape[1] for t in order)
-        width_t = max(batches[t][1].shape[1] for t in order)
-        src = torch.cat(
-            [F.pad(batches[t][0], (0, width_s - batches[t][0].shape[1]), value=PAD) for t in order]
-        )
-        tgt = torch.cat(
-            [F.pad(batches[t][1], (0, width_t - batches[t][1].shape[1]), value=PAD) for t in order]
-        )
-        tok = token_losses(model, src, tgt, smoothing)
-        mask = tgt[:, 1:] != PAD
-        out, row = {}, 0
-        for t in order:
-            b = batches[t][0].shape[0]
-            out[t] = tok[row : row + b].sum() / mask[row : row + b].sum()
-            row += b
+        if config.bucket == "shared":
+            # every sub-batch comes from the same length window: one forward, little padding
+            # (kept as it was, so old configs reproduce their traces bit for bit)
+            return fused_losses(model, batches, smoothing, chunk_rows=0)
+        return fused_losses(model, batches, smoothing, chunk_rows=JOINT_CHUNK_ROWS)
+
+    def half_losses(model: nn.Module, task: str, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return split_half_losses(model, batch, smoothing, chunk_rows=SNAPSHOT_CHUNK_ROWS)
+
+    def snapshot_sample(step: int, generator: torch.Generator, size: int) -> dict[str, Batch]:
+        # uniform rows (no windows): the two halves are independent draws of the language's data
+        out = {}
+        for lang, n in zip(langs, sizes, strict=True):
+            enc = train[lang]
+            idx = torch.randint(n, (size,), generator=generator)
+            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
         return out
 
     def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
@@ -239,7 +383,8 @@ def make_recipe(config: RecipeConfig) -> tuple:
         )
     recipe = Recipe(
         model=model, tasks=langs, sample=sample, loss=loss, iso_codes=iso_codes, probe=probe,
-        evaluate=evaluate, joint_loss=joint_loss, meta=meta, describe=describe,
+        evaluate=evaluate, joint_loss=joint_loss, half_losses=half_losses,
+        snapshot_sample=snapshot_sample, meta=meta, describe=describe,
     )  # fmt: skip
     return recipe, counts
 
@@ -263,7 +408,11 @@ def make_probe(
     for lg in langs:
         by_en = {p.en: p for p in short.pairs[lg]}
         enc = encode_pairs([by_en[e] for e in english], tags[lg], direction)
-        out[lg] = _trim(enc.src, enc.tgt, enc.src_len, enc.tgt_len)
+        # rows come sorted by length; put the even-ranked rows first and the odd-ranked second,
+        # so the two row halves of split-half capture (half_sizes) have matched lengths
+        n = enc.src.shape[0]
+        order = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)])
+        out[lg] = _trim(enc.src[order], enc.tgt[order], enc.src_len[order], enc.tgt_len[order])
     return out
 
 

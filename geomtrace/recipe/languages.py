@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,6 @@ def normalize_locale(code: str) -> str:
     if key == "zh":
         return "zh_Hans"
     raise InvalidInputError(f"unknown language {code!r}; available: {' '.join(sorted(LANGUAGES))}")
-
-
-def get_language(code: str) -> Language:
-    """The table row of a locale (any spelling :func:`normalize_locale` accepts)."""
-    return LANGUAGES[normalize_locale(code)]
 
 
 #: ISO codes of the table outside lang2vec's ``URIEL_LANGUAGES`` (``epo`` and ``nno`` are only in

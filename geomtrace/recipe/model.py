@@ -30,10 +30,6 @@ def vocab_size(num_languages: int) -> int:
     return FIRST_TAG + num_languages
 
 
-def encode_bytes(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
 def decode_bytes(ids: Sequence[int]) -> str:
     """Bytes up to the first EOS/PAD back to text (invalid UTF-8 dropped, tags skipped)."""
     out = bytearray()

@@ -19,10 +19,21 @@ forward and one backward over all sub-batches at once. The gradient is the same,
 d/dθ sum_i L_i = sum_i dL_i/dθ, so this changes nothing but speed (per-task passes are only
 needed when per-task gradients are captured). The schedule always includes step 0 (the
 untrained model, the analyses' baseline) and the last step, where quality is recorded.
+
+Snapshot design (``config.halves``, ``config.window``): with ``halves`` each task's traced
+sub-batch is split into two halves of rows, one forward and two backward passes
+(``recipe.half_losses``, ``s.backward(task, loss_h, half=h)``), so that a + b is exactly the
+sub-batch's gradient and ``.grad`` is what it would be without halves; with ``window=m`` every
+step of t..t+m-1 after a traced step t is a per-task step and the Tracer sums them (its
+halves are then the even and odd steps). Untraced steps are unchanged. With
+``config.snapshot_rows`` > 0 (the default) a traced step's snapshot comes from its own batch
+(``recipe.snapshot_sample``, model in eval mode) in a tracer step of its own, and the training
+step that follows is untraced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -58,6 +69,13 @@ class Recipe:
             mode; stored as quality rows of the final step (e.g. "chrf", "heldout_loss").
         joint_loss: optional ``joint_loss(model, batches) -> {task: loss}`` computing every
             task's loss in one forward; used on untraced steps (same gradient, faster).
+        half_losses: optional ``half_losses(model, task, batch) -> (loss_0, loss_1)`` for
+            split-half capture (``config.halves``): the losses of two disjoint halves of the
+            batch's rows, scaled so that ``loss_0 + loss_1 == loss(model, task, batch)``
+            (e.g. each half's token-loss sum over the whole batch's token count).
+        snapshot_sample: optional ``snapshot_sample(step, generator, rows) -> {task: batch}``:
+            ``rows`` fresh rows per task for a snapshot taken apart from the training step
+            (``config.snapshot_rows``); halves are its two row halves (``half_losses``).
         meta: extra trace metadata (JSON-serialisable), e.g. "scripts", "char_profiles".
         describe: optional lines for the run summary (e.g. corpus sizes).
     """
@@ -70,6 +88,8 @@ class Recipe:
     probe: Mapping[str, Any] | None = None
     evaluate: Callable[[nn.Module], Mapping[str, Mapping[str, float]]] | None = None
     joint_loss: Callable[[nn.Module, Mapping[str, Any]], Mapping[str, torch.Tensor]] | None = None
+    half_losses: Callable[[nn.Module, str, Any], tuple[torch.Tensor, torch.Tensor]] | None = None
+    snapshot_sample: Callable[[int, torch.Generator, int], Mapping[str, Any]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     describe: list[str] = field(default_factory=list)
 
@@ -126,11 +146,151 @@ class _StopFlag:
 
 
 def _aggregator(config: RecipeConfig):
-    from geomtrace._aggregators import GradVac, PCGrad
+    from geomtrace import GradVac, PCGrad
 
     if config.method == "pcgrad":
         return PCGrad(seed=config.seed)
     return GradVac(beta=config.beta, seed=config.seed)
+
+
+def make_optimizer(model: nn.Module, config: RecipeConfig):
+    """AdamW (betas 0.9/0.98; weight decay on matrices only) and its warmup + cosine schedule."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # no weight decay on biases, norms and embeddings (standard AdamW practice)
+            (no_decay if p.ndim < 2 or "embed" in name or "pos" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup, config.steps)
+    )
+    return optimizer, scheduler
+
+
+def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict[str, Any]:
+    """The Tracer's ``halves`` and ``window`` arguments for ``config`` (only those that differ
+    from the Tracer's defaults); refuses what this recipe or Tracer cannot do.
+
+    Where a field does not apply it is left out, with a log line saying why: probe snapshots
+    have no split halves and no windows (the Tracer refuses both with ``probe=``: a probe
+    snapshot is one fixed batch per task); with pcgrad/gradvac the trace records the Gram
+    matrix the optimizer used at each traced step, so there is no window (``MultiTask``
+    refuses a windowed Tracer), but halves work.
+    """
+    import inspect
+
+    from geomtrace import InvalidInputError
+    from geomtrace.recipe.config import check_snapshot_fields
+
+    check_snapshot_fields(config)
+    halves, window = config.halves, config.window
+    if config.probe and (halves or window > 1):
+        log.info(
+            "probe mode: snapshots come from the fixed probe batches, without split halves or "
+            "windows (halves=%s, window=%d not applied)", str(halves).lower(), window,
+        )  # fmt: skip
+        halves, window = False, 1
+    if config.method != "sum" and window > 1:
+        log.info(
+            "method %s: the trace records the Gram matrix the optimizer used at each traced "
+            "step; window=%d not applied", config.method, window,
+        )  # fmt: skip
+        window = 1
+    if halves and window == 1 and recipe.half_losses is None:
+        log.warning(
+            "halves=true: this recipe has no half_losses (two halves of each batch's rows), so "
+            "the trace has no split halves and no reliability; give the recipe half_losses or "
+            "use window >= 2 (halves from even and odd steps)"
+        )
+        halves = False
+    options: dict[str, Any] = {}
+    if halves:
+        options["halves"] = True
+    if window > 1:
+        options["window"] = window
+    accepted = inspect.signature(tracer_class).parameters
+    missing = [key for key in options if key not in accepted]
+    if missing:
+        raise InvalidInputError(
+            f"config {', '.join(f'{k}={config.to_dict()[k]}' for k in missing)}: this "
+            f"geomtrace's Tracer takes no {' or '.join(f'{k}=' for k in missing)} "
+            f"(set {' '.join(f'{k}={_off(k)}' for k in missing)})"
+        )
+    return options
+
+
+def separate_snapshot_rows(recipe: Recipe, config: RecipeConfig) -> int:
+    """Rows per task of the separate snapshot batch (``config.snapshot_rows``), or 0 where it
+    does not apply (with a log line): probe mode has its own snapshot batches, with
+    pcgrad/gradvac the trace records the Gram matrix the optimizer used, and a recipe without
+    ``snapshot_sample`` cannot draw one."""
+    rows = config.snapshot_rows
+    if rows == 0:
+        return 0
+    if config.probe or config.method != "sum":
+        why = "probe mode" if config.probe else f"method {config.method}"
+        log.info("%s: snapshots of the training batches; snapshot_rows=%d not applied", why, rows)
+        return 0
+    if recipe.snapshot_sample is None:
+        log.warning(
+            "snapshot_rows=%d: this recipe has no snapshot_sample, so snapshots come from the "
+            "training batches", rows,
+        )  # fmt: skip
+        return 0
+    return rows
+
+
+class _PlainStep:
+    """What a step is when the tracer already took this step's snapshot: plain backward."""
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+
+    def backward(self, task: str, loss: torch.Tensor, **_: Any) -> None:
+        self._losses.append(loss.detach())
+        loss.backward()
+
+    def mean_losses(self) -> dict[str, float]:
+        return {str(i): float(v) for i, v in enumerate(self._losses)}
+
+
+def _separate_snapshot(tracer, recipe: Recipe, step: int, generator, rows: int, device) -> None:
+    """Snapshot ``step`` from ``rows`` fresh rows per task, model in eval mode (no dropout
+    noise), halves = the batch's two row halves. ``.grad`` is left for the caller to clear."""
+    model = tracer.model
+    batches = recipe.snapshot_sample(step, generator, rows)
+    was_training = model.training
+    model.eval()
+    try:
+        with tracer.step(step) as s:
+            for task, batch in batches.items():
+                batch = _to_device(batch, device)
+                if tracer.halves:
+                    loss_a, loss_b = recipe.half_losses(model, task, batch)
+                    s.backward(task, loss_a + loss_b.detach(), retain_graph=True, half=0)
+                    s.backward(task, loss_b + loss_a.detach(), half=1)
+                else:
+                    s.backward(task, recipe.loss(model, task, batch))
+    finally:
+        model.train(was_training)
+
+
+def _off(key: str) -> str:
+    return {"halves": "false", "window": "1"}[key]
+
+
+def _captures(tracer, step: int, window: int) -> bool:
+    """Whether ``step`` feeds a snapshot: it is traced, or (windows) within ``window`` steps
+    after a traced step. The Tracer's own answer wins when it has one."""
+    captures = getattr(tracer, "captures", None)
+    if callable(captures):
+        return bool(captures(step))
+    return any(tracer.should_trace(step - j) for j in range(window) if step - j >= 0)
 
 
 def train(
@@ -145,7 +305,7 @@ def train(
     ``on_step(step, mean_loss)`` is called after every step (the CLI's progress bar). Returns
     the final step, whether Ctrl-C stopped the run early, and the evaluation results.
     """
-    from geomtrace._tracer import Tracer
+    from geomtrace import Tracer
 
     start_time = time.perf_counter()
     device = torch.device(config.device)
@@ -159,11 +319,15 @@ def train(
     probe = None
     if config.probe:
         if recipe.probe is None:
-            from geomtrace._errors import InvalidInputError
+            from geomtrace import InvalidInputError
 
             raise InvalidInputError("--probe: this recipe provides no probe batches")
         probe = {t: _to_device(b, device) for t, b in recipe.probe.items()}
 
+    snapshot = snapshot_options(recipe, config, Tracer)
+    snapshot_rows = separate_snapshot_rows(recipe, config)
+    # its own stream: the training batches are those of a run without separate snapshots
+    snapshot_gen = torch.Generator().manual_seed(config.seed + 1)
     tracer = Tracer(
         model,
         tasks,
@@ -175,10 +339,11 @@ def train(
         probe=probe,
         probe_loss=recipe.loss if probe is not None else None,
         overwrite=overwrite,
+        **snapshot,
     )
     driver = tracer
     if config.method != "sum":
-        from geomtrace._multitask import MultiTask
+        from geomtrace import MultiTask
 
         driver = MultiTask(
             model, tasks, aggregator=_aggregator(config), groups=config.granularity, tracer=tracer
@@ -194,20 +359,7 @@ def train(
     for key, value in meta.items():
         tracer.set_meta(key, value)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            # no weight decay on biases, norms and embeddings (standard AdamW practice)
-            (no_decay if p.ndim < 2 or "embed" in name or "pos" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-    )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup, steps)
-    )
+    optimizer, scheduler = make_optimizer(model, config)
 
     model.train()
     final_step = 0
@@ -215,15 +367,26 @@ def train(
     with tracer, _StopFlag() as flag:
         for step in range(steps + 1):
             last = step == steps
-            traced = tracer.should_trace(step)
             batches = {t: _to_device(b, device) for t, b in recipe.sample(step, generator).items()}
-            per_task = (
-                config.method != "sum" or (traced and probe is None) or (recipe.joint_loss is None)
-            )
-            with driver.step(step) as s:
+            capturing = probe is None and _captures(tracer, step, config.window)
+            separate = capturing and snapshot_rows > 0
+            if separate:  # the snapshot from its own batch; then an untraced training step
+                _separate_snapshot(tracer, recipe, step, snapshot_gen, snapshot_rows, device)
+                optimizer.zero_grad(set_to_none=True)
+                capturing = False
+            per_task = config.method != "sum" or capturing or (recipe.joint_loss is None)
+            with contextlib.nullcontext(_PlainStep()) if separate else driver.step(step) as s:
                 if per_task:
+                    split = capturing and snapshot.get("halves") and "window" not in snapshot
                     for task in tasks:
-                        s.backward(task, recipe.loss(model, task, batches[task]))
+                        if split:  # rows in two halves: a + b is the sub-batch's gradient
+                            loss_a, loss_b = recipe.half_losses(model, task, batches[task])
+                            # each value shifted to the whole batch's loss (the Tracer records
+                            # the mean of a task's backward losses); gradients unchanged
+                            s.backward(task, loss_a + loss_b.detach(), retain_graph=True, half=0)
+                            s.backward(task, loss_b + loss_a.detach(), half=1)
+                        else:
+                            s.backward(task, recipe.loss(model, task, batches[task]))
                     total = None
                 else:
                     losses = recipe.joint_loss(model, batches)
