@@ -258,7 +258,8 @@ class RunLock:
         self.release()
 
 
-def _is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (sqlite3 or OS) means the file system is full."""
     code = getattr(err, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or getattr(err, "errno", None) == errno.ENOSPC:
         return True
@@ -387,7 +388,7 @@ class TraceWriter:
             raise self._storage_error(what, err) from err
 
     def _storage_error(self, what: str, err: BaseException) -> StorageError:
-        reason = "disk full" if _is_disk_full(err) else "write failed"
+        reason = "disk full" if is_disk_full(err) else "write failed"
         if self.steps_written:
             kept = (
                 f"snapshots up to step {max(self.steps_written)} "

@@ -16,8 +16,6 @@ import ast
 import os
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {"geomtrace": 0, "analyses": 1, "figures": 2, "cli": 3}
 SKIP_DIRS = {"__pycache__", "build", "dist", "node_modules"}
@@ -155,11 +153,6 @@ def test_core_owned_files_use_only_public_geomtrace_names():
     assert not bad, "private geomtrace imports:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="analyses, figures, cli.py and geomtrace/recipe still import geomtrace._* "
-    "until their owners move to the public names; remove this marker then",
-)
 def test_no_private_geomtrace_imports_outside_the_core():
     bad = [f"{f}:{n} imports {m}" for f, n, m in private_imports()]
     assert not bad, f"{len(bad)} private geomtrace imports outside the core:\n" + "\n".join(bad)

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from geomtrace._errors import InvalidInputError
+from geomtrace import InvalidInputError
 
 DESCRIPTION = """\
 Train a model with per-task gradient tracing and write runs/<name>/ (trace.sqlite,

@@ -112,6 +112,7 @@ class RecipeConfig:
         """
         _check_field_types(self)
         _check_ranges(self)
+        check_snapshot_fields(self)
         if self.direction not in DIRECTIONS:
             raise InvalidInputError(
                 f"direction={self.direction!r}; allowed: {', '.join(DIRECTIONS)}"

@@ -4,7 +4,7 @@ A run directory holds ``trace.sqlite`` (the trace), ``config.toml`` (the resolve
 with ``geomtrace trace --config runs/<name>/config.toml``) and ``model.safetensors`` (the final
 weights; :func:`load_model` rebuilds the embedded model from the two files).
 
-One run owns its directory: the directory's lock (:class:`geomtrace._trace.RunLock`) is held
+One run owns its directory: the directory's lock (:class:`geomtrace.RunLock`) is held
 from before the first file is written until the model is saved, so a second run on the same
 directory (even with ``--force``) is refused while the first is alive, and the config, trace
 and model in a directory always come from one run (config and model are written to a
@@ -24,8 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from geomtrace._errors import InvalidInputError, StorageError
-from geomtrace._trace import LOCK_FILENAME, RunLock, _is_disk_full
+from geomtrace import LOCK_FILENAME, InvalidInputError, RunLock, StorageError, is_disk_full
 from geomtrace.recipe.config import RecipeConfig, preset, to_toml
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        reason = "disk full" if _is_disk_full(err) else "write failed"
+        reason = "disk full" if is_disk_full(err) else "write failed"
         raise StorageError(f"{reason}: cannot write {path} ({err})") from err
 
 
@@ -244,8 +243,8 @@ def save_model(model, path: Path) -> None:
         os.replace(tmp, path)
     except Exception as err:
         tmp.unlink(missing_ok=True)
-        if _is_disk_full(err) or isinstance(err, OSError):
-            reason = "disk full" if _is_disk_full(err) else "write failed"
+        if is_disk_full(err) or isinstance(err, OSError):
+            reason = "disk full" if is_disk_full(err) else "write failed"
             raise StorageError(
                 f"{reason}: cannot write the model to {path} ({err}); the trace and "
                 f"config.toml in {path.parent} are complete, the model was not saved"

@@ -204,7 +204,7 @@ def test_failed_config_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_tracing_exits_2_naming_what_was_kept(recipe_dir, monkeypatch, capsys):
-    from geomtrace._trace import TraceWriter
+    from geomtrace import TraceWriter
 
     real = TraceWriter.write_snapshot
     monkeypatch.setattr(TraceWriter, "write_snapshot", _fail_inside_write(real))
