@@ -529,6 +529,16 @@ def _add_reproduce_parser(sub) -> None:
         "--workers", type=int, default=None,
         help="runs trained at once, one process and one torch thread each (default 2)",
     )  # fmt: skip
+    p.add_argument(
+        "--grouping", action="store_true",
+        help="instead: the grouping experiment (one model per group of the gradient, typology "
+        "and a random grouping, 2 seeds, vs the all-language model; OUT/grouping.md, "
+        "OUT/grouping.json, OUT/figures/grouping.png; ~15 min on 2 idle cores when OUT holds "
+        "a reproduction's sum runs, ~20 min without)",
+    )  # fmt: skip
+    p.add_argument(
+        "--k", type=int, default=3, help="with --grouping: the number of groups (default 3)"
+    )
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -538,6 +548,19 @@ def _cmd_reproduce(args) -> int:
 
     figures.parse_formats(args.format)
     _check_output_dir(args.out, "--out")
+    if args.grouping:
+        from reproduce import reproduce_grouping
+
+        if args.bootstrap < 0:
+            raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
+        grouped = reproduce_grouping(
+            args.out, k=args.k, seeds=args.seeds if args.seeds is not None else 2,
+            quick=args.quick, n_bootstrap=args.bootstrap, formats=args.format, seed=args.seed,
+            workers=args.workers, force=args.force,
+        )  # fmt: skip
+        for path in [*grouped.figures, grouped.table, grouped.results]:
+            print(path)
+        return 0
     if args.permutations < 1 or args.bootstrap < 10:
         raise InvalidInputError(
             f"--permutations {args.permutations} / --bootstrap {args.bootstrap}: give at least "

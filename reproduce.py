@@ -282,3 +282,317 @@ def results_payload(mode, results, comparison, seed_table, skipped, result) -> d
         "across_seeds": json.loads(seed_table.to_json(orient="records")),
         "not_drawn": skipped,
     }
+
+
+# --- The grouping experiment (issue 15) -------------------------------------------------------
+
+#: Schemes ``reproduce_grouping`` can train: the gradient grouping and its baselines.
+GROUPING_SCHEMES = ("gradient", "typology", "family", "random")
+#: Config keys that may differ between a reused run and the experiment's (where and how fast
+#: it ran, not what it computed).
+_RUN_ONLY_KEYS = ("name", "out", "threads", "device", "eval_batch")
+
+
+@dataclass
+class GroupingResult:
+    """What ``reproduce_grouping`` trained and wrote.
+
+    baselines: {seed: all-language run}; schemes: {scheme: groups}; runs: {scheme: {seed:
+    group runs, in the order of the scheme's groups}}; grouping: the ``analyses.Grouping`` of
+    the baseline of the first seed; experiment: ``analyses.GroupingExperiment`` (or a
+    NotApplicable); figures, table (Markdown), results (``grouping.json``), timings (seconds).
+    """
+
+    out: Path
+    baselines: dict[int, Path] = field(default_factory=dict)
+    schemes: dict[str, list[list[str]]] = field(default_factory=dict)
+    runs: dict[str, dict[int, list[Path]]] = field(default_factory=dict)
+    grouping: Any = None
+    experiment: Any = None
+    figures: list[Path] = field(default_factory=list)
+    table: Path | None = None
+    results: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _config_differences(run_dir: Path, config: Any) -> list[str]:
+    """Config keys (besides where and how fast it ran) in which a run differs from ``config``."""
+    from geomtrace.recipe import RecipeConfig
+
+    try:
+        stored = RecipeConfig.from_toml(run_dir / "config.toml").to_dict()
+    except GeomtraceError:
+        return ["config.toml (missing or unreadable)"]
+    wanted = config.to_dict()
+    return [k for k in wanted if k not in _RUN_ONLY_KEYS and stored.get(k) != wanted[k]]
+
+
+def _train_all(todo: list[tuple[dict[str, Any], bool]], workers: int) -> None:
+    """Train ``todo`` ((config values, force) pairs), ``workers`` at a time (as ``reproduce``)."""
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            values, again = zip(*todo, strict=True)
+            for done in pool.map(_train_in_worker, values, again):
+                _say(f"finished {done}")
+    else:
+        for values, again in todo:
+            _train(values, again)
+
+
+def _schedule(config: Any, force: bool, what: str) -> tuple[dict[str, Any], bool] | None:
+    """A run to train, or None to reuse a finished one with the same config."""
+    run_dir = Path(config.out) / config.name
+    if not force and finished(run_dir):
+        differ = _config_differences(run_dir, config)
+        if differ:
+            raise InvalidInputError(
+                f"{run_dir} is a finished run whose config differs from the grouping "
+                f"experiment's in {differ}: the experiment compares runs of one config; use "
+                "another --out, or --force to retrain"
+            )
+        _say(f"{what} {config.name}: reusing the finished run (--force retrains)")
+        return None
+    again = run_dir.exists() and any(run_dir.iterdir())
+    _say(
+        f"{what} {config.name}: {len(config.langs)} languages, {config.steps} steps"
+        + (" (replacing an unfinished run)" if again else "")
+    )
+    return config.to_dict(), force or again
+
+
+def _scheme_groups(grouping: Any, scheme: str) -> list[list[str]] | None:
+    """The groups of a baseline scheme from ``Grouping.schemes`` (None when not computed)."""
+    rows = grouping.schemes
+    rows = rows[(rows["scheme"].str.startswith(scheme)) & (rows["group"] >= 0)]
+    if rows.empty:
+        return None
+    return [str(t).split(" ") for t in rows.sort_values("group")["tasks"]]
+
+
+def reproduce_grouping(
+    out: str | os.PathLike,
+    *,
+    k: int = 3,
+    seeds: int = 2,
+    quick: bool = False,
+    schemes: Sequence[str] = ("gradient", "typology", "random"),
+    n_random: int = 1,
+    affinity: str = "cosine",
+    distance: str = "genetic",
+    n_bootstrap: int = 200,
+    metric: str = "chrf",
+    formats: str | Sequence[str] = ("png",),
+    seed: int = 0,
+    workers: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+) -> GroupingResult:
+    """Does training one model per gradient-based group beat the all-language model?
+
+    1. The all-language ``sum`` runs of seeds ``seed .. seed + seeds - 1`` (``out/runs/
+       sum-s<seed>``, the names ``reproduce`` gives them: a finished run there with the same
+       config is reused, so pointing ``out`` at a reproduction's folder saves their training).
+    2. The schemes, each a partition of the K languages into ``k`` groups: ``gradient`` =
+       ``analyses.group_tasks`` on the first seed's trace (``affinity``, at most ceil(K / k)
+       languages per group, so sizes stay balanced); ``typology`` = the same search on the
+       lang2vec ``distance`` (same k and size limit); ``family`` = the genetic tree cut into k
+       groups (sizes as they fall); ``random`` = ``n_random`` seeded uniform partitions with the
+       gradient grouping's sizes ("random 1", "random 2", ... when more than one).
+    3. One model per group, scheme and seed (``out/runs/grouping/<langs>-s<seed>``; a group two
+       schemes share is trained once): the same config as the all-language model but
+       ``langs`` = the group, so every language gets the same rows per step and the same steps
+       as in the all-language model; traced only at step 0 and the last step (the experiment
+       reads quality, not geometry; the update of a sum step is the same either way). Runs are
+       trained ``workers`` at a time (default 2), one torch thread each.
+    4. ``analyses.grouping_experiment``: per language, scheme and seed the group model's
+       ``metric`` minus the all-language model's at the same seed; t intervals across seeds.
+    5. Writes ``out/grouping.json``, ``out/grouping.md`` and ``out/figures/grouping.<fmt>``.
+
+    ``overrides``: recipe config values for every run (e.g. fewer steps in a test).
+    """
+    import math
+
+    import pandas as pd
+
+    import analyses
+    import figures
+    from geomtrace import open_trace
+    from geomtrace.recipe import RecipeConfig, preset
+
+    formats = figures.parse_formats(formats)
+    for name, value, low in (("k", k, 1), ("seeds", seeds, 1), ("n_random", n_random, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidInputError(f"{name}={value!r}: give an integer >= {low}")
+    schemes = list(dict.fromkeys(schemes))
+    bad = [s for s in schemes if s not in GROUPING_SCHEMES]
+    if bad or not schemes:
+        raise InvalidInputError(
+            f"schemes {bad or schemes}: choose from {', '.join(GROUPING_SCHEMES)}"
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    mode = "quick" if quick else "default"
+    workers = workers if workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
+    if workers < 1:
+        raise InvalidInputError(f"--workers {workers}: give at least 1")
+    base_values = preset(mode).to_dict() | dict(overrides or {})
+    if workers > 1 and "threads" not in (overrides or {}):
+        base_values["threads"] = 1
+    seed_list = [seed + n for n in range(seeds)]
+    result = GroupingResult(out)
+    start = time.perf_counter()
+
+    # 1. The all-language baselines.
+    _say(f"grouping experiment ({mode}) into {out}: k={k}, seeds {seed_list}, {workers} at a time")
+    todo = []
+    for s in seed_list:
+        values = base_values | {"out": str(out / "runs"), "method": "sum", "seed": s}
+        values["name"] = PlannedRun("sum", None, s).name
+        config = RecipeConfig.from_dict(values)
+        result.baselines[s] = out / "runs" / config.name
+        job = _schedule(config, force, "all-language run")
+        if job is not None:
+            todo.append(job)
+    t0 = time.perf_counter()
+    _train_all(todo, workers)
+    result.timings["train_baselines"] = round(time.perf_counter() - t0, 1)
+
+    # 2. The schemes.
+    t0 = time.perf_counter()
+    with open_trace(result.baselines[seed]) as trace:
+        n_tasks = len(trace.tasks)
+    if k > n_tasks:
+        raise InvalidInputError(f"k={k} groups of {n_tasks} languages: give k <= {n_tasks}")
+    max_size = math.ceil(n_tasks / k)
+    grouping = analyses.group_tasks(
+        result.baselines[seed], k, affinity=affinity, max_size=max_size,
+        n_bootstrap=n_bootstrap, distance=distance, seed=seed,
+    )  # fmt: skip
+    result.grouping = grouping
+    result.notes += grouping.notes
+    tasks = grouping.affinity.tasks
+    gradient = grouping.groups()
+    for scheme in schemes:
+        if scheme == "gradient":
+            result.schemes["gradient"] = gradient
+        elif scheme in ("typology", "family"):
+            groups = _scheme_groups(grouping, scheme)
+            if groups is None:
+                result.notes.append(f"scheme {scheme}: not computed ({'; '.join(grouping.notes)})")
+                continue
+            name = next(s for s in grouping.schemes["scheme"] if s.startswith(scheme))
+            result.schemes[name] = groups
+        else:
+            draws = analyses.random_groupings(
+                tasks, [len(g) for g in gradient], n_random, seed=seed
+            )
+            for n, groups in enumerate(draws, 1):
+                result.schemes["random" if n_random == 1 else f"random {n}"] = groups
+    seen: dict[frozenset, str] = {}
+    for name, groups in result.schemes.items():
+        _say(f"scheme {name}: " + " | ".join(" ".join(g) for g in groups))
+        key = frozenset(frozenset(g) for g in groups)
+        if key in seen:
+            result.notes.append(f"scheme {name} is the same partition as {seen[key]}")
+        seen.setdefault(key, name)
+    result.timings["grouping"] = round(time.perf_counter() - t0, 1)
+
+    # 3. One model per group, scheme and seed.
+    order = {t: n for n, t in enumerate(tasks)}
+    todo, planned = [], set()
+    runs_dir = out / "runs" / "grouping"
+    for name, groups in result.schemes.items():
+        result.runs[name] = {}
+        for s in seed_list:
+            result.runs[name][s] = []
+            for group in groups:
+                langs = sorted(group, key=order.__getitem__)
+                values = base_values | {
+                    "out": str(runs_dir), "name": f"{'-'.join(langs)}-s{s}", "method": "sum",
+                    "seed": s, "langs": langs, "every": base_values.get("steps", 400),
+                }  # fmt: skip
+                config = RecipeConfig.from_dict(values)
+                result.runs[name][s].append(runs_dir / config.name)
+                if config.name in planned:
+                    continue  # the same group in another scheme: one run serves both
+                planned.add(config.name)
+                job = _schedule(config, force, f"group run ({name})")
+                if job is not None:
+                    todo.append(job)
+    _say(f"{len(planned)} group runs, {len(todo)} to train")
+    t0 = time.perf_counter()
+    _train_all(todo, workers)
+    result.timings["train_groups"] = round(time.perf_counter() - t0, 1)
+
+    # 4. The numbers.
+    def quality(run_dir: Path) -> pd.Series:
+        with open_trace(run_dir) as trace:
+            return analyses.latest_quality(trace.quality(), metric)
+
+    base_rows = [
+        (s, task, float(value))
+        for s, run_dir in result.baselines.items()
+        for task, value in quality(run_dir).items()
+        if task in order
+    ]
+    rows = []
+    for name, by_seed in result.runs.items():
+        for s, run_dirs in by_seed.items():
+            for run_dir in run_dirs:
+                rows += [(name, s, task, float(v)) for task, v in quality(run_dir).items()]
+    experiment = analyses.grouping_experiment(
+        pd.DataFrame(rows, columns=["scheme", "seed", "task", "value"]),
+        pd.DataFrame(base_rows, columns=["seed", "task", "value"]),
+        schemes=result.schemes, metric=metric,
+    )  # fmt: skip
+    result.experiment = experiment
+
+    # 5. Figure, table, JSON.
+    fig = figures.grouping_figure(experiment)
+    if isinstance(fig, analyses.NotApplicable):
+        _say(f"not drawn: grouping figure: {fig.reason}")
+    else:
+        result.figures += figures.save_figures({"grouping": fig}, out / "figures", formats=formats)
+    result.table = out / "grouping.md"
+    result.table.write_text(
+        figures.grouping_markdown(experiment, notes=result.notes), encoding="utf-8"
+    )
+    result.timings["total"] = round(time.perf_counter() - start, 1)
+    if not isinstance(experiment, analyses.NotApplicable):
+        for r in experiment.per_scheme.itertuples():
+            interval = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if math.isfinite(r.ci_low) else ""
+            _say(
+                f"{r.scheme}: mean {metric} difference {r.mean_delta:+.2f}{interval} over "
+                f"{r.n_seeds} seed(s); gains for {r.n_gain}/{r.n_tasks} languages"
+            )
+    payload = {
+        "mode": mode, "k": k, "max_size": max_size, "seeds": seed_list, "metric": metric,
+        "affinity": affinity, "distance": distance, "n_random": n_random,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu_count": os.cpu_count(), "workers": workers, "timings_seconds": result.timings,
+        "config": {k_: v for k_, v in RecipeConfig.from_dict(base_values).to_dict().items()
+                   if k_ not in ("name", "out")},
+        "baselines": {str(s): str(p) for s, p in result.baselines.items()},
+        "schemes": result.schemes,
+        "runs": {n: {str(s): [str(p) for p in ps] for s, ps in by.items()}
+                 for n, by in result.runs.items()},
+        "grouping": grouping.to_dict(),
+        "experiment": None if isinstance(experiment, analyses.NotApplicable)
+        else experiment.to_dict(),
+        "not_applicable": experiment.reason
+        if isinstance(experiment, analyses.NotApplicable) else None,
+        "notes": result.notes,
+    }  # fmt: skip
+    result.results = out / "grouping.json"
+    tmp = result.results.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(result.results)
+    _say(f"done in {result.timings['total']:.0f} s: {result.table}")
+    return result

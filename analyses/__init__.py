@@ -55,6 +55,15 @@ from analyses._grouping import (
     planted_affinity,
     task_affinity,
 )
+from analyses._grouping_experiment import (
+    GROUPING_DELTA_COLUMNS,
+    GROUPING_SCHEME_COLUMNS,
+    GROUPING_TASK_COLUMNS,
+    GroupingExperiment,
+    grouping_experiment,
+    latest_quality,
+    random_groupings,
+)
 from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
 from analyses._measures import MEASURES, Similarity, centred_gram, has_halves, similarity
@@ -110,6 +119,8 @@ __all__ = [
     "ALPHA", "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
     "heuristic_partition", "lookahead_affinity", "partition_score", "planted_affinity",
     "task_affinity",
+    "GROUPING_DELTA_COLUMNS", "GROUPING_SCHEME_COLUMNS", "GROUPING_TASK_COLUMNS",
+    "GroupingExperiment", "grouping_experiment", "latest_quality", "random_groupings",
     "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
     "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
     "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",

@@ -10,6 +10,8 @@ figures/ only draws: every number comes from ``analyses`` (``analyse_run``, ``co
 - F5 ``similarity_over_time``: similarity over steps, settling step with its interval;
 - F6 ``optimizer_comparison``: sum vs PCGrad vs GradVac across seeds;
 - F7 ``layer_typology``: the layer x distance table of (partial) rho, the report's lead.
+- ``grouping_comparison`` (beyond the paper): one model per group vs the all-language model,
+  per language and grouping scheme (``grouping_figure(experiment)``, ``grouping_markdown``).
 
 ``draw_run(result)`` draws every figure a run supports (a ``NotApplicable`` with its reason
 for the others), ``draw_comparison(comparison)`` draws F6, ``save_figures`` writes them and
@@ -33,6 +35,9 @@ _EXPORTS = {
     "save_figures": "figures._draw",
     "parse_formats": "figures._style",
     "write_report": "figures._report",
+    "grouping_comparison": "figures._grouping",
+    "grouping_figure": "figures._grouping",
+    "grouping_markdown": "figures._grouping",
 }
 
 __all__ = sorted(_EXPORTS)
