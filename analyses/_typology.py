@@ -350,11 +350,17 @@ def language_data(languages: Sequence[str], *, cache: str | os.PathLike | None =
     out["languages"] = codes
     out["fallbacks"] = {c: loaded["fallbacks"][c] for c in codes if c in loaded["fallbacks"]}
     for c, used in out["fallbacks"].items():
+        if c in _FALLBACKS_LOGGED:  # said once per process, not once per analysis
+            continue
+        _FALLBACKS_LOGGED.add(c)
         log.info(
             "URIEL has no %s data for %r: using its macrolanguage's (%s)",
             "/".join(used), c, ", ".join(f"{k}: {v}" for k, v in used.items()),
         )  # fmt: skip
     return out
+
+
+_FALLBACKS_LOGGED: set[str] = set()
 
 
 def _cosine_distance(v: np.ndarray) -> np.ndarray:

@@ -101,20 +101,30 @@ def layer_profile(
         for a in [ax] + ([ax_r] if ax_r is not None else []):
             _shade_parts(a, parts, label=a is ax)
 
-        def bars(lo_col: str, hi_col: str, mean: np.ndarray) -> np.ndarray:
+        def bars(lo_col: str, hi_col: str, mean: np.ndarray, xs=None, color="#888888"):
+            # A percentile bootstrap interval need not contain its point estimate (an unstable
+            # ratio, e.g. a noise-corrected mean at very low reliability): the error bar keeps
+            # the part it can draw and the whole interval is drawn as a dashed segment.
             lo = groups[lo_col].to_numpy(dtype=float)
             hi = groups[hi_col].to_numpy(dtype=float)
-            return np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
+            outside = np.isfinite(lo) & np.isfinite(hi) & ((mean < lo) | (mean > hi))
+            if xs is not None and outside.any():
+                ax.vlines(xs[outside], lo[outside], hi[outside], colors=color, linestyles="--",
+                          lw=0.8, zorder=2)  # fmt: skip
+            return np.clip(
+                np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)]), 0.0, None
+            )
 
         mean = groups["mean_cosine"].to_numpy(dtype=float)
         shift = 0.12 if halves else 0.0
-        ax.errorbar(x - shift, mean, yerr=bars("ci_low", "ci_high", mean), color=ALL_PAIRS,
+        ax.errorbar(x - shift, mean, yerr=bars("ci_low", "ci_high", mean, x - shift), color=ALL_PAIRS,
                     marker="o", ms=4, capsize=2, lw=1.2, elinewidth=0.8, ecolor="#888888",
                     label=f"all pairs, {measure} ({level:.0%} interval)", zorder=3)  # fmt: skip
         if halves:
             corrected = groups["mean_corrected"].to_numpy(dtype=float)
             ax.errorbar(x + shift, corrected,
-                        yerr=bars("corrected_ci_low", "corrected_ci_high", corrected),
+                        yerr=bars("corrected_ci_low", "corrected_ci_high", corrected, x + shift,
+                                  CORRECTED),
                         color=CORRECTED, marker="D", ms=4, capsize=2, lw=1.2, elinewidth=0.8,
                         label=f"all pairs, noise-corrected ({level:.0%} interval)",
                         zorder=3)  # fmt: skip

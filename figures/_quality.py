@@ -128,7 +128,8 @@ def quality_scatter(
             point = [
                 colors.get(families.get(t), ALL_PAIRS) if families else ALL_PAIRS for t in tasks
             ]
-            xerr = np.vstack([np.nan_to_num(x - lo), np.nan_to_num(hi - x)])
+            # A bootstrap interval may miss its point estimate: draw what lies on either side.
+            xerr = np.clip(np.vstack([np.nan_to_num(x - lo), np.nan_to_num(hi - x)]), 0.0, None)
             ax.errorbar(x, y, xerr=xerr, fmt="none", ecolor="#999999", elinewidth=0.8, capsize=2,
                         zorder=2)  # fmt: skip
             ax.scatter(x, y, s=28, c=point, edgecolors="white", linewidths=0.5, zorder=3)

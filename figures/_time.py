@@ -145,8 +145,8 @@ def similarity_over_time(
                                    label=f"{kind}: {_settle_text(row)}")  # fmt: skip
                     if "final_ci_low" in row and np.isfinite(float(row["final_ci_low"])):
                         ax.errorbar([last_step], [float(row["final_value"])],
-                                    yerr=[[float(row["final_value"]) - float(row["final_ci_low"])],
-                                          [float(row["final_ci_high"]) - float(row["final_value"])]],
+                                    yerr=[[max(0.0, float(row["final_value"]) - float(row["final_ci_low"]))],
+                                          [max(0.0, float(row["final_ci_high"]) - float(row["final_value"]))]],
                                     fmt="_", color=color, capsize=3, lw=1.2, ms=8, zorder=5,
                                     clip_on=False)  # fmt: skip
         ax.axhline(0, color="black", lw=0.6)
