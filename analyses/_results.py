@@ -882,6 +882,18 @@ def _tests_table(result: RunResults) -> None:
         quality["partial_p_holm"] = adjusted[len(quality) :]
         result.frames["quality"] = quality
     result.frames["tests"] = pd.DataFrame(rows, columns=TESTS_COLUMNS)
+    # A permutation p is at least 1 / (P + 1): with m tests, Holm's smallest adjusted p is
+    # m / (P + 1), so a table with more tests than that cannot have a survivor at all.
+    floor = 1.0 / (result.settings["n_permutations"] + 1)
+    tests = result.frames["tests"]
+    for table, m in tests.groupby("table")["n_tests"].first().items():
+        if m * floor > ALPHA:
+            need = int(np.ceil(m / ALPHA))
+            result.warnings.append(
+                f"the {table} table holds {m} tests: with {result.settings['n_permutations']} "
+                f"permutations no test can survive Holm's correction at {ALPHA} (smallest "
+                f"adjusted p {m * floor:.2f}); use at least {need} permutations"
+            )
 
 
 def analyse_runs(runs: Sequence[Any], *, progress=None, **kwargs: Any) -> list[RunResults]:
