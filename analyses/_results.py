@@ -152,6 +152,8 @@ class RunResults:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: statements about the statistics themselves (e.g. too few permutations for Holm)
+    notes: list[str] = field(default_factory=list)
     tree: ClusterTree | None = None
     distances: dict[str, pd.DataFrame] = field(default_factory=dict)
     families: dict[str, str] = field(default_factory=dict)
@@ -215,6 +217,7 @@ class RunResults:
             "settings": self.settings,
             "headline": self.headline(),
             "warnings": self.warnings,
+            "notes": self.notes,
             "results": frames,
             "not_applicable": self.not_applicable,
         }
@@ -458,11 +461,12 @@ def _reliability_warnings(result: RunResults) -> None:
     elif not math.isfinite(r):
         result.warnings.append("reliability could not be estimated (split-half products <= 0)")
     elif r < LOW_RELIABILITY:
+        where = "whole-model" if result.group == ALL else f"{result.group}"
         result.warnings.append(
-            f"low reliability: the {result.group} gradients of the snapshots are "
-            f"{100 * (1 - r):.0f}% sampling noise (reliability {r:.2f} < {LOW_RELIABILITY}); raw "
-            "similarities are attenuated by about sqrt(r_i r_j) and their statistics rest on "
-            "noisy matrices: use more gradient per snapshot (a window, larger probe batches)"
+            f"low reliability: the {where} snapshot gradients are {100 * (1 - r):.0f}% sampling "
+            f"noise (reliability {r:.2f} < {LOW_RELIABILITY}); raw similarities are attenuated "
+            "by about sqrt(r_i r_j) and their statistics rest on noisy matrices: take each "
+            "snapshot from more rows per task (larger snapshot or probe batches)"
         )
 
 
@@ -889,7 +893,7 @@ def _tests_table(result: RunResults) -> None:
     for table, m in tests.groupby("table")["n_tests"].first().items():
         if m * floor > ALPHA:
             need = int(np.ceil(m / ALPHA))
-            result.warnings.append(
+            result.notes.append(
                 f"the {table} table holds {m} tests: with {result.settings['n_permutations']} "
                 f"permutations no test can survive Holm's correction at {ALPHA} (smallest "
                 f"adjusted p {m * floor:.2f}); use at least {need} permutations"

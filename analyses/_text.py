@@ -169,6 +169,8 @@ def results_text(res) -> str:
         out += ["", "== tests per table (p < 0.05 raw / after Holm)"]
         out.append(_table([[k, str(r.n), str(r.raw), str(int(r.holm))]
                            for k, r in counts.iterrows()], ["table", "tests", "p<.05", "Holm"]))  # fmt: skip
+    for note in res.notes:
+        out.append(f"note: {note}")
     if res.not_applicable:
         out += ["", "== not applicable"] + [f"  {k}: {v}" for k, v in res.not_applicable.items()]
     return "\n".join(out)
