@@ -533,12 +533,17 @@ def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, n
     typ_aff = _centred(1.0 - d / scale)  # similarity in [0, 1], centred like the gradients
     typ_labels, _, _ = best_partition(typ_aff, k, max_size=max_size, seed=seed)
     rows += _scheme_rows(f"typology ({distance})", typ_labels, tasks, typ_aff, A)
-    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
     gen = mats["genetic"].loc[iso, iso].to_numpy().copy()
     np.fill_diagonal(gen, 0.0)
-    fam = fcluster(linkage(squareform(gen, checks=False), "average"), t=k, criterion="maxclust") - 1
+    # Cut by undoing the tree's last k - 1 merges: exactly k groups even where distances tie
+    # (different families are all at genetic distance 1, so a height cut can give fewer).
+    from analyses._clustering import _cut
+
+    tree = linkage(squareform(gen, checks=False), "average")
+    fam = _cut(tree, len(tasks), k)
     rows += _scheme_rows("family (genetic tree)", _renumber(fam), tasks, None, A)
     return rows
 

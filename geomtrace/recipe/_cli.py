@@ -38,7 +38,9 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--seed", "seed", int, "seed of the model, dropout and batch sampling (default 0)"),
     ("--device", "device", str, "torch device (default cpu)"),
     ("--threads", "threads", int, "torch CPU threads; 0 = torch's default (default 1)"),
-    ("--out", "out", str, "parent folder of run directories (default runs)"),
+    ("--runs-dir", "out", str, "parent folder of the run directories (default runs; the run "
+     "goes to RUNS_DIR/NAME). Unlike reproduce --out and Tracer(out=), which are the output "
+     "directory itself; --out is kept as an alias"),
     ("--name", "name", str, "run directory name (default <direction>-<method>-<timestamp>)"),
     ("--recipe", "recipe", str, "module:function returning a geomtrace.recipe.Recipe "
      "(your own model and data)"),
@@ -60,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default: es fr it pt de nl sv ru uk bg pl cs fi hu et tr az kk ar he hi mr zh_Hans ja",
     )
     for flag, key, typ, text in _FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=None, help=text)
+        # `--out` was the old name of --runs-dir: still accepted, one meaning per name.
+        names = (flag, "--out") if flag == "--runs-dir" else (flag,)
+        p.add_argument(*names, dest=key, type=typ, default=None, help=text)
     p.add_argument(
         "--probe",
         action=argparse.BooleanOptionalAction,
