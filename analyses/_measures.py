@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from analyses._inputs import ALL, is_trace
+from analyses._inputs import ALL, is_trace, mean_matrix
 from analyses._uncertainty import N_BOOTSTRAP, block_bootstrap
 from geomtrace import InvalidInputError, cosine_from_gram
 
@@ -114,13 +114,8 @@ def centred_gram(gram: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nanmean0(values: np.ndarray) -> np.ndarray:
-    """Mean over axis 0 skipping NaN (NaN where nothing is finite)."""
-    finite = np.isfinite(values)
-    count = finite.sum(axis=0)
-    total = np.where(finite, values, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+#: Mean over axis 0 skipping NaN (NaN where nothing is finite): the one NaN-aware average.
+_nanmean0 = mean_matrix
 
 
 @dataclass(frozen=True)
