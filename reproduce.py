@@ -184,19 +184,7 @@ def reproduce(
         )
         todo.append((config.to_dict(), force or again))
     t0 = time.perf_counter()
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a fresh interpreter per worker (no forked torch/OpenMP state)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            values, again = zip(*todo, strict=True)
-            for done in pool.map(_train_in_worker, values, again):
-                _say(f"finished {done}")
-    else:
-        for values, again in todo:
-            _train(values, again)
+    _train_all(todo, workers)
     result.timings["train"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
@@ -334,6 +322,7 @@ def _train_all(todo: list[tuple[dict[str, Any], bool]], workers: int) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        # spawn: a fresh interpreter per worker (no forked torch/OpenMP state)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
             values, again = zip(*todo, strict=True)
