@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import geomtrace as gt
 from analyses._inputs import (
     ALL,
     CosineStack,
@@ -40,13 +41,6 @@ def _pair_values(stack) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     return stack.cosine[:, iu[0], iu[1]], iu
 
 
-def _nanmean_rows(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    n = finite.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(finite, values, 0).sum(axis=1) / n, np.nan)
-
-
 def group_trajectories(
     trace: Any, groups: Sequence[str] | None = None, *, measure: str = "raw"
 ) -> pd.DataFrame:
@@ -67,9 +61,7 @@ def group_trajectories(
     for g in groups:
         stack = _snapshots(trace, g, measure)
         values, _ = _pair_values(stack)
-        finite = np.isfinite(values)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            conflict = (np.where(finite, values, 0) < 0).sum(1) / finite.sum(1)
+        conflict = np.array([gt.conflict_rate(m) for m in stack.cosine])
         parts.append(
             pd.DataFrame(
                 {
@@ -77,7 +69,7 @@ def group_trajectories(
                     "position": trace.groups.index(g) if g in trace.groups else -1,
                     "part": "whole" if g == ALL else part_of(g),
                     "step": stack.steps,
-                    "mean_cosine": _nanmean_rows(values),
+                    "mean_cosine": gt.mean_pair_similarity(stack.cosine),
                     "conflict_rate": conflict,
                 }
             )
@@ -118,7 +110,9 @@ def family_trajectories(
     same = np.array([fam[a] == fam[b] for a, b in zip(i, j, strict=True)], dtype=bool) & known
     rows = []
     for kind, mask in (("within", same), ("across", known & ~same)):
-        mean = _nanmean_rows(values[:, mask]) if mask.any() else np.full(len(stack.steps), np.nan)
+        mean = (
+            gt.nanmean(values[:, mask], axis=1) if mask.any() else np.full(len(stack.steps), np.nan)
+        )
         rows.append(
             pd.DataFrame(
                 {

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import geomtrace as gt
 from geomtrace import InvalidInputError, cosine_from_gram
 
 #: Pseudo-group meaning "the whole model": its Gram matrix is the sum of the groups' Gram
@@ -139,12 +140,9 @@ def step0_matrix(stack: CosineStack) -> np.ndarray | None:
 
 
 def mean_matrix(cos: np.ndarray) -> np.ndarray:
-    """Mean over snapshots ignoring NaN (absent tasks); NaN where a pair never co-occurs."""
-    finite = np.isfinite(cos)
-    count = finite.sum(axis=0)
-    total = np.where(finite, cos, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    """Mean over snapshots ignoring NaN (absent tasks); NaN where a pair never co-occurs
+    (``gt.nanmean`` over axis 0)."""
+    return gt.nanmean(cos, axis=0)
 
 
 def off_diagonal_pairs(K: int) -> tuple[np.ndarray, np.ndarray]:

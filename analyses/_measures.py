@@ -20,11 +20,19 @@ disjoint parameter blocks):
   Dividing removes the attenuation; it cannot remove the noise in the cross-task products,
   which only more gradient (bigger batches, windows) reduces. The reliability of the full
   gradient of task i over the window is R_i = mean_s(4 ab_i / c_s) / mean_s(G_ii / c_s).
+  The estimators (scale, ratio of means, the bound to [-1, 1] and the reliability floor below
+  which a pair is "not estimable") live in ``geomtrace`` (``gt.scaled_products``,
+  ``gt.corrected_of_means``, ``gt.reliability_of_means``): ``Trace.window_cosine`` and this
+  module give the same numbers because they run the same code.
 - ``centred``: the component common to every task at a snapshot projected out before the
-  cosine: G_c = (I - 11^T/K) G (I - 11^T/K) over the tasks present at s. A step-common
+  cosine: G_c = (I - 11^T/K) G~ (I - 11^T/K) over the tasks present at s. A step-common
   direction (every language's batch short at once, the shared English target) inflates every
   raw cosine by about the same amount; centring removes it, at the price of making the
-  average centred cosine about -1/(K-1) by construction: compare pairs, not levels.
+  average centred cosine about -1/(K-1) by construction: compare pairs, not levels. With
+  split halves, G~ is the denoised Gram (``gt.denoised_gram``: diagonal 4 ab, the signal) and
+  the cosine is a ratio of scaled means like ``corrected``: centring the raw G would turn
+  unequal noise into structure (noisy pairs pushed below reliable ones). Without halves G~ = G,
+  and the centred measure is unfit when the tasks' reliabilities differ (a note says so).
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from analyses._inputs import ALL, is_trace, mean_matrix
+import geomtrace as gt
+from analyses._inputs import ALL, is_trace
 from analyses._uncertainty import N_BOOTSTRAP, block_bootstrap
 from geomtrace import InvalidInputError, cosine_from_gram
 
@@ -66,7 +75,7 @@ def group_gram(trace: Any, group: str | None) -> np.ndarray:
     if group == ALL and ALL not in trace.groups:
         if not trace.groups:
             raise InvalidInputError("the trace has no parameter groups")
-        return np.sum([np.asarray(trace.gram(g), dtype=np.float64) for g in trace.groups], axis=0)
+        return gt.whole_model_sum([trace.gram(g) for g in trace.groups])
     return np.asarray(trace.gram(group), dtype=np.float64)
 
 
@@ -89,9 +98,7 @@ def group_split_half(trace: Any, group: str | None) -> np.ndarray:
         )
     if callable(getattr(trace, "split_half", None)):
         if group == ALL and ALL not in trace.groups:  # exact: groups are disjoint blocks
-            return np.sum(
-                [np.asarray(trace.split_half(g), dtype=np.float64) for g in trace.groups], axis=0
-            )
+            return gt.whole_model_sum([trace.split_half(g) for g in trace.groups])
         return np.asarray(trace.split_half(group), dtype=np.float64)
     data = np.asarray(trace.array(SPLIT_HALF), dtype=np.float64)  # [S, G, K, 3]
     if group == ALL:
@@ -114,17 +121,16 @@ def centred_gram(gram: np.ndarray) -> np.ndarray:
     return out
 
 
-#: Mean over axis 0 skipping NaN (NaN where nothing is finite): the one NaN-aware average.
-_nanmean0 = mean_matrix
-
-
 @dataclass(frozen=True)
 class Similarity:
     """One group's similarity under one measure at every snapshot, ready to be averaged.
 
-    ``per_snapshot`` [S, K, K]: raw/centred cosines, or for ``corrected`` the scaled
-    products G_ij(s) / c_s; ``signal`` [S, K] (``corrected`` only): 4 ab_i(s) / c_s;
-    ``power`` [S, K]: G_ii(s) / c_s (for reliability; NaN without halves). ``steps`` [S].
+    ``per_snapshot`` [S, K, K]: raw/centred cosines, or for a ratio-of-means measure
+    (``corrected``; ``centred`` with halves) the scaled products P_ij(s) (G_ij / c_s, or the
+    centred denoised products / c_s); ``denominator`` [S, K] (ratio-of-means measures only):
+    the diagonal the ratio divides by (4 ab_i / c_s, or the centred diagonal); ``signal``
+    [S, K]: 4 ab_i(s) / c_s and ``power`` [S, K]: G_ii(s) / c_s, for reliability (None
+    without halves). ``steps`` [S].
     """
 
     group: str
@@ -134,9 +140,15 @@ class Similarity:
     per_snapshot: np.ndarray
     signal: np.ndarray | None = None
     power: np.ndarray | None = None
+    denominator: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    @property
+    def ratio_of_means(self) -> bool:
+        """Whether the window matrix is a ratio of means (``gt.corrected_of_means``)."""
+        return self.denominator is not None
 
     def select(self, mask: np.ndarray) -> Similarity:
         """The snapshots where ``mask`` is true (a boolean or index array)."""
@@ -147,23 +159,26 @@ class Similarity:
             per_snapshot=self.per_snapshot[mask],
             signal=pick(self.signal),
             power=pick(self.power),
+            denominator=pick(self.denominator),
         )
 
     def matrix(self, index: np.ndarray | None = None) -> np.ndarray:
-        """[K, K] step-averaged similarity over the snapshots ``index`` (default: all)."""
-        values = self.per_snapshot if index is None else self.per_snapshot[index]
-        if self.measure != "corrected":
-            out = _nanmean0(values)
-        else:
-            signal = self.signal if index is None else self.signal[index]
-            num = _nanmean0(values)
-            den = _nanmean0(signal)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                scale = np.sqrt(np.where(den > 0, den, np.nan))
-                out = num / (scale[:, None] * scale[None, :])
-        out = out.copy()
+        """[K, K] step-averaged similarity over the snapshots ``index`` (default: all).
+
+        Plain measures: the NaN-aware mean of the snapshot matrices. Ratio-of-means measures:
+        ``gt.corrected_of_means`` (bounded to [-1, 1], NaN for a task below the reliability
+        floor ``gt.RELIABILITY_FLOOR``).
+        """
+        take = (lambda a: a) if index is None else (lambda a: a[index])  # noqa: E731
+        values = take(self.per_snapshot)
+        if self.ratio_of_means:
+            reliability = None
+            if self.signal is not None and self.power is not None:
+                reliability = gt.reliability_of_means(take(self.signal), take(self.power))
+            return gt.corrected_of_means(values, take(self.denominator), reliability=reliability)
+        out = gt.nanmean(values).copy()
         np.fill_diagonal(out, 1.0)
-        present = np.isfinite(np.diagonal(_nanmean0(values)))
+        present = np.isfinite(np.diagonal(gt.nanmean(values)))
         out[~present, :] = np.nan
         out[:, ~present] = np.nan
         return out
@@ -176,25 +191,26 @@ class Similarity:
         return np.stack([self.matrix(row) for row in index])
 
     def snapshot_matrices(self) -> np.ndarray:
-        """[S, K, K] similarity at each snapshot (``corrected``: the per-snapshot ratio)."""
-        if self.measure != "corrected":
+        """[S, K, K] similarity at each snapshot (ratio measures: the per-snapshot ratio,
+        clipped to [-1, 1]; noisy, NaN where a snapshot's denominator is <= 0)."""
+        if not self.ratio_of_means:
             return self.per_snapshot
         with np.errstate(invalid="ignore", divide="ignore"):
-            scale = np.sqrt(np.where(self.signal > 0, self.signal, np.nan))
-            out = self.per_snapshot / (scale[:, :, None] * scale[:, None, :])
+            d = self.denominator
+            scale = np.sqrt(np.where(d > 0, d, np.nan))
+            out = np.clip(self.per_snapshot / (scale[:, :, None] * scale[:, None, :]), -1, 1)
         K = len(self.tasks)
-        out[:, np.arange(K), np.arange(K)] = 1.0
+        out[:, np.arange(K), np.arange(K)] = np.where(np.isfinite(scale), 1.0, np.nan)
         return out
 
     def reliability(self, index: np.ndarray | None = None) -> np.ndarray:
-        """[K] R_i = mean_s(4 ab_i / c_s) / mean_s(G_ii / c_s) over ``index`` (NaN: no halves)."""
+        """[K] window reliability R_i (``gt.reliability_of_means``) over ``index``; NaN
+        without halves."""
         if self.signal is None or self.power is None:
             return np.full(len(self.tasks), np.nan)
-        signal = self.signal if index is None else self.signal[index]
-        power = self.power if index is None else self.power[index]
-        num, den = _nanmean0(signal), _nanmean0(power)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / den, np.nan)
+        if index is None:
+            return gt.reliability_of_means(self.signal, self.power)
+        return gt.reliability_of_means(self.signal[index], self.power[index])
 
     def snapshot_reliability(self) -> np.ndarray:
         """[S, K] per-snapshot reliability 4 ab_i / G_ii (noisy; can be <= 0)."""
@@ -233,20 +249,22 @@ def similarity(
     gram = group_gram(source, group)
     task_list = list(source.tasks)
     step_arr = np.asarray(source.steps, dtype=np.int64)
-    signal = power = None
-    if has_halves(source) or measure == "corrected":
-        halves = group_split_half(source, group)
-        diag = np.diagonal(gram, axis1=-2, axis2=-1)
-        # c_s: the mean squared norm of the tasks present at snapshot s (a common scale).
-        scale = _nanmean0(np.where(diag > 0, diag, np.nan).T)[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            signal = 4.0 * halves[..., 2] / scale
-            power = diag / scale
+    halves = (
+        group_split_half(source, group) if has_halves(source) or measure == "corrected" else None
+    )
+    products, signal, power = gt.scaled_products(gram, halves)
+    if halves is None:
+        power = None
+    denominator = None
     if measure == "raw":
         values = cosine_from_gram(gram)
-    elif measure == "centred":
+    elif measure == "corrected":
+        values, denominator = products, signal
+    elif halves is None:
         values = cosine_from_gram(centred_gram(gram))
     else:
+        scale = gt.snapshot_scale(gram)
         with np.errstate(invalid="ignore", divide="ignore"):
-            values = gram / scale[:, :, None]
-    return Similarity(group, measure, task_list, step_arr, values, signal, power)
+            values = centred_gram(gt.denoised_gram(gram, halves)) / scale[:, None, None]
+        denominator = np.diagonal(values, axis1=-2, axis2=-1).copy()
+    return Similarity(group, measure, task_list, step_arr, values, signal, power, denominator)

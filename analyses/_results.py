@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import geomtrace as gt
 from analyses._clustering import ClusterTree, cluster_tasks, family_agreement
 from analyses._evolution import (
     family_means_by_group,
@@ -43,7 +44,6 @@ from analyses._optimizers import gradvac_target_trajectories
 from analyses._quality import quality_correlation, task_quality
 from analyses._similarity import (
     LOW_RELIABILITY,
-    mean_pair_similarity,
     reliability_table,
     similarity_summary,
     task_alignment,
@@ -724,12 +724,12 @@ def settling_with_interval(
         )
         steps = wide.columns.to_numpy()
         values = wide.to_numpy(dtype=float)  # [pairs, S]
-        settle, final = settling_step(steps, _nanmean_cols(values), tol=tol)
+        settle, final = settling_step(steps, gt.nanmean(values), tol=tol)
         n = len(values)
         finals, settles = [], []
         for _ in range(n_bootstrap):
             pick = values[rng.integers(0, n, n)]
-            s, f = settling_step(steps, _nanmean_cols(pick), tol=tol)
+            s, f = settling_step(steps, gt.nanmean(pick), tol=tol)
             finals.append(f)
             settles.append(steps[-1] + 1 if s is None else s)
         rows.append(
@@ -738,13 +738,6 @@ def settling_with_interval(
              int(steps[-1]), tol)
         )  # fmt: skip
     return pd.DataFrame(rows, columns=SETTLING_INTERVAL_COLUMNS)
-
-
-def _nanmean_cols(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    n = finite.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(finite, values, 0.0).sum(axis=0) / n, np.nan)
 
 
 def pick_pairs(pairs: pd.DataFrame, n_per_kind: int = 2) -> list[tuple[str, str]]:
@@ -912,25 +905,6 @@ def analyse_runs(runs: Sequence[Any], *, progress=None, **kwargs: Any) -> list[R
             progress(f"analysing {label}")
         out.append(analyse_run(run, label=label, **kwargs))
     return out
-
-
-def reliability_at(result: RunResults, group: str) -> float:
-    """The reliability of ``group`` in ``result`` (NaN when unknown)."""
-    sim = result.frames.get("similarity")
-    if sim is None:
-        return float("nan")
-    row = sim[sim["group"] == group]
-    return float(row["reliability"].iloc[0]) if len(row) else float("nan")
-
-
-def mean_similarity_of(result: RunResults, group: str | None = None) -> float:
-    """The mean pair similarity of ``group`` (default: the headline group)."""
-    matrix = result.frames.get("similarity_matrix")
-    if group in (None, result.group) and matrix is not None:
-        return mean_pair_similarity(matrix.to_numpy())
-    sim = result.frames.get("similarity")
-    row = sim[sim["group"] == group] if sim is not None else []
-    return float(row["mean_cosine"].iloc[0]) if len(row) else float("nan")
 
 
 __all__ = [

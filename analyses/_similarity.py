@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import geomtrace as gt
 from analyses._inputs import ALL, Window, part_of, select_window_mask
 from analyses._measures import Similarity, check_measure, is_trace, similarity
 from analyses._uncertainty import LEVEL, N_BOOTSTRAP, block_bootstrap, interval, upper
@@ -44,20 +45,10 @@ RELIABILITY_COLUMNS = [
 LOW_RELIABILITY = 0.5
 
 
-def mean_pair_similarity(matrix: np.ndarray) -> float:
-    """Mean of the finite M_ij over unordered pairs i < j (NaN when there is none)."""
-    values = upper(np.asarray(matrix, dtype=np.float64))
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")
-
-
-def mean_pair_similarity_rows(matrices: np.ndarray) -> np.ndarray:
-    """:func:`mean_pair_similarity` of each [K, K] matrix of a [B, K, K] stack."""
-    values = upper(np.asarray(matrices, dtype=np.float64))
-    finite = np.isfinite(values)
-    n = finite.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(finite, values, 0.0).sum(axis=1) / n, np.nan)
+#: The mean of the finite M_ij over unordered pairs i < j (``gt.mean_pair_similarity``: the
+#: one definition, shared with the integrations' scalars); on a [B, K, K] stack, one per matrix.
+mean_pair_similarity = gt.mean_pair_similarity
+mean_pair_similarity_rows = gt.mean_pair_similarity
 
 
 def alignment_rows(matrices: np.ndarray) -> np.ndarray:

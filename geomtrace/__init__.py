@@ -15,7 +15,12 @@ modules are private (checked by ``tests/test_layers.py``).
   the whole model in the reader).
 - Traces: ``open_trace``, ``Trace``, ``TraceWriter``, ``trace_path``, ``TRACE_FILENAME``,
   ``cosine_from_gram``.
-- Reliability: ``split_half_reliability``, ``corrected_cosine``, ``corrected_cosine_from_means``.
+- Reliability and the noise-corrected similarity (the one home of these estimators):
+  ``split_half_reliability``, ``corrected_cosine`` (one snapshot), ``window_reliability``,
+  ``window_corrected_cosine`` (a window: ratio of scaled means, bounded), ``scaled_products``,
+  ``snapshot_scale``, ``reliability_of_means``, ``corrected_of_means``, ``denoised_gram``, ``RELIABILITY_FLOOR``.
+- Summaries of similarity matrices: ``nanmean``, ``pair_values``, ``mean_pair_similarity``,
+  ``conflict_rate``, ``whole_model_sum``.
 - Errors: ``GeomtraceError``, ``InvalidInputError``, ``TraceError``.
 - Packaging helper: ``lazy_exports`` (for the lazy ``__init__`` of the project's packages).
 """
@@ -49,7 +54,19 @@ _EXPORTS = {
     "cosine_from_gram": "geomtrace._trace",
     "split_half_reliability": "geomtrace._reliability",
     "corrected_cosine": "geomtrace._reliability",
-    "corrected_cosine_from_means": "geomtrace._reliability",
+    "window_reliability": "geomtrace._reliability",
+    "window_corrected_cosine": "geomtrace._reliability",
+    "scaled_products": "geomtrace._reliability",
+    "snapshot_scale": "geomtrace._reliability",
+    "reliability_of_means": "geomtrace._reliability",
+    "corrected_of_means": "geomtrace._reliability",
+    "denoised_gram": "geomtrace._reliability",
+    "RELIABILITY_FLOOR": "geomtrace._reliability",
+    "nanmean": "geomtrace._summaries",
+    "pair_values": "geomtrace._summaries",
+    "mean_pair_similarity": "geomtrace._summaries",
+    "conflict_rate": "geomtrace._summaries",
+    "whole_model_sum": "geomtrace._summaries",
     "Aggregator": "geomtrace._aggregators",
     "Sum": "geomtrace._aggregators",
     "Mean": "geomtrace._aggregators",

@@ -885,8 +885,8 @@ class Trace:
 
         ``corrected=True``: per snapshot, the cosine corrected for sampling noise,
         G_ij / sqrt(4 ab_i 4 ab_j) from the split halves (``halves=True`` traces only; see
-        :meth:`reliability`). For an average over snapshots prefer a ratio of means
-        (``geomtrace.corrected_cosine_from_means``): single-snapshot a.b can be <= 0.
+        :meth:`reliability`). Over a window of snapshots use :meth:`window_cosine` (a ratio of
+        scaled means, the number ``analyze`` prints): single-snapshot a.b can be <= 0.
         """
         if corrected:
             from geomtrace._reliability import corrected_cosine
@@ -1009,8 +1009,9 @@ class Trace:
     # -- split halves, reliability, the whole model ------------------------------------------
     def _sum_over_groups(self, read) -> np.ndarray:
         """Sum of ``read(group)`` over the groups (NaN propagates: absent stays absent)."""
-        parts = [read(g) for g in self.groups]
-        return np.sum(np.stack(parts), axis=0)
+        from geomtrace._summaries import whole_model_sum
+
+        return whole_model_sum([read(g) for g in self.groups])
 
     @property
     def has_halves(self) -> bool:
@@ -1042,6 +1043,49 @@ class Trace:
         from geomtrace._reliability import split_half_reliability
 
         return split_half_reliability(self.split_half(group))
+
+    def _window(self, steps: Sequence[int] | None) -> np.ndarray:
+        """Boolean mask of the snapshots at ``steps`` (default: every snapshot after step 0)."""
+        have = np.asarray(self.steps, dtype=np.int64)
+        if steps is None:
+            mask = have > 0 if (have > 0).any() else np.ones(len(have), dtype=bool)
+        else:
+            wanted = [int(s) for s in steps]
+            missing = sorted(set(wanted) - set(have.tolist()))
+            if missing:
+                raise InvalidInputError(
+                    f"steps {missing} are not in the trace (it has {have.tolist()})"
+                )
+            mask = np.isin(have, wanted)
+        return mask
+
+    def window_reliability(self, group: str, steps: Sequence[int] | None = None) -> np.ndarray:
+        """R_i over a window of snapshots (default: after step 0): [K], a ratio of scaled means
+        (``geomtrace.window_reliability``; the number ``analyze`` prints)."""
+        from geomtrace._reliability import window_reliability
+
+        mask = self._window(steps)
+        return window_reliability(self.gram(group)[mask], self.split_half(group)[mask])
+
+    def window_cosine(
+        self, group: str, steps: Sequence[int] | None = None, corrected: bool = False
+    ) -> np.ndarray:
+        """The similarity matrix over a window of snapshots (default: after step 0): [K, K].
+
+        ``corrected=False``: the NaN-aware mean of the snapshots' cosines; ``True``: the
+        noise-corrected similarity ``geomtrace.window_corrected_cosine`` (ratio of scaled
+        means, clipped to [-1, 1], NaN below the reliability floor). Both are the numbers
+        ``analyze`` prints for ``measure="raw"`` / ``"corrected"``.
+        """
+        mask = self._window(steps)
+        if corrected:
+            from geomtrace._reliability import window_corrected_cosine
+
+            return window_corrected_cosine(self.gram(group)[mask], self.split_half(group)[mask])
+        from geomtrace._summaries import nanmean
+
+        out = nanmean(cosine_from_gram(self.gram(group)[mask]))
+        return out
 
 
 def cosine_from_gram(gram: np.ndarray) -> np.ndarray:

@@ -5,11 +5,12 @@ P = {(i, j): i != j, C_ij finite} (absent tasks and zero gradients give NaN and 
 
 - ``mean_cosine``   = mean_{(i,j) in P} C_ij
 - ``conflict_rate`` = |{(i,j) in P: C_ij < 0}| / |P|  (the fraction of conflicting pairs)
-- ``gradvac_target_mean`` = the mean of GradVac's EMA targets phi_ij over the same kind of
-  pairs, when the snapshot stores them (array ``gradvac_target``, [G, K, K]).
+- ``gradvac_target_mean`` = the mean of GradVac's EMA targets phi_ij over the ordered pairs
+  i != j (targets are directed), when the snapshot stores them (array ``gradvac_target``, [G, K, K]).
 
-C is symmetric, so means over ordered pairs equal means over unordered ones. A group with no
-finite pair gets no entry (rather than a NaN scalar).
+Both are ``gt.mean_pair_similarity`` and ``gt.conflict_rate`` over the unordered pairs i < j
+(C is symmetric), the definitions every command uses. A group with no finite pair gets no
+entry (rather than a NaN scalar).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from geomtrace import InvalidInputError, cosine_from_gram
-
-
-def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
-    """The finite off-diagonal entries of a K x K matrix."""
-    k = matrix.shape[-1]
-    values = matrix[~np.eye(k, dtype=bool)]
-    return values[np.isfinite(values)]
+from geomtrace import (
+    InvalidInputError,
+    conflict_rate,
+    cosine_from_gram,
+    mean_pair_similarity,
+    nanmean,
+)
 
 
 def snapshot_scalars(
@@ -40,12 +40,15 @@ def snapshot_scalars(
     cosine = cosine_from_gram(gram)
     out: dict[tuple[str, str], float] = {}
     for k, group in enumerate(groups):
-        pairs = _off_diagonal(cosine[k])
-        if pairs.size:
-            out[group, "mean_cosine"] = float(pairs.mean())
-            out[group, "conflict_rate"] = float((pairs < 0).mean())
+        mean = mean_pair_similarity(cosine[k])
+        if np.isfinite(mean):
+            out[group, "mean_cosine"] = mean
+            out[group, "conflict_rate"] = conflict_rate(cosine[k])
         if targets is not None:
-            phi = _off_diagonal(np.asarray(targets, dtype=np.float64)[k])
-            if phi.size:
-                out[group, "gradvac_target_mean"] = float(phi.mean())
+            # GradVac's targets are directed (phi_ij is updated while visiting task i, after
+            # earlier projections): the mean is over ordered pairs i != j, not i < j.
+            phi = np.asarray(targets, dtype=np.float64)[k]
+            phi = nanmean(phi[~np.eye(phi.shape[-1], dtype=bool)], axis=0)
+            if np.isfinite(phi):
+                out[group, "gradvac_target_mean"] = float(phi)
     return out

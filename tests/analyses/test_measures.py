@@ -113,3 +113,41 @@ def test_corrected_needs_halves_and_centring_removes_the_common_component(tmp_pa
     m = sim.matrix()
     # Centred cosines of K tasks average about -1/(K-1): the levels move, the pairs compare.
     assert mean_offdiag(m) == pytest.approx(-1 / (K - 1), abs=0.1)
+
+
+def test_centred_with_halves_is_not_fooled_by_unequal_noise(tmp_path):
+    """Every true cosine 0.6, reliabilities ~0.6 (tasks 0-3) vs ~0.15 (tasks 4-7): centring the
+    raw Gram pushes noisy pairs down and reliable pairs up (issue 18: +0.14 vs -0.21); the
+    denoised centred measure gives every pair the same expected value, -1/(K-1)."""
+    import analyses
+    import geomtrace as gt
+
+    rng = np.random.default_rng(3)
+    K, P, S = 8, 400, 40
+    corr = np.full((K, K), 0.6) + 0.4 * np.eye(K)
+    signal = np.linalg.cholesky(corr) @ np.linalg.qr(rng.normal(size=(P, K)))[0].T  # |s_i| = 1
+    # Half noise sd per coordinate: r = 4|s|^2 / (4|s|^2 + 2 P sd^2).
+    sd = np.array([np.sqrt((4 / r - 4) / (2 * P)) for r in [0.6] * 4 + [0.15] * 4])
+    tasks = [f"t{i}" for i in range(K)]
+    writer = gt.TraceWriter(tmp_path / "run", tasks, [("g", P, ["w"])], overwrite=True)
+    for s in range(1, S + 1):
+        a = signal + sd[:, None] * rng.normal(size=(K, P))
+        b = signal + sd[:, None] * rng.normal(size=(K, P))
+        g = a + b
+        split = np.stack([(a * a).sum(1), (b * b).sum(1), (a * b).sum(1)], 1)
+        writer.write_snapshot(s, (g @ g.T)[None], arrays={"split_half": split[None]})
+    writer.close()
+    trace = gt.open_trace(tmp_path / "run")
+    centred = analyses.similarity(trace, "g", "centred").matrix()
+    iu = np.triu_indices(K, 1)
+    reliable = [(i, j) for i, j in zip(*iu, strict=True) if j < 4]
+    noisy = [(i, j) for i, j in zip(*iu, strict=True) if i >= 4]
+    mean = lambda pairs: np.mean([centred[i, j] for i, j in pairs])  # noqa: E731
+    assert abs(mean(reliable) - mean(noisy)) < 0.08
+    np.testing.assert_allclose([mean(reliable), mean(noisy)], -1 / (K - 1), atol=0.08)
+    # The raw centred measure (what a trace without halves gets) shows the artefact.
+    raw_centred = gt.nanmean(gt.cosine_from_gram(analyses.centred_gram(trace.gram("g"))))
+    gap = np.mean([raw_centred[i, j] for i, j in reliable]) - np.mean(
+        [raw_centred[i, j] for i, j in noisy]
+    )
+    assert gap > 0.2

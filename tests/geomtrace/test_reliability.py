@@ -144,8 +144,14 @@ def test_reliability_functions_by_hand():
     assert cos[0, 0] == 1.0 and np.isnan(cos[1, 1]) and np.isnan(cos[0, 1])  # ab_1 < 0
     assert np.isnan(cos[0, 2])
     split[1, 2] = 0.25
-    cos = gt.corrected_cosine_from_means(gram, split)
+    split[2, 0] = 2.0  # task 2: aa = 2, bb = 1, ab = 1 -> R = 4 / 5
+    # One snapshot: c = mean(8, 1, 3) = 4 cancels in the ratio of means.
+    cos = gt.window_corrected_cosine(gram[None], split[None])
     assert cos[0, 1] == pytest.approx(1.0 / np.sqrt(4 * 1.0 * 4 * 0.25))
+    assert cos[1, 2] == pytest.approx(np.clip(0.0 / np.sqrt(4 * 0.25 * 4 * 1.0), -1, 1))
+    np.testing.assert_allclose(
+        gt.window_reliability(gram[None], split[None]), [4 / 8, 1.0 / 1.0, 4 / 3]
+    )
 
 
 # -- the planted test ------------------------------------------------------------------------
@@ -195,7 +201,7 @@ def test_planted_reliability_and_corrected_cosine_are_recovered(tmp_path, seed):
     np.testing.assert_allclose(reliability, R_TRUE, atol=0.04)
     # The per-snapshot estimates are noisy but centred on R_TRUE too.
     np.testing.assert_allclose(np.mean(trace.reliability("all"), 0), R_TRUE, atol=0.05)
-    corrected = gt.corrected_cosine_from_means(mean_gram, mean_split)
+    corrected = gt.window_corrected_cosine(gram, split)
     off = ~np.eye(K, dtype=bool)
     np.testing.assert_allclose(corrected[off], PLANTED[off], atol=0.12)
     raw = gt.cosine_from_gram(mean_gram)
