@@ -234,7 +234,7 @@ def _add_analysis_options(p, *, permutations: int) -> None:
     )  # fmt: skip
     p.add_argument(
         "--bootstrap", type=int, default=1000,
-        help="moving-block bootstrap replicates over snapshots for every interval (default 1000)",
+        help="circular block bootstrap replicates over snapshots for every interval (default 1000)",
     )  # fmt: skip
     p.add_argument(
         "--measure", default="raw", choices=MEASURES,

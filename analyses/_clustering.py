@@ -117,8 +117,9 @@ def family_agreement(
     Null (one-sided, "greater"): family labels permuted over the tasks (the tree and the
     nearest neighbours stay fixed), ``n_permutations`` times from ``seed``.
     ``replicates`` ([B, K, K] bootstrap matrices over the same tasks, e.g.
-    ``Similarity.replicates``): ci_low, ci_high = the ``level`` percentile interval of the
-    statistic recomputed (tree, cut, nearest neighbours) on each replicate; NaN without.
+    ``Similarity.replicates``): ci_low, ci_high = the ``level`` basic bootstrap interval of the
+    statistic recomputed (tree, cut, nearest neighbours) on each replicate, reflected about
+    the estimate (basic interval, ``analyses._uncertainty``); NaN without.
     Columns: statistic, value, ci_low, ci_high, p_value, null_mean, n_tasks, n_families,
     n_clusters, n_permutations, note. Needs at least 4 tasks.
     """
@@ -162,7 +163,7 @@ def family_agreement(
         p, null_mean = p_value(null, ari, "greater"), float(np.nanmean(null))
     boot_ari, boot_nn, boot_coph = _replicate_statistics(replicates, labels, f, n_fam)
     rows.append(
-        ("ari", ari, *interval(boot_ari, level), p, null_mean, K, n_fam, n_clusters,
+        ("ari", ari, *interval(boot_ari, level, estimate=ari, bounds=(-1.0, 1.0)), p, null_mean, K, n_fam, n_clusters,
          n_permutations, note)
     )  # fmt: skip
 
@@ -174,14 +175,16 @@ def family_agreement(
     note = "" if n_fam < K else "no two tasks share a family"
     rows.append(
         (
-            "nn_same_family", observed, *interval(boot_nn, level),
+            "nn_same_family", observed,
+            *interval(boot_nn, level, estimate=observed, bounds=(0.0, 1.0)),
             p_value(null, observed, "greater"), float(null.mean()), K, n_fam, np.nan,
             n_permutations, note,
         )
     )  # fmt: skip
     rows.append(
         (
-            "cophenetic_correlation", tree.cophenetic_correlation, *interval(boot_coph, level),
+            "cophenetic_correlation", tree.cophenetic_correlation,
+            *interval(boot_coph, level, estimate=tree.cophenetic_correlation, bounds=(-1.0, 1.0)),
             np.nan, np.nan, K, n_fam, np.nan, 0, "fit of the tree to 1 - cosine; not a test",
         )
     )  # fmt: skip

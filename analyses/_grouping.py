@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import geomtrace as gt
 from analyses._inputs import ALL, Window, is_trace, window_mask
 from analyses._measures import group_gram
 from analyses._similarity import windowed
@@ -116,21 +117,19 @@ def lookahead_affinity(
             "this trace has none in the window"
         )
 
-    def average(values: np.ndarray) -> np.ndarray:
-        finite = np.isfinite(values)
-        n = finite.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n > 0, np.where(finite, values, 0.0).sum(axis=0) / n, np.nan)
-
     replicates = None
     if n_bootstrap:
         rows = block_bootstrap(len(per), n_bootstrap, block=block, seed=seed)
-        replicates = np.stack([average(per[r]) for r in rows])
+        replicates = np.stack([gt.nanmean(per[r]) for r in rows])
+    # SGD-only by construction: an Adam(W) step is lr D g_i with D from the second moments,
+    # whose lookahead is lr g_j . D g_i / L_j; the trace does not record D, so this is the
+    # affinity a plain SGD step would have, not what an Adam-trained run did.
     note = (
-        f"first order, plain step with lr = {rate:g} (the run's base rate; Adam scaling and the "
-        "schedule not modelled)"
+        f"SGD-only: the first-order effect of a plain SGD step with lr = {rate:g} (the run's "
+        "base rate); an Adam(W) step (lr D g_i, D from the second moments), clipping and the "
+        "schedule are not modelled"
     )
-    return Affinity("lookahead", list(trace.tasks), average(per), replicates, note)
+    return Affinity("lookahead", list(trace.tasks), gt.nanmean(per), replicates, note)
 
 
 def task_affinity(
@@ -442,7 +441,7 @@ def group_tasks(
 ) -> Grouping:
     """Partition the trace's tasks into ``k`` groups by gradient affinity, with baselines.
 
-    Stability: the best partition of each of ``n_bootstrap`` moving-block bootstrap
+    Stability: the best partition of each of ``n_bootstrap`` circular block bootstrap
     replicates of the affinity (heuristic search beyond K = 8 for speed) gives ``together``.
     Baselines (tasks with ISO codes only): ``typology`` = the best partition of the
     typological similarity -d (``distance``, any of analyses.DISTANCES) with the same k and

@@ -12,10 +12,17 @@ import pandas as pd
 
 from analyses._covariates import covariate_distances
 from analyses._inputs import Window, is_trace, select_window_mask, tasks_with_nan
+from analyses._language_level import (
+    disattenuated,
+    language_interval,
+    matrix_reliability,
+    rank_correlation,
+)
 from analyses._measures import similarity
 from analyses._stats import mantel, partial_mantel
 from analyses._typology import DISTANCES, _kinds, typological_distances
 from analyses._uncertainty import (
+    CORRELATION_RANGE,
     LEVEL,
     N_BOOTSTRAP,
     correlation_rows,
@@ -31,8 +38,10 @@ log = logging.getLogger(__name__)
 CORRELATION_COLUMNS = [
     "group", "measure", "distance", "control", "n_languages", "rho", "ci_low", "ci_high",
     "p_value", "rho_step0", "p_value_step0", "partial_rho", "partial_ci_low", "partial_ci_high",
-    "partial_p_value", "partial_rho_step0", "partial_p_value_step0", "n_permutations",
-    "n_bootstrap", "excluded", "note",
+    "partial_p_value", "partial_rho_step0", "partial_p_value_step0", "matrix_reliability",
+    "rho_disattenuated", "lang_ci_low", "lang_ci_high", "partial_disattenuated",
+    "partial_lang_ci_low", "partial_lang_ci_high", "n_permutations", "n_bootstrap", "excluded",
+    "note",
 ]  # fmt: skip
 
 
@@ -75,8 +84,15 @@ def typology_correlation(
     ``char_overlap``, ``script``; or ``{name: [K, K] DataFrame}`` over tasks):
 
     - rho, p_value: Mantel test (Spearman, joint permutation of languages, two-sided); ci_low,
-      ci_high: the ``level`` percentile interval of rho over ``n_bootstrap`` moving-block
-      bootstrap replicates of the snapshots (the matrix's own uncertainty, which p ignores);
+      ci_high: the ``level`` basic interval of rho over ``n_bootstrap`` circular block
+      bootstrap replicates of the snapshots. Question answered: "how much would THIS RUN's
+      matrix move with other snapshots?" (not a claim about languages);
+    - matrix_reliability: the split-half reliability of the matrix's pair values (even vs odd
+      snapshots, Spearman-Brown); rho_disattenuated = rho / sqrt(matrix_reliability) (NaN
+      below :data:`~analyses._language_level.MATRIX_RELIABILITY_FLOOR`), with lang_ci_low,
+      lang_ci_high from the language jackknife combined with the snapshot bootstrap. Question
+      answered: "what is the relation in languages like these, with the noise removed?"
+      (:mod:`analyses._language_level`); partial_disattenuated and partial_lang_ci_* likewise;
     - rho_step0, p_value_step0: the same with the step-0 (untrained) cosine matrix: what the
       initialisation and the data alone already give;
     - partial_rho, partial_p_value (+ ``_step0``): partial Mantel controlling for ``control``
@@ -88,7 +104,19 @@ def typology_correlation(
     full = similarity(source, group, measure, tasks=tasks, steps=steps)
     windowed = full.select(select_window_mask(full.steps, window))
     sim = windowed.matrix()
-    replicates = windowed.replicates(n_bootstrap, block=block, seed=seed)
+    index = windowed.bootstrap_index(n_bootstrap, block=block, seed=seed)
+    replicates = np.stack([windowed.matrix(row) for row in index])
+    # Half-window matrices (even / odd snapshots, in each replicate too): the matrix's own
+    # split-half reliability, for the disattenuated rho.
+    n_snap = len(windowed)
+    halves_ok = n_snap >= 4
+    if halves_ok:
+        even, odd = (
+            windowed.matrix(np.arange(0, n_snap, 2)),
+            windowed.matrix(np.arange(1, n_snap, 2)),
+        )
+        rep_even = np.stack([windowed.matrix(row[0::2]) for row in index])
+        rep_odd = np.stack([windowed.matrix(row[1::2]) for row in index])
     at0 = full.steps == 0
     sim0 = full.select(at0).matrix() if at0.any() else None
     codes = task_iso_codes(source, iso_codes)
@@ -120,6 +148,16 @@ def typology_correlation(
     )
     if sim0 is None and not notes:
         notes.append("no step-0 snapshot: no baseline")
+    if not halves_ok:
+        notes.append(f"{n_snap} snapshots in the window: no split-half matrix reliability (need 4)")
+    sub_even = even[np.ix_(keep, keep)] if halves_ok else None
+    sub_odd = odd[np.ix_(keep, keep)] if halves_ok else None
+    rel = matrix_reliability(sub_even, sub_odd) if halves_ok else float("nan")
+    rel_boot = (
+        matrix_reliability(rep_even[:, keep][:, :, keep], rep_odd[:, keep][:, :, keep])
+        if halves_ok
+        else np.full(len(replicates), np.nan)
+    )
 
     task_codes = [str(codes[t]).lower() for t in labels]
     unique = list(dict.fromkeys(task_codes))
@@ -168,18 +206,37 @@ def typology_correlation(
         r = mantel(x, y, **kw)
         r0 = mantel(x0, y, **kw) if x0 is not None else None
         ctrl = [c for c in controls if c != kind] or [None]
-        lo, hi = interval(r_boot, level)
+        lo, hi = interval(r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE)
+        y_mat = y.to_numpy()
+        dis = disattenuated(r.statistic, rel)
+        dis_lo, dis_hi = language_interval(
+            float(dis),
+            _leave_one_out(x.to_numpy(), y_mat, None, sub_even, sub_odd),
+            disattenuated(r_boot, rel_boot),
+            level,
+        )
         for c in ctrl:
             pr = partial_mantel(x, y, controls[c], **kw) if c else None
             pr0 = partial_mantel(x0, y, controls[c], **kw) if c and x0 is not None else None
-            p_lo = p_hi = np.nan
+            p_lo = p_hi = pdis = pdis_lo = pdis_hi = np.nan
             if c:
-                z_up = upper(controls[c].to_numpy())
+                z_mat = controls[c].to_numpy()
+                z_up = upper(z_mat)
                 z_rank = rank_rows(z_up[None])[0] if method == "spearman" else z_up
                 ryz = float(correlation_rows(y_rank[None], z_rank, row_method)[0])
                 rxz = correlation_rows(x_boot, z_rank, row_method)
                 partial = partial_from_r(r_boot, rxz, ryz)
-                p_lo, p_hi = interval(partial, level)
+                p_lo, p_hi = interval(
+                    partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE
+                )
+                rxz_obs = float(rank_correlation(upper(x.to_numpy())[None], z_up)[0])
+                pdis = float(disattenuated(r.statistic, rel, rxz_obs, ryz))
+                pdis_lo, pdis_hi = language_interval(
+                    pdis,
+                    _leave_one_out(x.to_numpy(), y_mat, z_mat, sub_even, sub_odd),
+                    disattenuated(r_boot, rel_boot, rxz, ryz),
+                    level,
+                )
             rows.append(
                 {
                     "group": full.group,
@@ -199,6 +256,13 @@ def typology_correlation(
                     "partial_p_value": pr.p_value if pr else np.nan,
                     "partial_rho_step0": pr0.statistic if pr0 else np.nan,
                     "partial_p_value_step0": pr0.p_value if pr0 else np.nan,
+                    "matrix_reliability": rel,
+                    "rho_disattenuated": float(dis),
+                    "lang_ci_low": dis_lo,
+                    "lang_ci_high": dis_hi,
+                    "partial_disattenuated": pdis,
+                    "partial_lang_ci_low": pdis_lo,
+                    "partial_lang_ci_high": pdis_hi,
                     "n_permutations": n_permutations,
                     "n_bootstrap": n_bootstrap,
                     "excluded": "; ".join(excluded),
@@ -206,3 +270,28 @@ def typology_correlation(
                 }
             )
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+def _leave_one_out(x, y, z, even, odd) -> np.ndarray:
+    """The disattenuated (partial) rho with each language left out, with all its pairs: [n].
+
+    Spearman on the remaining pairs; the matrix reliability recomputed from the half-window
+    matrices of the remaining languages (NaN without them).
+    """
+    n = len(x)
+    out = np.full(n, np.nan)
+    if even is None or n < 5:
+        return out
+    for left in range(n):
+        k = np.ix_(np.delete(np.arange(n), left), np.delete(np.arange(n), left))
+        xu, yu = upper(x[k])[None], upper(y[k])
+        rxy = float(rank_correlation(xu, yu)[0])
+        rel = matrix_reliability(even[k], odd[k])
+        if z is None:
+            out[left] = disattenuated(rxy, rel)
+        else:
+            zu = upper(z[k])
+            rxz = float(rank_correlation(xu, zu)[0])
+            ryz = float(rank_correlation(yu[None], zu)[0])
+            out[left] = disattenuated(rxy, rel, rxz, ryz)
+    return out

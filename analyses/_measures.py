@@ -183,11 +183,19 @@ class Similarity:
         out[:, ~present] = np.nan
         return out
 
+    def bootstrap_index(
+        self, n_bootstrap: int = N_BOOTSTRAP, *, block: int | None = None, seed: int = 0
+    ) -> np.ndarray:
+        """[B, S] snapshot indices of circular block bootstrap replicates; the default block
+        length follows the autocorrelation of the per-snapshot mean pair value."""
+        series = gt.mean_pair_similarity(self.per_snapshot) if len(self) else None
+        return block_bootstrap(len(self), n_bootstrap, block=block, seed=seed, series=series)
+
     def replicates(
         self, n_bootstrap: int = N_BOOTSTRAP, *, block: int | None = None, seed: int = 0
     ) -> np.ndarray:
-        """[B, K, K] matrices of moving-block bootstrap replicates of the snapshots."""
-        index = block_bootstrap(len(self), n_bootstrap, block=block, seed=seed)
+        """[B, K, K] matrices of circular block bootstrap replicates of the snapshots."""
+        index = self.bootstrap_index(n_bootstrap, block=block, seed=seed)
         return np.stack([self.matrix(row) for row in index])
 
     def snapshot_matrices(self) -> np.ndarray:

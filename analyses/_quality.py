@@ -10,16 +10,25 @@ import pandas as pd
 
 from analyses._covariates import covariate_distances
 from analyses._inputs import Window, is_trace
+from analyses._language_level import language_interval
 from analyses._measures import similarity
 from analyses._similarity import alignment_rows, task_alignment, windowed
 from analyses._stats import permutation_correlation
-from analyses._uncertainty import LEVEL, N_BOOTSTRAP, interval, partial_from_r, spearman_rows
+from analyses._uncertainty import (
+    CORRELATION_RANGE,
+    LEVEL,
+    N_BOOTSTRAP,
+    interval,
+    partial_from_r,
+    spearman_rows,
+)
 from geomtrace import InvalidInputError
 
 QUALITY_CORRELATION_COLUMNS = [
     "group", "measure", "metric", "n_tasks", "rho", "ci_low", "ci_high", "p_value", "rho_step0",
     "p_value_step0", "control", "partial_rho", "partial_ci_low", "partial_ci_high",
-    "partial_p_value", "n_permutations", "n_bootstrap", "excluded", "note",
+    "partial_p_value", "lang_ci_low", "lang_ci_high", "n_permutations", "n_bootstrap",
+    "excluded", "note",
 ]  # fmt: skip
 QUALITY_DIFFERENCE_COLUMNS = ["run", "task", "value", "baseline", "delta"]
 
@@ -111,9 +120,13 @@ def quality_correlation(
     rho_step0 uses the step-0 mean similarity (does the untrained geometry already predict
     quality?). partial_rho controls for ``control``: ``auto`` = each task's mean character
     overlap 1 - d_char with the others (trace meta ``char_profiles``), or a {task: value}
-    mapping. ci_low/ci_high (and partial_ci_*): the ``level`` percentile interval of rho
-    recomputed on ``n_bootstrap`` moving-block bootstrap replicates of the snapshots (quality
-    values fixed). Columns: see ``QUALITY_CORRELATION_COLUMNS``.
+    mapping. ci_low/ci_high (and partial_ci_*): the ``level`` basic interval of rho
+    recomputed on ``n_bootstrap`` circular block bootstrap replicates of the snapshots (quality
+    values fixed): how much THIS RUN's rho would move with other snapshots. lang_ci_low,
+    lang_ci_high: the task jackknife (each task left out, the others' alignment recomputed
+    without it) combined with the snapshot replicates on Fisher's z scale
+    (``analyses._language_level.language_interval``): the relation in tasks like these.
+    Columns: see ``QUALITY_CORRELATION_COLUMNS``.
     """
     # The table gives the point values; its own per-task intervals are not used here (the
     # correlation's interval comes from the replicates below), so it gets the fewest.
@@ -186,7 +199,11 @@ def quality_correlation(
         quality_values = f[metric].to_numpy(dtype=float)
         r_boot = spearman_rows(boot_align[:, rows_k], quality_values)
         row.update(rho=r.statistic, p_value=r.p_value)
-        row["ci_low"], row["ci_high"] = interval(r_boot, level)
+        row["ci_low"], row["ci_high"] = interval(
+            r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE
+        )
+        loo = _leave_one_task_out(sim.matrix()[np.ix_(rows_k, rows_k)], quality_values)
+        row["lang_ci_low"], row["lang_ci_high"] = language_interval(r.statistic, loo, r_boot, level)
         if f["mean_similarity_step0"].notna().all():
             r0 = permutation_correlation(f["mean_similarity_step0"], f[metric], **kw)
             row.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
@@ -196,9 +213,23 @@ def quality_correlation(
             z = f["_ctrl"].to_numpy(dtype=float)
             ryz = float(spearman_rows(quality_values[None], z)[0])
             partial = partial_from_r(r_boot, spearman_rows(boot_align[:, rows_k], z), ryz)
-            row["partial_ci_low"], row["partial_ci_high"] = interval(partial, level)
+            row["partial_ci_low"], row["partial_ci_high"] = interval(
+                partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE
+            )
         rows.append(row)
     return pd.DataFrame(rows, columns=QUALITY_CORRELATION_COLUMNS)
+
+
+def _leave_one_task_out(matrix: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Spearman(alignment, quality) with each task left out, the alignment a_i = mean_{j != i}
+    M_ij recomputed over the remaining tasks: [n]."""
+    n = len(quality)
+    out = np.full(n, np.nan)
+    for left in range(n):
+        keep = np.delete(np.arange(n), left)
+        align = alignment_rows(matrix[np.ix_(keep, keep)])
+        out[left] = float(spearman_rows(align[None], quality[keep])[0])
+    return out
 
 
 def quality_difference(

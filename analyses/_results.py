@@ -7,7 +7,7 @@ layer recomputes it. What a run cannot support is a :class:`NotApplicable` with 
 (tasks without ISO codes have no typology; a run without quality rows has no quality
 correlation), never an exception caught as a skip: only real input errors raise.
 
-Uncertainty (see ``analyses._uncertainty``): every statistic carries a moving-block bootstrap
+Uncertainty (see ``analyses._uncertainty``): every statistic carries a circular block bootstrap
 interval over snapshots (``ci_low``, ``ci_high``) next to its permutation p-value, each table
 of tests a Holm-adjusted p (``p_holm``) with the number of tests in its family
 (``frames["tests"]``), and, when the trace has split halves, reliability per group and task.

@@ -22,7 +22,7 @@ import pandas as pd
 import geomtrace as gt
 from analyses._inputs import ALL, Window, part_of, select_window_mask
 from analyses._measures import Similarity, check_measure, is_trace, similarity
-from analyses._uncertainty import LEVEL, N_BOOTSTRAP, block_bootstrap, interval, upper
+from analyses._uncertainty import CORRELATION_RANGE, LEVEL, N_BOOTSTRAP, interval, upper
 
 SUMMARY_COLUMNS = [
     "group", "position", "part", "measure", "n_steps", "step_first", "step_last",
@@ -123,7 +123,7 @@ def similarity_summary(
     """One row per group: how aligned the task gradients are over the step window.
 
     mean_cosine = :func:`mean_pair_similarity` of the step-averaged matrix under ``measure``
-    with its moving-block bootstrap interval (ci_low, ci_high; ``analyses._uncertainty``);
+    with its circular block bootstrap interval (ci_low, ci_high; ``analyses._uncertainty``);
     std_over_steps = std (ddof 0) over snapshots of the per-snapshot mean pair similarity;
     conflict_rate = fraction of finite (pair, snapshot) similarities < 0 (PCGrad's
     "conflicting gradients"); n_missing = NaN (pair, snapshot) cells. When the trace has split
@@ -135,14 +135,15 @@ def similarity_summary(
     rows = []
     for g in _groups(source, group):
         sim = windowed(source, g, measure, window=window, tasks=tasks, steps=steps)
-        index = block_bootstrap(len(sim), n_bootstrap, block=block, seed=seed)
+        index = sim.bootstrap_index(n_bootstrap, block=block, seed=seed)
         per_snapshot = sim.snapshot_matrices()
         values = upper(per_snapshot)  # [S, pairs]
         finite = np.isfinite(values)
         per_step = mean_pair_similarity_rows(per_snapshot)
         per_step = per_step[np.isfinite(per_step)]
         boot = mean_pair_similarity_rows(np.stack([sim.matrix(row) for row in index]))
-        lo, hi = interval(boot, level)
+        mean = mean_pair_similarity(sim.matrix())
+        lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE)
         row = {
             "group": sim.group,
             "position": source.groups.index(g) if is_trace(source) and g in source.groups else -1,
@@ -151,11 +152,11 @@ def similarity_summary(
             "n_steps": len(sim),
             "step_first": int(sim.steps[0]),
             "step_last": int(sim.steps[-1]),
-            "mean_cosine": mean_pair_similarity(sim.matrix()),
+            "mean_cosine": mean,
             "ci_low": lo,
             "ci_high": hi,
             "std_over_steps": float(per_step.std()) if per_step.size else np.nan,
-            "conflict_rate": float((values[finite] < 0).mean()) if finite.any() else np.nan,
+            "conflict_rate": gt.conflict_rate(per_snapshot),
             "reliability": np.nan,
             "mean_corrected": np.nan,
             "corrected_ci_low": np.nan,
@@ -174,9 +175,10 @@ def similarity_summary(
                 else windowed(source, g, "corrected", window=window, tasks=tasks, steps=steps)
             )
             boot = mean_pair_similarity_rows(np.stack([corrected.matrix(r) for r in index]))
-            lo, hi = interval(boot, level)
+            mean = mean_pair_similarity(corrected.matrix())
+            lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE)
             row.update(
-                mean_corrected=mean_pair_similarity(corrected.matrix()),
+                mean_corrected=mean,
                 corrected_ci_low=lo,
                 corrected_ci_high=hi,
             )
@@ -206,7 +208,7 @@ def task_alignment(
     reliability = R_i when the trace has split halves (NaN otherwise).
     """
     sim = windowed(source, group, measure, window=window, tasks=tasks, steps=steps)
-    index = block_bootstrap(len(sim), n_bootstrap, block=block, seed=seed)
+    index = sim.bootstrap_index(n_bootstrap, block=block, seed=seed)
     boot = alignment_rows(np.stack([sim.matrix(row) for row in index]))  # [B, K]
     point = alignment_rows(sim.matrix())
     per_step = alignment_rows(sim.snapshot_matrices())  # [S, K]
@@ -218,7 +220,7 @@ def task_alignment(
         a = per_step[:, k][np.isfinite(per_step[:, k])]
         others = snap[:, k, :][:, off[k]]
         others = others[np.isfinite(others)]
-        lo, hi = interval(boot[:, k], level)
+        lo, hi = interval(boot[:, k], level, estimate=point[k], bounds=CORRELATION_RANGE)
         rows.append(
             {
                 "group": sim.group,

@@ -63,9 +63,13 @@ def results_text(res) -> str:
         f"run {res.run or res.label}  method {d.method_label()}  group {res.group}  "
         f"measure {res.measure}",
         f"{len(res.tasks)} {d.tasks_noun}: {', '.join(res.tasks)}",
-        f"intervals: {level}% moving-block bootstrap over snapshots "
-        f"({res.settings['n_bootstrap']} replicates); p: {res.settings['n_permutations']} "
-        "permutations; * = survives Holm's correction within its table (alpha 0.05)",
+        f"[CI]: {level}% basic interval, circular block bootstrap over snapshots "
+        f"({res.settings['n_bootstrap']} replicates): how much THIS RUN's matrix would move "
+        f"with other snapshots; [lang CI]: {d.task_noun} jackknife + snapshots (typology: on "
+        f"the disattenuated, noise-removed statistic): the relation in {d.tasks_noun} like "
+        "these; p: "
+        f"{res.settings['n_permutations']} permutations; * = survives Holm's correction within "
+        "its table (alpha 0.05)",
     ]
     for warning in res.warnings:
         out.append(f"WARNING: {warning}")
@@ -106,17 +110,23 @@ def results_text(res) -> str:
         out += ["", f"== clustering: tree over {len(res.tree.tasks)} {d.tasks_noun} "
                 f"(cophenetic r {res.tree.cophenetic_correlation:.2f}); no family labels"]  # fmt: skip
     if "typology" in f:
-        out += ["", "== typology (Mantel; rho > 0: closer languages, more aligned gradients)"]
+        out += ["", "== typology (Mantel; rho > 0: closer languages, more aligned gradients; "
+                "dis.: divided by the root of the matrix's split-half reliability)"]  # fmt: skip
         rows = []
         for r in f["typology"].itertuples():
             rows.append(
                 [r.distance, str(r.control), with_interval(r.rho, r.ci_low, r.ci_high),
                  p_text(r.p_value) + mark(r.p_holm), _f(r.rho_step0, 2),
                  with_interval(r.partial_rho, r.partial_ci_low, r.partial_ci_high),
-                 p_text(r.partial_p_value) + mark(r.partial_p_holm)]
+                 p_text(r.partial_p_value) + mark(r.partial_p_holm),
+                 _f(r.matrix_reliability, 2),
+                 with_interval(r.rho_disattenuated, r.lang_ci_low, r.lang_ci_high),
+                 with_interval(r.partial_disattenuated, r.partial_lang_ci_low,
+                               r.partial_lang_ci_high)]
             )  # fmt: skip
         out.append(_table(rows, ["distance", "control", "rho [CI]", "p", "rho step 0",
-                                 "partial rho [CI]", "p"]))  # fmt: skip
+                                 "partial rho [CI]", "p", "matrix rel.", "rho dis. [lang CI]",
+                                 "partial dis. [lang CI]"]))  # fmt: skip
     if "layers" in f:
         out += ["", "== where the language structure lives: partial rho given "
                 f"{_first_control(f['layers'])} per group (raw rho in parentheses)"]  # fmt: skip
@@ -136,11 +146,12 @@ def results_text(res) -> str:
             [r.metric, str(r.n_tasks), with_interval(r.rho, r.ci_low, r.ci_high),
              p_text(r.p_value) + mark(r.p_holm), _f(r.rho_step0, 2), str(r.control),
              with_interval(r.partial_rho, r.partial_ci_low, r.partial_ci_high),
-             p_text(r.partial_p_value) + mark(r.partial_p_holm)]
+             p_text(r.partial_p_value) + mark(r.partial_p_holm),
+             with_interval(r.rho, r.lang_ci_low, r.lang_ci_high)]
             for r in f["quality"].itertuples()
         ]  # fmt: skip
         out.append(_table(rows, ["metric", "n", "rho [CI]", "p", "rho step 0", "control",
-                                 "partial [CI]", "p"]))  # fmt: skip
+                                 "partial [CI]", "p", f"rho [{d.task_noun} CI]"]))  # fmt: skip
     for name in ("group_settling", "family_settling"):
         if name in f:
             out += ["", f"== settling of the mean pair similarity ({name.split('_')[0]}); "

@@ -169,7 +169,9 @@ def _here(result: analyses.RunResults, key: str) -> str:
     s = result.settings
     tests = (
         f"{s.get('n_permutations')} permutations, {s.get('n_bootstrap')} bootstrap replicates "
-        f"over snapshots ({s.get('level', 0.95):.0%} intervals)"
+        f"over snapshots ({s.get('level', 0.95):.0%} basic intervals: how much this run's "
+        "matrix would move with other snapshots; the typology table's lang_ci columns add "
+        f"{noun} sampling and remove the noise: the relation in {plural} like these)"
     )
     if key == "f1":
         text = f"Average-linkage clustering on 1 − similarity ({where}; {window}). " + (
@@ -480,6 +482,7 @@ def write_report(
         )
         toc.append('<li><a href="#seeds">Across seeds</a></li>')
     settings = results[0].settings
+    noun, plural = nouns(results[0].description)
     names = ", ".join(FIGURES.values())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -491,7 +494,11 @@ def write_report(
 (Wang, Tsvetkov, Firat, Cao, ICLR 2021). Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 by geomtrace {html.escape(gt.__version__)}; {len(results)} run{"s" if len(results) != 1 else ""};
 permutation tests with {settings.get("n_permutations")} permutations, intervals from
-{settings.get("n_bootstrap")} bootstrap replicates over snapshots (seed {settings.get("seed")}).
+{settings.get("n_bootstrap")} bootstrap replicates over snapshots (seed {settings.get("seed")}):
+an interval named CI says how much <i>this run's matrix</i> would move with other snapshots;
+one named lang CI (typology, quality) adds the sampling of {plural} by a jackknife and,
+for typology, removes the noise (disattenuated): it is the one to read as a claim about
+{plural}.
 Each run leads with F7, where in the model the structure lives.</p>
 {_warnings_html(results)}
 <nav><b>Contents</b><ul>{"".join(toc)}</ul></nav>

@@ -18,9 +18,14 @@ def test_holm_by_hand():
 def test_block_bootstrap_draws_runs_of_consecutive_snapshots():
     idx = analyses.block_bootstrap(20, 50, seed=3)
     assert idx.shape == (50, 20) and idx.min() >= 0 and idx.max() <= 19
-    # Default block length round(20 ** (1/3)) = 3: each row is runs of 3 consecutive indices.
+    # Default block length round(20 ** (1/3)) = 3: each row is runs of 3 consecutive indices,
+    # wrapping from the last snapshot to the first (circular blocks).
     runs = idx[:, :18].reshape(50, 6, 3)
-    assert (np.diff(runs, axis=2) == 1).all()
+    assert (np.diff(runs, axis=2) % 20 == 1).all()
+    # Every snapshot is drawn at the same rate (a moving block without wrapping draws the
+    # first and last at 1/L the rate of the middle ones).
+    counts = np.bincount(analyses.block_bootstrap(20, 4000, seed=1).ravel(), minlength=20)
+    assert counts.min() / counts.max() > 0.9
     assert np.array_equal(idx, analyses.block_bootstrap(20, 50, seed=3))
     assert analyses.block_bootstrap(5, 4, block=1, seed=0).shape == (4, 5)
     with pytest.raises(InvalidInputError, match="block"):
@@ -29,9 +34,27 @@ def test_block_bootstrap_draws_runs_of_consecutive_snapshots():
         analyses.block_bootstrap(5, 0)
 
 
+def test_block_length_follows_the_autocorrelation():
+    from analyses._uncertainty import default_block
+
+    rng = np.random.default_rng(0)
+    white = rng.normal(size=60)
+    ar = np.zeros(60)
+    for t in range(1, 60):
+        ar[t] = 0.9 * ar[t - 1] + rng.normal()
+    assert default_block(60, white) <= 3 < default_block(60, ar)
+    assert default_block(60, ar) >= 5  # (sqrt(6) 0.9 / 0.19)^(2/3) 60^(1/3) ~ 20, capped at 30
+    assert default_block(60) == round(60 ** (1 / 3))
+
+
 def test_interval_and_row_correlations():
     values = np.arange(1001, dtype=float)
     assert analyses.interval(values) == pytest.approx((25.0, 975.0))
+    # Basic interval: reflected about the estimate, clipped to the bounds.
+    assert analyses.interval(values, estimate=600.0) == pytest.approx((225.0, 1175.0))
+    assert analyses.interval(values / 1000, estimate=0.9, bounds=(-1, 1)) == pytest.approx(
+        (0.825, 1.0)
+    )
     assert all(np.isnan(analyses.interval(np.array([1.0, np.nan]))))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(5, 30)), rng.normal(size=30)
