@@ -17,6 +17,7 @@ from analyses._language_level import (
     language_interval,
     matrix_reliability,
     rank_correlation,
+    value_rank_correlation,
 )
 from analyses._measures import similarity
 from analyses._stats import mantel, partial_mantel
@@ -88,9 +89,10 @@ def typology_correlation(
       bootstrap replicates of the snapshots. Question answered: "how much would THIS RUN's
       matrix move with other snapshots?" (not a claim about languages);
     - matrix_reliability: the split-half reliability of the matrix's pair values (even vs odd
-      snapshots, Spearman-Brown); rho_disattenuated = rho / sqrt(matrix_reliability) (NaN
+      snapshots, Spearman-Brown); rho_disattenuated = r(X, rank Y) / sqrt(matrix_reliability):
+      Pearson in the similarity values, ranks of the typology (NaN
       below :data:`~analyses._language_level.MATRIX_RELIABILITY_FLOOR`), with lang_ci_low,
-      lang_ci_high from the language jackknife combined with the snapshot bootstrap. Question
+      lang_ci_high from the language jackknife (Fisher z, t_{n-1}). Question
       answered: "what is the relation in languages like these, with the noise removed?"
       (:mod:`analyses._language_level`); partial_disattenuated and partial_lang_ci_* likewise;
     - rho_step0, p_value_step0: the same with the step-0 (untrained) cosine matrix: what the
@@ -106,17 +108,13 @@ def typology_correlation(
     sim = windowed.matrix()
     index = windowed.bootstrap_index(n_bootstrap, block=block, seed=seed)
     replicates = np.stack([windowed.matrix(row) for row in index])
-    # Half-window matrices (even / odd snapshots, in each replicate too): the matrix's own
-    # split-half reliability, for the disattenuated rho.
+    # Half-window matrices (even / odd snapshots): the matrix's own split-half reliability,
+    # for the disattenuated rho.
     n_snap = len(windowed)
     halves_ok = n_snap >= 4
     if halves_ok:
-        even, odd = (
-            windowed.matrix(np.arange(0, n_snap, 2)),
-            windowed.matrix(np.arange(1, n_snap, 2)),
-        )
-        rep_even = np.stack([windowed.matrix(row[0::2]) for row in index])
-        rep_odd = np.stack([windowed.matrix(row[1::2]) for row in index])
+        even = windowed.matrix(np.arange(0, n_snap, 2))
+        odd = windowed.matrix(np.arange(1, n_snap, 2))
     at0 = full.steps == 0
     sim0 = full.select(at0).matrix() if at0.any() else None
     codes = task_iso_codes(source, iso_codes)
@@ -153,11 +151,6 @@ def typology_correlation(
     sub_even = even[np.ix_(keep, keep)] if halves_ok else None
     sub_odd = odd[np.ix_(keep, keep)] if halves_ok else None
     rel = matrix_reliability(sub_even, sub_odd) if halves_ok else float("nan")
-    rel_boot = (
-        matrix_reliability(rep_even[:, keep][:, :, keep], rep_odd[:, keep][:, :, keep])
-        if halves_ok
-        else np.full(len(replicates), np.nan)
-    )
 
     task_codes = [str(codes[t]).lower() for t in labels]
     unique = list(dict.fromkeys(task_codes))
@@ -208,12 +201,13 @@ def typology_correlation(
         ctrl = [c for c in controls if c != kind] or [None]
         lo, hi = interval(r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE)
         y_mat = y.to_numpy()
-        dis = disattenuated(r.statistic, rel)
+        # Disattenuation on the Pearson scale of the similarity values (module docstring of
+        # analyses._language_level): r(X, rank Y) and its replicates.
+        x_up_values = upper(x.to_numpy())
+        v_xy = float(value_rank_correlation(x_up_values[None], y_up)[0])
+        dis = disattenuated(v_xy, rel)
         dis_lo, dis_hi = language_interval(
-            float(dis),
-            _leave_one_out(x.to_numpy(), y_mat, None, sub_even, sub_odd),
-            disattenuated(r_boot, rel_boot),
-            level,
+            float(dis), _leave_one_out(x.to_numpy(), y_mat, None, sub_even, sub_odd), level
         )
         for c in ctrl:
             pr = partial_mantel(x, y, controls[c], **kw) if c else None
@@ -229,13 +223,11 @@ def typology_correlation(
                 p_lo, p_hi = interval(
                     partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE
                 )
-                rxz_obs = float(rank_correlation(upper(x.to_numpy())[None], z_up)[0])
-                pdis = float(disattenuated(r.statistic, rel, rxz_obs, ryz))
+                v_xz = float(value_rank_correlation(x_up_values[None], z_up)[0])
+                v_yz = float(rank_correlation(y_up[None], z_up)[0])
+                pdis = float(disattenuated(v_xy, rel, v_xz, v_yz))
                 pdis_lo, pdis_hi = language_interval(
-                    pdis,
-                    _leave_one_out(x.to_numpy(), y_mat, z_mat, sub_even, sub_odd),
-                    disattenuated(r_boot, rel_boot, rxz, ryz),
-                    level,
+                    pdis, _leave_one_out(x.to_numpy(), y_mat, z_mat, sub_even, sub_odd), level
                 )
             rows.append(
                 {
@@ -273,10 +265,11 @@ def typology_correlation(
 
 
 def _leave_one_out(x, y, z, even, odd) -> np.ndarray:
-    """The disattenuated (partial) rho with each language left out, with all its pairs: [n].
+    """The disattenuated (partial) r with each language left out, with all its pairs: [n].
 
-    Spearman on the remaining pairs; the matrix reliability recomputed from the half-window
-    matrices of the remaining languages (NaN without them).
+    r(X, rank Y) on the remaining pairs (as in :func:`typology_correlation`); the matrix
+    reliability recomputed from the half-window matrices of the remaining languages (NaN
+    without them).
     """
     n = len(x)
     out = np.full(n, np.nan)
@@ -285,13 +278,13 @@ def _leave_one_out(x, y, z, even, odd) -> np.ndarray:
     for left in range(n):
         k = np.ix_(np.delete(np.arange(n), left), np.delete(np.arange(n), left))
         xu, yu = upper(x[k])[None], upper(y[k])
-        rxy = float(rank_correlation(xu, yu)[0])
+        rxy = float(value_rank_correlation(xu, yu)[0])
         rel = matrix_reliability(even[k], odd[k])
         if z is None:
             out[left] = disattenuated(rxy, rel)
         else:
             zu = upper(z[k])
-            rxz = float(rank_correlation(xu, zu)[0])
+            rxz = float(value_rank_correlation(xu, zu)[0])
             ryz = float(rank_correlation(yu[None], zu)[0])
             out[left] = disattenuated(rxy, rel, rxz, ryz)
     return out

@@ -124,7 +124,7 @@ def quality_correlation(
     recomputed on ``n_bootstrap`` circular block bootstrap replicates of the snapshots (quality
     values fixed): how much THIS RUN's rho would move with other snapshots. lang_ci_low,
     lang_ci_high: the task jackknife (each task left out, the others' alignment recomputed
-    without it) combined with the snapshot replicates on Fisher's z scale
+    without it) on Fisher's z scale
     (``analyses._language_level.language_interval``): the relation in tasks like these.
     Columns: see ``QUALITY_CORRELATION_COLUMNS``.
     """
@@ -203,7 +203,7 @@ def quality_correlation(
             r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE
         )
         loo = _leave_one_task_out(sim.matrix()[np.ix_(rows_k, rows_k)], quality_values)
-        row["lang_ci_low"], row["lang_ci_high"] = language_interval(r.statistic, loo, r_boot, level)
+        row["lang_ci_low"], row["lang_ci_high"] = language_interval(r.statistic, loo, level)
         if f["mean_similarity_step0"].notna().all():
             r0 = permutation_correlation(f["mean_similarity_step0"], f[metric], **kw)
             row.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
