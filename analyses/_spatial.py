@@ -8,24 +8,33 @@ gradients and similar typology even when the two are unrelated, so the Mantel pe
 as in Burt et al. 2020), applied jointly to every coordinate of the languages' embedding so
 that a similarity *matrix* is randomised, not a vector:
 
-1. W: a symmetric language proximity (:func:`language_proximity`: exp(-d_km / range) over
-   geography, the shared fraction of the Glottolog path over genealogy, or their mean).
+1. W: a symmetric language proximity: exp(-d_km / range) over geography, the shared fraction
+   of the Glottolog path over genealogy (:func:`proximity`), or, by default, the non-negative
+   combination of such candidates (:func:`language_proximity`, :func:`proximity_candidates`:
+   ranges 300, 1000, 3000 km and genealogy) that best fits x's centred pairs
+   (:func:`fitted_proximity`).
 2. H [K, K-1]: an orthonormal basis of the contrasts (vectors orthogonal to 1). The Moran
    eigenvectors are V = H U with H^T W H = U diag(lambda) U^T, sorted by decreasing lambda
    (lambda is Moran's I of the eigenvector up to a constant: large = smooth over W). Q = [1 /
    sqrt(K), V] is an orthonormal basis of R^K.
-3. With B = Q^T x Q (x in the Moran basis), a surrogate is x* = Q O B O^T Q^T, where O =
-   diag(1, O_1, ..., O_m) is block diagonal: O_b is a Haar-random orthogonal matrix on the b-th
-   bin of ``bin_size`` consecutive eigenvectors (``bin_size=1``: a random sign per eigenvector,
-   MSR "singleton"; 2: random plane rotations, MSR "pair"). R = Q O Q^T is orthogonal, fixes
-   the constant vector and commutes with W when the bins are eigenspaces; x* = R x R^T.
+3. x = C + E with C = J x J (J = I - 11^T / K: x double-centred) and E = x - C (the
+   languages' main effects, a_i + a_j - mean). With B = Q^T C Q (C in the Moran basis), a
+   surrogate is x* = Q O B O^T Q^T + E, where O = diag(1, O_1, ..., O_m) is block diagonal:
+   O_b is a Haar-random orthogonal matrix on the b-th bin of ``bin_size`` consecutive
+   eigenvectors (``bin_size=1``: a random sign per eigenvector, MSR "singleton"; 2: random
+   plane rotations, MSR "pair"). R = Q O Q^T is orthogonal and fixes the constant vector, so
+   J x* J = R C R^T.
 
-So x* has exactly the spectrum of x (an orthogonal conjugation: symmetric, PSD when x is), the
-same mean, and each Moran eigenvector (bin) carries the same share of x's variation: its power
-spectrum over W, hence its spatial/genealogical autocorrelation. If x = A A^T is the Gram of
-task embeddings A whose columns are random fields with a covariance that commutes with W (for
-instance a Gaussian process with covariance W itself) then R x R^T has the distribution of x,
-and the test is exact; otherwise it is an approximation whose level is measured
+So the centred part of x* has exactly the spectrum of C (an orthogonal conjugation:
+symmetric, PSD when C is) and each Moran eigenvector (bin) carries the same share of its
+variation: its power spectrum over W, hence its spatial/genealogical autocorrelation; the main
+effects are kept as observed. Why centre: if x is the Gram (or, approximately, the cosine) of
+task embeddings 1 u^T + A whose columns of A are random fields with covariance S, then
+C = J A A^T J, whose distribution is invariant under every R that commutes with J S J, i.e.
+exactly when the centred W shares J S J's eigenvectors; the shared component u (a positive
+mean similarity) and S's non-constant row sums, which break that invariance for x itself
+(measured: 11-14% at alpha 0.05 with the true S), drop out. The test is then exact when W is
+right; with W fitted among candidates it is an approximation whose level is measured
 (:func:`spatial_null_level`, ``benchmarks/spatial_level.py``, analyses/README.md).
 
 The statistic is the Mantel correlation r = corr(upper(x), upper(y)) over the K(K-1)/2 pairs
