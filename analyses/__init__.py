@@ -102,6 +102,20 @@ from analyses._similarity import (
     similarity_summary,
     task_alignment,
 )
+from analyses._spatial import (
+    LEVEL_COLUMNS,
+    MoranBasis,
+    fitted_proximity,
+    language_proximity,
+    moran_basis,
+    null_covariances,
+    proximity,
+    proximity_candidates,
+    simulate_pair,
+    spatial_mantel,
+    spatial_null_level,
+    spatial_surrogates,
+)
 from analyses._stats import PermutationResult, mantel, partial_mantel, permutation_correlation
 from analyses._typology import (
     DISTANCES,
@@ -140,4 +154,7 @@ __all__ = [
     "quality_correlation", "quality_difference", "script_distance", "settling", "settling_step",
     "similarity_matrix", "similarity_summary", "task_alignment", "task_families",
     "task_quality", "typological_distance", "typological_distances", "typology_correlation",
+    "LEVEL_COLUMNS", "MoranBasis", "fitted_proximity", "language_proximity", "moran_basis",
+    "null_covariances", "proximity", "proximity_candidates", "simulate_pair", "spatial_mantel",
+    "spatial_null_level", "spatial_surrogates",
 ]  # fmt: skip
