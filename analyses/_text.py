@@ -110,8 +110,14 @@ def results_text(res) -> str:
         out += ["", f"== clustering: tree over {len(res.tree.tasks)} {d.tasks_noun} "
                 f"(cophenetic r {res.tree.cophenetic_correlation:.2f}); no family labels"]  # fmt: skip
     if "typology" in f:
-        out += ["", "== typology (Mantel; rho > 0: closer languages, more aligned gradients; "
-                "dis.: divided by the root of the matrix's split-half reliability)"]  # fmt: skip
+        test = f["typology"]["test"].iloc[0] if len(f["typology"]) else "spatial"
+        p_is = (
+            "p from surrogates keeping the autocorrelation over geography and genealogy"
+            if test == "spatial"
+            else "p from permuting languages (assumes they are exchangeable)"
+        )
+        out += ["", "== typology (Mantel rho > 0: closer languages, more aligned gradients; "
+                f"{p_is}; dis.: noise removed by the matrix's split-half reliability)"]  # fmt: skip
         rows = []
         for r in f["typology"].itertuples():
             rows.append(

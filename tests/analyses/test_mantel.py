@@ -38,7 +38,7 @@ def test_confound_at_step0_and_a_real_effect_after_control(genetic):
     cov = {"char_overlap": pd.DataFrame(char, index=TASKS, columns=TASKS)}
     frame = typology_correlation(
         source, tasks=TASKS, steps=[0, 10, 20], iso_codes=ISO, distances=["genetic"],
-        covariates=cov, n_permutations=999,
+        covariates=cov, n_permutations=999, test="mantel",
     )  # fmt: skip
     assert list(frame.columns) == CORRELATION_COLUMNS
     rows = frame.set_index("distance")
@@ -63,7 +63,7 @@ def test_partial_control_removes_a_confounded_typology_effect(genetic):
     cov = {"char_overlap": pd.DataFrame(char, index=TASKS, columns=TASKS)}
     g = typology_correlation(
         source, tasks=TASKS, steps=[0, 10], iso_codes=ISO, distances="genetic", covariates=cov,
-        n_permutations=999,
+        n_permutations=999, test="mantel",
     ).set_index("distance").loc["genetic"]  # fmt: skip
     assert g["rho"] > 0.4 and g["p_value"] < 0.01
     assert abs(g["partial_rho"]) < 0.2 and g["partial_p_value"] > 0.05
@@ -103,3 +103,27 @@ def test_exclusions_and_errors(genetic):
             source, tasks=TASKS, steps=[0, 10], iso_codes=dict(ISO, **{"fin-en": "fi"}),
             n_permutations=9,
         )  # fmt: skip
+
+
+def test_the_default_test_keeps_geographic_autocorrelation(genetic):
+    """The same planted effect under the default spatial design: the statistic is the same
+    number, the p-value comes from surrogates that keep the similarity's autocorrelation over
+    geography (12 languages whose families are also geographic clusters), the exchangeable
+    Mantel p is kept for reference and is the smaller one."""
+    rng = np.random.default_rng(0)
+    K = len(LANGS)
+    char = sym(rng.uniform(size=(K, K)))
+    trained = sym(-char - 1.0 * genetic + 0.05 * rng.normal(size=(K, K)))
+    np.fill_diagonal(trained, 1.0)
+    source = stack_of(trained, trained, trained)
+    cov = {"char_overlap": pd.DataFrame(char, index=TASKS, columns=TASKS)}
+    kw = dict(tasks=TASKS, steps=[0, 10, 20], iso_codes=ISO, distances=["genetic"],
+              covariates=cov, n_permutations=499)  # fmt: skip
+    spatial = typology_correlation(source, **kw).set_index("distance").loc["genetic"]
+    plain = typology_correlation(source, test="mantel", **kw).set_index("distance").loc["genetic"]
+    assert spatial["test"] == "spatial" and plain["test"] == "mantel"
+    assert spatial["rho"] == pytest.approx(plain["rho"])
+    assert spatial["p_mantel"] == pytest.approx(plain["p_value"])
+    assert spatial["p_value"] > spatial["p_mantel"]
+    with pytest.raises(InvalidInputError, match="test="):
+        typology_correlation(source, test="qap", **kw)

@@ -50,7 +50,11 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
 
     typ = result.frames["typology"]
     genetic = typ[(typ.distance == "genetic") & (typ.control == "char_overlap")].iloc[0]
-    assert genetic["rho"] > 0.5 and genetic["p_value"] < 0.01
+    assert genetic["rho"] > 0.5 and genetic["p_mantel"] < 0.01
+    # The reported p comes from geography-preserving surrogates: the planted families are
+    # also geographic clusters (12 languages), so part of the evidence the exchangeable
+    # Mantel counts is shared autocorrelation, and the calibrated p is larger.
+    assert genetic["test"] == "spatial" and genetic["p_value"] > genetic["p_mantel"]
     assert abs(genetic["rho_step0"]) < 0.3  # no structure planted at step 0
     assert set(typ["control"]) == {"char_overlap", "script"}
     assert set(typ["distance"]) == {
