@@ -214,7 +214,16 @@ class Capture(ABC):
         self.present[task_index] = True
 
     def _mask_grams(self, grams: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """NaN rows/columns for absent and non-finite tasks; remembers the non-finite ones."""
+        """Symmetrised Gram matrices, (G + G^T) / 2, with NaN rows/columns for absent and
+        non-finite tasks; remembers the non-finite ones.
+
+        Every capture's ``gram`` ends here. A float32 matmul ``B @ B^T`` (and a sum of partial
+        Grams over ranks) is not bit-symmetric for every K: the BLAS kernel accumulates C_ij
+        and C_ji in different orders (on CPU, K = 5, 6, 7, 9, 10, 11 differ by a few ulps),
+        while every consumer (cosines, Mantel tests, aggregators) assumes G = G^T. Float
+        addition commutes, so (G + G^T) / 2 is exactly symmetric, at G K^2 flops.
+        """
+        grams = 0.5 * (grams + grams.transpose(-1, -2))
         diag = grams.diagonal(dim1=-2, dim2=-1)
         finite = torch.isfinite(diag).all(dim=0)
         self._nonfinite = present & ~finite
