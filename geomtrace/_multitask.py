@@ -211,6 +211,7 @@ class MultiTask(StepPolicy):
     def _open(self, step: Step) -> Capture:
         if self.fsdp is not None:
             self.fsdp.check_gradient_sync()
+        self.capture.check_ranks_agree(self.tasks)  # once, before the first collective
         self.capture.reset()
         return self.capture
 

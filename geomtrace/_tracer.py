@@ -377,6 +377,7 @@ class Tracer(StepPolicy):
         if self.fsdp is not None:
             self.fsdp.check_gradient_sync()
         capture = self.capture
+        capture.check_ranks_agree(self.tasks)  # once, before the first collective
         capture.reset()
         if self.window > 1:
             self._window = _Window(n)
@@ -442,6 +443,7 @@ class Tracer(StepPolicy):
     def probe_gram(self) -> tuple[torch.Tensor, dict[str, float]]:
         """Gram matrices [G, K, K] of the probe batches' gradients (``.grad`` untouched)."""
         capture = self.capture
+        capture.check_ranks_agree(self.tasks)
         capture.reset()
         was_training = self.model.training
         self.model.eval()  # no dropout noise: the probe measures the same function every time
