@@ -395,6 +395,99 @@ def test_inf_gram_of_a_diverged_task_reads_as_nan_cosines(tmp_path):
     assert np.isfinite(cos[np.ix_([0, 2], [0, 2])]).all()
 
 
+# -- issue 19, defect 7: damaged values the reader used to accept --------------------------------
+
+
+def _halves_for(gram, rng):
+    """Consistent split-half products (a.a, b.b, a.b) per group and task for ``gram``:
+    a = half of g plus noise, b = g - a."""
+    G, K, _ = gram.shape
+    split = np.empty((G, K, 3))
+    for k in range(G):
+        for i in range(K):
+            g = np.zeros(4)
+            g[0] = np.sqrt(gram[k, i, i])
+            a = g / 2 + 0.1 * rng.normal(size=4)
+            b = g - a
+            split[k, i] = a @ a, b @ b, a @ b
+    return split
+
+
+def test_an_asymmetric_gram_is_refused_naming_group_step_and_tasks(tmp_path):
+    gram = _gram(0)
+    gram[0, 0, 1] = -gram[0, 1, 0]  # cosines -0.94 / +0.94 for one pair, before the fix
+    with gt.TraceWriter(tmp_path, TASKS, GROUPS) as w:
+        w.write_snapshot(0, gram)
+    trace = gt.open_trace(tmp_path)
+    assert np.isfinite(trace.cosine("decoder")).all()  # the other group is fine
+    with pytest.raises(TraceError, match=r"group 'encoder' at step 0: G\['es', 'fr'\] .* "
+                       r"G\['fr', 'es'\] .*not symmetric"):  # fmt: skip
+        trace.gram("encoder")
+    with pytest.raises(TraceError, match="not symmetric"):
+        trace.cosine("all")
+
+
+def test_float32_rounding_asymmetry_reads_back_exactly_symmetric(tmp_path):
+    """A trace written before Gram matrices were symmetrised (ulps apart) still reads, and
+    reads exactly symmetric."""
+    gram = _gram(0)
+    gram[:, 0, 1] *= 1 + 3e-7
+    with gt.TraceWriter(tmp_path, TASKS, GROUPS) as w:
+        w.write_snapshot(0, gram)
+    read = gt.open_trace(tmp_path).gram("encoder")
+    assert read[0, 0, 1] != gram[0, 1, 0] or read[0, 1, 0] != gram[0, 0, 1]  # it was asymmetric
+    assert np.array_equal(read, read.swapaxes(1, 2))
+
+
+def test_cosines_are_within_minus_one_one_or_refused(tmp_path):
+    """docs/reliability.md promises cosines in [-1, 1]: 1.005 (beyond float32 rounding) is
+    refused; 1 + 1e-6 (rounding of parallel gradients) reads back as exactly 1."""
+    damaged = np.array([[[1.0, 1.005, 0.0], [1.005, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2)
+    rounded = np.array([[[4.0, 4.000004, 0.0], [4.000004, 4.0, 0.0], [0.0, 0.0, 1.0]]] * 2)
+    with gt.TraceWriter(tmp_path / "damaged", TASKS, GROUPS) as w:
+        w.write_snapshot(0, damaged)
+    with pytest.raises(TraceError, match=r"G\['es', 'fr'\] = 1.005 .*cosine 1.005"):
+        gt.open_trace(tmp_path / "damaged").cosine("encoder")
+    with gt.TraceWriter(tmp_path / "rounded", TASKS, GROUPS) as w:
+        w.write_snapshot(0, rounded)
+    cos = gt.open_trace(tmp_path / "rounded").cosine("encoder")
+    assert cos[0, 0, 1] == 1.0 and cos[0, 1, 0] == 1.0
+    assert (np.abs(cos) <= 1.0).all()
+    assert (np.abs(gt.cosine_from_gram(rounded)) <= 1.0).all()
+
+
+def test_split_half_products_inconsistent_with_the_gram_are_refused(tmp_path):
+    """Split halves must add up to the task's gradient: a.a + b.b + 2 a.b = |g|^2 = G_ii.
+    Products of 1e30 used to give a reliability of 1.0."""
+    rng = np.random.default_rng(0)
+    grams = [_gram(step) for step in (0, 10)]
+    with gt.TraceWriter(tmp_path / "ok", TASKS, GROUPS) as w:
+        for step, gram in zip((0, 10), grams, strict=True):
+            w.write_snapshot(step, gram, arrays={"split_half": _halves_for(gram, rng)})
+    trace = gt.open_trace(tmp_path / "ok")
+    r = trace.reliability("encoder")
+    assert r.shape == (2, 3) and np.isfinite(r).all() and (r < 1).all()
+    assert np.isfinite(trace.reliability("all")).all()
+    with gt.TraceWriter(tmp_path / "bad", TASKS, GROUPS) as w:
+        for step, gram in zip((0, 10), grams, strict=True):
+            split = _halves_for(gram, rng)
+            if step == 10:
+                split[1, 2] = 1e30
+            w.write_snapshot(step, gram, arrays={"split_half": split})
+    trace = gt.open_trace(tmp_path / "bad")
+    assert np.isfinite(trace.reliability("encoder")).all()  # the other group is fine
+    with pytest.raises(TraceError, match=r"split_half of group 'decoder' at step 10: task 'ja'"):
+        trace.reliability("decoder")
+    with pytest.raises(TraceError, match=r"split_half .* step 10: task 'ja'"):
+        trace.split_half("all")
+    with gt.TraceWriter(tmp_path / "negative", TASKS, GROUPS) as w:
+        split = _halves_for(grams[0], rng)
+        split[0, 0, 0] = -1.0
+        w.write_snapshot(0, grams[0], arrays={"split_half": split})
+    with pytest.raises(TraceError, match=r"task 'es' .*negative"):
+        gt.open_trace(tmp_path / "negative").split_half("encoder")
+
+
 # -- item 7: a full disk ------------------------------------------------------------------------
 
 
