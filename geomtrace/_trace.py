@@ -97,6 +97,16 @@ CREATE TABLE quality(step INTEGER NOT NULL, task_idx INTEGER NOT NULL, metric TE
 """
 
 
+def check_group_name(name: str, source: str = "") -> None:
+    """Refuse the reserved group name ``"all"`` (the whole model, the sum over the groups, in
+    the reader and every command): a group of that name would shadow it."""
+    if name == ALL_GROUPS:
+        raise InvalidInputError(
+            f"group name {ALL_GROUPS!r} is reserved for the whole model (the sum over the "
+            f"groups){source}: give the group another name"
+        )
+
+
 def trace_path(run: str | os.PathLike) -> Path:
     """``RUN_DIR/trace.sqlite`` for a run directory; a path to the file itself is kept."""
     path = Path(run)
@@ -304,6 +314,8 @@ class TraceWriter:
         self._task_index = {t: i for i, t in enumerate(self.tasks)}
         group_rows = [_group_row(g) for g in groups]
         self.groups = [name for name, _, _ in group_rows]
+        for name in self.groups:
+            check_group_name(name)
         unknown = set(iso_codes or {}) - set(self.tasks)
         if unknown:
             raise InvalidInputError(f"iso_codes names unknown tasks: {sorted(unknown)}")
