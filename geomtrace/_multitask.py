@@ -190,7 +190,7 @@ class MultiTask(StepPolicy):
         else:
             self.capture = TaskGradients(self.groups, len(self.tasks), halves=halves)
         if tracer is not None:
-            tracer._adopt(self.capture)
+            tracer._adopt(self.capture, self)
         self._active_step: Step | None = None
 
     @property

@@ -281,6 +281,8 @@ class Tracer(StepPolicy):
         self._listeners: list[Callable[..., None]] = []
         self._active_step: Step | None = None
         self._window: _Window | None = None
+        #: the MultiTask this tracer records for (``MultiTask(..., tracer=self)``), or None
+        self._recording_for: StepPolicy | None = None
         # Only global rank 0 writes (the Gram matrices are identical on every rank).
         self.writer = (
             TraceWriter(out, self.tasks, self.groups, iso_codes, config, overwrite)
@@ -333,9 +335,15 @@ class Tracer(StepPolicy):
                 )
         return self._capture
 
-    def _adopt(self, capture: Capture) -> None:
-        """Record from ``capture`` (a MultiTask's) instead of building one."""
+    def _adopt(self, capture: Capture, owner: StepPolicy) -> None:
+        """Record from ``capture`` (the MultiTask ``owner``'s) instead of building one."""
+        if self._recording_for is not None and self._recording_for is not owner:
+            raise InvalidInputError(
+                f"this tracer already records for {self._recording_for!r}: give each MultiTask "
+                "its own Tracer"
+            )
         self._capture = capture
+        self._recording_for = owner
 
     def follow(self) -> Tracer:
         """Keep the capture on the device the parameters live on now (after ``model.to``)."""
@@ -362,8 +370,20 @@ class Tracer(StepPolicy):
         return self._in_window(step) or self.should_trace(step)
 
     def step(self, step: int) -> Step:
-        """Context manager for one training step; traced when the schedule says so."""
+        """Context manager for one training step; traced when the schedule says so.
+
+        Refused for a tracer that records for a MultiTask (``MultiTask(..., tracer=...)``):
+        its steps would reset the capture the MultiTask shares with it (nested inside a
+        MultiTask step, a task's gradient was silently dropped); open steps with the
+        MultiTask's ``step``.
+        """
         step = step_number(step)
+        if self._recording_for is not None:
+            raise InvalidInputError(
+                f"tracer.step({step}): this tracer records for {self._recording_for!r} and "
+                "has no steps of its own (they would reset the capture it shares); use "
+                "`with mt.step(step) as s:` of that MultiTask"
+            )
         return Step(self, step, self._in_window(step) or self.should_trace(step))
 
     def _open(self, step: Step) -> Capture | None:

@@ -200,3 +200,31 @@ def test_captures_says_which_steps_need_per_task_backward():
     with tracer.step(0) as s:
         s.backward("a", model(torch.ones(1, 2)).sum())
     assert [s for s in range(5) if tracer.captures(s)] == [0, 1, 2]
+
+
+def test_a_recording_tracer_has_no_steps_of_its_own():
+    """Issue 19, defect 5: a Tracer step nested in its MultiTask's step reset the shared
+    capture and silently dropped a task's gradient (weights [0, 1, 1], .grad None)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    tasks = ["a", "b", "c"]
+    tracer = gt.Tracer(model, tasks)
+    mt = gt.MultiTask(model, tasks, gt.Sum(), tracer=tracer)
+    x = torch.ones(1, 3)
+    with pytest.raises(InvalidInputError, match=r"tracer.step\(0\): this tracer records for "
+                       r"MultiTask.*use `with mt.step"):  # fmt: skip
+        with mt.step(0) as s:
+            s.backward("a", model(x).sum())
+            with tracer.step(0) as inner:
+                inner.backward("b", model(x).sum())
+    with pytest.raises(InvalidInputError, match="records for MultiTask"):
+        tracer.step(1)  # not nested either: the capture belongs to the MultiTask
+    with pytest.raises(InvalidInputError, match="already records for MultiTask"):
+        gt.MultiTask(model, tasks, gt.Sum(), tracer=tracer)
+    # The MultiTask's own steps are unaffected: every task gets its weight.
+    model.zero_grad()
+    with mt.step(2) as s:
+        for t in tasks:
+            s.backward(t, model(x * (tasks.index(t) + 1)).sum())
+    torch.testing.assert_close(s.weights, torch.ones(1, 3))
+    assert model.weight.grad is not None
