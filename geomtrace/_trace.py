@@ -43,6 +43,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -166,6 +167,9 @@ class _Held:
 
 _HELD: dict[str, _Held] = {}
 _HELD_GUARD = threading.Lock()
+#: open TraceWriters of this process by the real path of their file; weak, so that a writer
+#: nobody can close any more (its Tracer garbage-collected) does not block its directory
+_LIVE_WRITERS: weakref.WeakValueDictionary[str, TraceWriter] = weakref.WeakValueDictionary()
 
 
 class RunLock:
@@ -342,6 +346,7 @@ class TraceWriter:
         self._conn: sqlite3.Connection | None = None
         self._lock = RunLock(self.path.parent).acquire()
         try:
+            self._claim()
             self._create(overwrite, iso_codes, group_rows, encoded_meta)
         except BaseException:
             if self._conn is not None:
@@ -349,6 +354,24 @@ class TraceWriter:
                 self._conn = None
             self._lock.release()
             raise
+
+    def _claim(self) -> None:
+        """Refuse a trace that an open writer of this process is writing, even with
+        ``overwrite=True``. The run lock is re-entrant in its thread (the recipe runner holds
+        it while its writer takes it again), so without this a second Tracer on the same
+        directory (a notebook cell run twice) unlinked the first one's live trace and the
+        first tracer went on writing into the deleted file: its snapshots were lost silently.
+        """
+        key = os.path.realpath(self.path)
+        with _HELD_GUARD:
+            live = _LIVE_WRITERS.get(key)
+            if live is not None and live._conn is not None:
+                raise InvalidInputError(
+                    f"the trace {self.path} is being written by a live writer in this process "
+                    "(a Tracer or TraceWriter not closed yet): close() it first, or choose "
+                    "another run directory; overwrite=True does not replace a live trace"
+                )
+            _LIVE_WRITERS[key] = self
 
     def _create(self, overwrite, iso_codes, group_rows, encoded_meta) -> None:
         if self.path.exists():

@@ -181,6 +181,46 @@ def test_another_thread_cannot_write_the_same_directory(tmp_path):
     assert str(os.getpid()) in errors[0]
 
 
+def test_a_live_trace_is_not_replaced_in_the_same_thread(tmp_path):
+    """Issue 19, defect 3: the run lock is re-entrant in its thread (the recipe runner holds it
+    and its TraceWriter takes it again), so a second Tracer with overwrite=True on the
+    directory of a live one (a notebook cell run twice) used to unlink its trace: the first
+    tracer's snapshots were gone without an error. The second writer is now refused while the
+    first is open; once it is closed (or garbage-collected), overwrite=True replaces it."""
+    import gc
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    tasks = ["a", "b"]
+    x = torch.ones(2, 3)
+
+    def steps(tracer, first, n=3):
+        for step in range(first, first + n):
+            with tracer.step(step) as s:
+                for i, t in enumerate(tasks):
+                    s.backward(t, model(x * (i + 1)).pow(2).mean())
+
+    tr1 = gt.Tracer(model, tasks, out=tmp_path)
+    steps(tr1, 0)
+    for overwrite in (True, False):
+        with pytest.raises(InvalidInputError, match=r"is being written by a live writer in this "
+                           r"process.*close\(\) it first"):  # fmt: skip
+            gt.Tracer(model, tasks, out=tmp_path, overwrite=overwrite)
+    steps(tr1, 3)
+    tr1.close()
+    assert gt.open_trace(tmp_path).steps.tolist() == [0, 1, 2, 3, 4, 5]
+    tr2 = gt.Tracer(model, tasks, out=tmp_path, overwrite=True)
+    steps(tr2, 10, n=1)
+    del tr2  # never closed: once it is garbage, its directory can be replaced again
+    gc.collect()
+    with gt.TraceWriter(tmp_path, tasks, [("weight", 6, ["weight"])], overwrite=True):
+        pass
+    assert gt.open_trace(tmp_path).steps.tolist() == []
+
+
 # -- item 5: self-contained and read-only traces ------------------------------------------------
 
 
