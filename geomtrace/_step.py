@@ -62,6 +62,57 @@ def check_real_params(groups: Sequence[ParameterGroup]) -> None:
                 )
 
 
+class TrainableCheck:
+    """The parameters a Tracer or MultiTask captures are fixed when it is built (they are the
+    columns of its buffer and the trace's groups); :meth:`check` refuses a model whose trainable
+    parameters changed since: a parameter unfrozen or added (e.g. a replaced head), which
+    ``torch.autograd.grad`` over the old set would silently leave without ``.grad``, or one
+    frozen or removed (autograd.grad then raised a raw RuntimeError).
+
+    Cost: one pass over ``module.parameters()`` and a set lookup per parameter, on capturing
+    steps only: the same order as the capture's own per-parameter work for one task.
+    """
+
+    def __init__(self, module: nn.Module, groups: Sequence[ParameterGroup], owner: str) -> None:
+        self.module = module
+        self.owner = owner
+        self.expected = {
+            id(p): name
+            for group in groups
+            for name, p in zip(group.param_names, group.params, strict=True)
+        }
+
+    def check(self) -> None:
+        current = [p for p in self.module.parameters() if p.requires_grad]
+        if len(current) == len(self.expected) and all(id(p) in self.expected for p in current):
+            return
+        now = {id(p) for p in current}
+        added = [
+            name
+            for name, p in self.module.named_parameters()
+            if p.requires_grad and id(p) not in self.expected
+        ]
+        gone = [name for key, name in self.expected.items() if key not in now]
+        what = []
+        if added:
+            what.append(
+                f"trainable but not traced: {_listed(added)} (unfrozen, or added by a replaced "
+                "module)"
+            )
+        if gone:
+            what.append(f"traced but no longer trainable: {_listed(gone)} (frozen, or removed)")
+        raise InvalidInputError(
+            f"the model's trainable parameters changed after the {self.owner} was built: "
+            f"{'; '.join(what)}. Its parameter groups (the trace's columns) are fixed when it is "
+            f"built: build a new {self.owner} after freezing, unfreezing or replacing parameters"
+        )
+
+
+def _listed(names: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more
+
+
 def step_number(step: Any) -> int:
     """An integral step number (int, numpy integer, ...); strings and floats are refused."""
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):

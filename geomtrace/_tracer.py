@@ -93,6 +93,7 @@ from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._step import (
     Step,
     StepPolicy,
+    TrainableCheck,
     check_real_params,
     mean_losses,
     step_number,
@@ -225,6 +226,7 @@ class Tracer(StepPolicy):
         # Groups of the inner module: parameter names as in a single-process run.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
         check_real_params(self.groups)
+        self._trainable = TrainableCheck(_distributed.unwrap(model), self.groups, "Tracer")
         self.should_trace = make_schedule(every)
         if (probe is None) != (probe_loss is None):
             raise InvalidInputError("probe mode needs both probe={task: batch} and probe_loss")
@@ -391,9 +393,11 @@ class Tracer(StepPolicy):
         if self._window is not None and not self._in_window(n):
             self._close_window()  # step numbers jumped past the window's end
         if self._window is not None:
+            self._trainable.check()
             return self.capture
         if not self.should_trace(n) or self.probe is not None:
             return None
+        self._trainable.check()
         if self.fsdp is not None:
             self.fsdp.check_gradient_sync()
         capture = self.capture
@@ -462,6 +466,7 @@ class Tracer(StepPolicy):
 
     def probe_gram(self) -> tuple[torch.Tensor, dict[str, float]]:
         """Gram matrices [G, K, K] of the probe batches' gradients (``.grad`` untouched)."""
+        self._trainable.check()
         capture = self.capture
         capture.check_ranks_agree(self.tasks)
         capture.reset()

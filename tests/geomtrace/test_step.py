@@ -228,3 +228,47 @@ def test_a_recording_tracer_has_no_steps_of_its_own():
             s.backward(t, model(x * (tasks.index(t) + 1)).sum())
     torch.testing.assert_close(s.weights, torch.ones(1, 3))
     assert model.weight.grad is not None
+
+
+def _head_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("owner", ["tracer", "multitask"])
+@pytest.mark.parametrize("change", ["unfrozen", "replaced", "frozen"])
+def test_trainable_parameters_changed_after_construction_are_refused_at_the_step(owner, change):
+    """Issue 19, defect 4: a parameter frozen when the Tracer was built and unfrozen later got
+    no .grad on traced steps (it did on untraced ones), silently; so did a head replaced after
+    construction; a parameter frozen after construction gave a raw RuntimeError. The groups
+    (the trace's columns) are fixed at construction, so the step refuses, naming the
+    parameters and the fix."""
+    model = _head_model()
+    tasks = ["a", "b"]
+    if change == "unfrozen":
+        model[2].weight.requires_grad_(False)
+    stepper = (
+        gt.Tracer(model, tasks, every=1)
+        if owner == "tracer"
+        else gt.MultiTask(model, tasks, gt.Sum())
+    )
+    x = torch.ones(2, 3)
+    with stepper.step(0) as s:  # unchanged: fine
+        for t in tasks:
+            s.backward(t, model(x).sum())
+    if change == "unfrozen":
+        model[2].weight.requires_grad_(True)
+        message = r"trainable but not traced: '2.weight' \(unfrozen"
+    elif change == "replaced":
+        model[2] = nn.Linear(4, 2)
+        message = r"not traced: '2.weight', '2.bias' .*no longer trainable: '2.weight', '2.bias'"
+    else:
+        model[0].bias.requires_grad_(False)
+        message = r"traced but no longer trainable: '0.bias' \(frozen"
+    model.zero_grad()
+    with pytest.raises(InvalidInputError, match=message + r".*build a new"):
+        with stepper.step(1) as s:
+            for t in tasks:
+                s.backward(t, model(x).sum())
+    # The refusal happened on entering the step: nothing was computed, no .grad was set.
+    assert all(p.grad is None for p in model.parameters())
