@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import platform
+import re
 import sqlite3
 import threading
 import time
@@ -121,19 +122,44 @@ def _to_blob(array: Any) -> tuple[str, bytes]:
     return json.dumps(list(array.shape)), array.tobytes()
 
 
+#: a stored shape: a flat JSON list of sizes (checked by pattern before parsing, so a hostile
+#: value such as 100,000 nested '[' never reaches the recursive JSON decoder)
+_SHAPE = re.compile(r"\[\s*(?:\d{1,18}\s*(?:,\s*\d{1,18}\s*){0,31})?\]")
+#: the deepest nesting accepted in a JSON metadata value (configs are a few levels deep)
+MAX_META_DEPTH = 100
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of a stored value for an error message, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
+    depth, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            depth = max(depth, level + 1)
+            stack.extend((x, level + 1) for x in item)
+    return depth
+
+
 def _from_blob(shape: Any, data: Any, what: str = "array") -> np.ndarray:
     """Decode one stored array, checking everything a damaged file can get wrong.
 
     ``what`` names the array in the error (e.g. "group 'encoder' at step 10").
     """
-    try:
-        dims = json.loads(shape) if isinstance(shape, str) else None
-    except ValueError:
-        dims = None
+    dims = None
+    if isinstance(shape, str) and _SHAPE.fullmatch(shape):
+        dims = json.loads(shape)
     if not isinstance(dims, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims
     ):
-        raise TraceError(f"{what}: shape {shape!r} is not a JSON list of sizes")
+        raise TraceError(f"{what}: shape {_shown(shape)} is not a JSON list of sizes")
     if not isinstance(data, bytes):
         raise TraceError(f"{what}: data is {type(data).__name__}, not a blob of float32")
     expected = 4 * math.prod(dims)
@@ -778,11 +804,11 @@ class Trace:
                 )
             try:
                 decoded = json.loads(names) if isinstance(names, str) else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: hostile nesting
                 decoded = None
             if not isinstance(decoded, list) or not all(isinstance(n, str) for n in decoded):
                 raise TraceError(
-                    f"{path}: group {name!r}: param_names {names!r} is not a JSON list of "
+                    f"{path}: group {name!r}: param_names {_shown(names)} is not a JSON list of "
                     "parameter names; the file is damaged"
                 )
             params[name] = decoded
@@ -817,6 +843,17 @@ class Trace:
                     f"{self.path}: meta {key!r} is not valid JSON ({str(value)[:40]!r}); "
                     "the file is damaged"
                 ) from None
+            except RecursionError:
+                raise TraceError(
+                    f"{self.path}: meta {key!r} is not valid JSON ({str(value)[:40]!r}...: "
+                    "nested deeper than Python's JSON decoder can follow); the file is damaged"
+                ) from None
+            if _json_depth(meta[key]) > MAX_META_DEPTH:
+                # Parsable, but printing or copying it (inspect, analyze) would recurse as deep.
+                raise TraceError(
+                    f"{self.path}: meta {key!r} is nested deeper than {MAX_META_DEPTH} levels "
+                    f"({str(value)[:40]!r}...); the file is damaged"
+                )
         self._meta = meta
 
     @property

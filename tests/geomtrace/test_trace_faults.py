@@ -528,6 +528,48 @@ def test_split_half_products_inconsistent_with_the_gram_are_refused(tmp_path):
         gt.open_trace(tmp_path / "negative").split_half("encoder")
 
 
+# -- issue 19, defect 8: hostile nesting ----------------------------------------------------------
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize(
+    "statement, params, message",
+    [
+        ("UPDATE grams SET shape = ? WHERE snapshot_id = 2 AND group_idx = 0", (DEEP,),
+         r"group 'encoder' at step 10: shape '\[\[\[.* is not a JSON list of sizes"),
+        ("UPDATE meta SET value = ? WHERE key = 'config'", (DEEP,),
+         r"meta 'config' is not valid JSON .*nested deeper than"),
+        ("UPDATE meta SET value = ? WHERE key = 'config'", ("[" * 200 + "]" * 200,),
+         r"meta 'config' is nested deeper than 100 levels"),
+        ("UPDATE groups SET param_names = ? WHERE idx = 1", (DEEP,),
+         r"group 'decoder': param_names '\[\[\[.* is not a JSON list"),
+        ("INSERT INTO arrays VALUES (1, 'weights', ?, x'00000000')", (DEEP,),
+         r"array 'weights' at step 0: shape '\[\[\[.* is not a JSON list"),
+    ],
+)  # fmt: skip
+def test_hostile_nesting_in_a_trace_is_a_trace_error(tmp_path, statement, params, message):
+    """100,000 nested '[' in grams.shape, meta.config, param_names or an array's shape raised
+    RecursionError in inspect, analyze and group; now a TraceError naming the file and what is
+    damaged (and the CLI exits 2 with that line)."""
+    from cli import main
+
+    path = _write(tmp_path / "run")
+    con = sqlite3.connect(path)
+    con.execute(statement, params)
+    con.commit()
+    con.close()
+    with pytest.raises(TraceError, match=message) as caught:
+        trace = gt.open_trace(path)
+        trace.config  # noqa: B018 - reading it is the test
+        for group in trace.groups:
+            trace.cosine(group)
+        trace.array("weights")
+    assert str(path) in str(caught.value)
+    # inspect reads the Gram matrices, the groups and the metadata (not the extra arrays)
+    assert main(["inspect", str(path.parent)]) == (0 if "arrays" in statement else 2)
+
+
 # -- item 7: a full disk ------------------------------------------------------------------------
 
 
