@@ -56,6 +56,7 @@ from geomtrace._step import (
     Step,
     StepPolicy,
     TrainableCheck,
+    check_capture_fits,
     check_real_params,
     step_number,
     validate_tasks,
@@ -188,6 +189,14 @@ class MultiTask(StepPolicy):
                 )
         self.tracer = tracer
         halves = tracer is not None and tracer.halves
+        if self.fsdp is None:  # under FSDP each rank holds only its P / W columns
+            check_capture_fits(
+                self.groups,
+                len(self.tasks),
+                sketch=sketch if gram == "sketch" and sketch != IDENTITY else None,
+                halves=halves,
+                owner="MultiTask",
+            )
         self.capture: Capture
         if self.fsdp is not None:
             self.capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)

@@ -37,6 +37,7 @@ import errno
 import json
 import logging
 import math
+import numbers
 import os
 import platform
 import re
@@ -97,6 +98,24 @@ CREATE TABLE arrays(snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DEL
 CREATE TABLE quality(step INTEGER NOT NULL, task_idx INTEGER NOT NULL, metric TEXT NOT NULL,
                      value REAL, PRIMARY KEY(step, task_idx, metric));
 """
+
+
+#: step numbers are stored as SQLite INTEGER: signed 64-bit
+STEP_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_step(step: Any) -> int:
+    """An integral step number (int, numpy integer) that fits a signed 64-bit SQLite INTEGER;
+    strings, floats, booleans and larger numbers are refused."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise InvalidInputError(f"step must be an integer step number, got {step!r}")
+    step = int(step)
+    if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
+        raise InvalidInputError(
+            f"step {step} does not fit the trace's step numbers (a signed 64-bit integer, "
+            f"at most {STEP_RANGE[1]})"
+        )
+    return step
 
 
 def check_group_name(name: str, source: str = "") -> None:
@@ -502,11 +521,11 @@ class TraceWriter:
             raise InvalidInputError(
                 f"gram has shape {gram.shape}, expected {expected} (groups, tasks, tasks)"
             )
+        step = check_step(step)
         losses = {t: float(v) for t, v in (losses or {}).items()}
         unknown = set(losses) - set(self.tasks)
         if unknown:
             raise InvalidInputError(f"losses for unknown tasks {sorted(unknown)}")
-        step = int(step)
         for task, value in losses.items():
             self._warn_nonfinite(task, "loss", value, step)
         blobs = [(k, *_to_blob(gram[k])) for k in range(len(self.groups))]
@@ -538,9 +557,10 @@ class TraceWriter:
         """
         if task not in self._task_index:
             raise InvalidInputError(f"unknown task {task!r}; tasks are {self.tasks}")
+        step = check_step(step)
         value = float(value)
-        self._warn_nonfinite(task, f"quality {metric!r}", value, int(step))
-        row = (int(step), self._task_index[task], metric, value)
+        self._warn_nonfinite(task, f"quality {metric!r}", value, step)
+        row = (step, self._task_index[task], metric, value)
         self._write(
             f"quality {metric!r} of task {task!r}",
             lambda c: c.execute("INSERT OR REPLACE INTO quality VALUES (?, ?, ?, ?)", row),

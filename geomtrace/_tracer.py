@@ -94,6 +94,7 @@ from geomtrace._step import (
     Step,
     StepPolicy,
     TrainableCheck,
+    check_capture_fits,
     check_real_params,
     mean_losses,
     step_number,
@@ -131,7 +132,7 @@ def make_schedule(every: Schedule) -> Callable[[int], bool]:
             raise InvalidInputError(f"every={every}: must be a positive number of steps")
         return lambda step: step % every == 0
     if callable(every):
-        return lambda step: bool(every(step))
+        return lambda step: _schedule_answer(every, step)
     try:
         steps = list(every)
     except TypeError:
@@ -140,6 +141,24 @@ def make_schedule(every: Schedule) -> Callable[[int], bool]:
     if bad:
         raise InvalidInputError(f"every lists {bad[0]!r}, not an integer step: {_SCHEDULE_HELP}")
     return {int(s) for s in steps}.__contains__
+
+
+def _schedule_answer(every: Callable[[int], Any], step: int) -> bool:
+    """``every(step)`` as a bool: True/False, an integer, or a one-element numpy array or
+    tensor of those; anything else (a longer array, None, a string, a float) is refused
+    instead of being guessed at."""
+    answer = every(step)
+    value = answer
+    if isinstance(value, np.ndarray | torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or _is_integral(value):
+        return bool(value)
+    raise InvalidInputError(
+        f"every({step}) returned {answer!r} ({type(answer).__name__}); a schedule callable "
+        "must return True or False"
+    )
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -274,6 +293,15 @@ class Tracer(StepPolicy):
                     f"{what} is not supported with {option}: trace split halves and windows "
                     "with exact capture of the training batches in one process"
                 )
+        if self.fsdp is None:  # under FSDP each rank holds only its P / W columns
+            check_capture_fits(
+                self.groups,
+                len(self.tasks),
+                exact=self.sketch is None,
+                sketch=self.sketch,
+                halves=self.halves,
+                owner="Tracer",
+            )
         config = _check_config(config)
         self._capture: Capture | None = None
         self.last_gram: torch.Tensor | None = None
