@@ -546,6 +546,15 @@ class GradVac(_Shuffling):
                         f"GradVac state: targets {list(shape)} do not match {len(names)} {key} "
                         f"{names}"
                     )
+            # Targets are EMAs of cosines: finite and in [-1, 1] (slack for rounding). A NaN
+            # target compares false with every cosine, so GradVac would silently act like Sum.
+            bad = ~(targets.abs() <= 1.0 + 1e-3)
+            if bool(bad.any()):
+                g, i, j = (int(x) for x in bad.nonzero()[0])
+                raise InvalidInputError(
+                    f"GradVac state: targets[{g}, {i}, {j}] = {float(targets[g, i, j])}; targets "
+                    "are moving averages of cosines, finite and in [-1, 1]: the state is damaged"
+                )
         self.beta = float(beta)
         self.eps = float(eps)
         self._targets = targets

@@ -116,6 +116,7 @@ class Capture(ABC):
         #: per parameter, whether any ``add`` since ``reset`` gave it a gradient (host-side)
         self.touched = [False] * len(self.params)
         self._nonfinite: torch.Tensor | None = None
+        self._ranks_checked = False
 
     # -- placement ---------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> Capture:
@@ -129,6 +130,40 @@ class Capture(ABC):
     def follow(self) -> Capture:
         """Move to the device the parameters live on now (after ``model.to(...)``)."""
         return self.to(self.params[0].device)
+
+    # -- agreement across ranks ----------------------------------------------------------------
+    def check_ranks_agree(self, tasks: Sequence[str]) -> None:
+        """Distributed: refuse, on every rank, ranks that disagree on the tasks (names and
+        order), the groups, the parameters (names, shapes, dtypes) or the capture (kind,
+        halves, sketch dimension and seed). Called by the Tracer and MultiTask before the
+        first capturing step's first collective, once (one all-gather of 4 int64 per rank);
+        without the check, ranks whose buffers differ in size hang in the reduce-scatter
+        until the process group times out, and ranks with the tasks in another order mix two
+        tasks' gradients in every row without any error."""
+        if self._ranks_checked or self.process_group is None:
+            return
+        sketch = getattr(self, "sketch", None)
+        parts = {
+            "tasks (names and order)": list(tasks),
+            "parameter groups": [g.name for g in self.groups],
+            "parameters (names, shapes, dtypes)": [
+                [name, list(p.shape), str(p.dtype)]
+                for g in self.groups
+                for name, p in zip(g.param_names, g.params, strict=True)
+            ],
+            "capture (kind, halves, sketch)": [
+                type(self).__name__,
+                self.halves,
+                [sketch.dim, sketch.coeffs] if hasattr(sketch, "coeffs") else None,
+            ],
+        }
+        _distributed.check_ranks_agree(
+            parts,
+            self.process_group,
+            self.device,
+            fix="build the Tracer/MultiTask from the same model, tasks and options on every rank",
+        )
+        self._ranks_checked = True
 
     # -- one step ----------------------------------------------------------------------------
     @abstractmethod
@@ -214,7 +249,16 @@ class Capture(ABC):
         self.present[task_index] = True
 
     def _mask_grams(self, grams: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """NaN rows/columns for absent and non-finite tasks; remembers the non-finite ones."""
+        """Symmetrised Gram matrices, (G + G^T) / 2, with NaN rows/columns for absent and
+        non-finite tasks; remembers the non-finite ones.
+
+        Every capture's ``gram`` ends here. A float32 matmul ``B @ B^T`` (and a sum of partial
+        Grams over ranks) is not bit-symmetric for every K: the BLAS kernel accumulates C_ij
+        and C_ji in different orders (on CPU, K = 5, 6, 7, 9, 10, 11 differ by a few ulps),
+        while every consumer (cosines, Mantel tests, aggregators) assumes G = G^T. Float
+        addition commutes, so (G + G^T) / 2 is exactly symmetric, at G K^2 flops.
+        """
+        grams = 0.5 * (grams + grams.transpose(-1, -2))
         diag = grams.diagonal(dim1=-2, dim2=-1)
         finite = torch.isfinite(diag).all(dim=0)
         self._nonfinite = present & ~finite

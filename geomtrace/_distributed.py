@@ -31,7 +31,9 @@ Sketch mode (:class:`~geomtrace._sketch.TaskSketches`) all-reduces only the [G, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +154,46 @@ class Sharding:
             (min(max(a, start), stop) - start, min(max(b, start), stop) - start) for a, b in offsets
         )
         return cls(w, r, numel, size, start, local)
+
+
+def _digest(value: Any) -> int:
+    """A signed 64-bit digest of a JSON-serialisable value (the first 8 bytes of its SHA-256)."""
+    text = json.dumps(value, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little", signed=True)
+
+
+def check_ranks_agree(
+    parts: Mapping[str, Any], group: Any, device: torch.device | str, fix: str = ""
+) -> None:
+    """Refuse, on every rank at once, ranks that disagree on any of ``parts``.
+
+    ``parts`` maps a description (e.g. ``"tasks (names and order)"``) to a JSON-serialisable
+    value that must be the same on every rank. Each value is reduced to a 64-bit digest and the
+    [len(parts)] digests of all ranks travel in one all-gather of fixed size, so ranks that
+    disagree (on the task count, say) still meet in this collective instead of hanging in a
+    later one of another size. Every rank sees the same table and raises the same
+    :class:`InvalidInputError`, naming what differs, which ranks differ from rank 0 and this
+    rank's own value (each rank's log then shows its side). A collective call.
+    """
+    if group is None:
+        return
+    names = list(parts)
+    local = torch.tensor([_digest(parts[n]) for n in names], dtype=torch.int64, device=device)
+    w = world_size(group)
+    gathered = torch.empty(w * len(names), dtype=torch.int64, device=device)
+    all_gather(gathered, local, group)
+    table = gathered.view(w, len(names)).cpu().tolist()
+    for j, name in enumerate(names):
+        differ = [r for r in range(w) if table[r][j] != table[0][j]]
+        if differ:
+            value = json.dumps(parts[name], default=str)
+            if len(value) > 300:
+                value = value[:300] + "..."
+            raise InvalidInputError(
+                f"ranks disagree on the {name}: rank(s) {differ} differ from rank 0 (this is "
+                f"rank {rank(group)}, with {value}); every rank must trace the same {name}"
+                + (f": {fix}" if fix else "")
+            )
 
 
 def mean_over_ranks(values: torch.Tensor, counts: torch.Tensor, group: Any) -> torch.Tensor:

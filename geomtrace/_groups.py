@@ -20,6 +20,10 @@ Granularities (the paper's, from coarse to fine):
   (``re.search``). A parameter matched by two regexes is an error naming both; unmatched
   parameters go to a group named ``"rest"``; a regex that matches nothing is an error.
 
+The name ``"all"`` is reserved for the whole model (the sum over the groups, in the reader and
+every command): a group of that name, given or derived from a module or parameter name, is
+refused.
+
 Frozen parameters (``requires_grad=False``) are left out. Groups come in model order: the order
 in which their first parameter appears in ``model.named_parameters()``.
 """
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from geomtrace._errors import InvalidInputError
+from geomtrace._trace import ALL_GROUPS, check_group_name
 
 GRANULARITIES = ("whole_model", "enc_dec", "all_layer", "all_matrix")
 REST_GROUP = "rest"
@@ -84,6 +89,13 @@ def resolve_groups(model: nn.Module, groups: str | Mapping[str, str]) -> list[Pa
     members: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for label, (name, p) in zip(labels, named, strict=True):
         members.setdefault(label, []).append((name, p))
+    if ALL_GROUPS in members:
+        first = members[ALL_GROUPS][0][0]
+        check_group_name(
+            ALL_GROUPS,
+            f" and groups={groups!r} derives it from parameter {first!r} (rename that module "
+            "or parameter, or pass a mapping {name: regex})",
+        )
     return [
         ParameterGroup(
             name=label,
@@ -117,6 +129,7 @@ def _labels_from_regexes(named, patterns: Mapping[str, str]) -> list[str]:
         raise InvalidInputError("groups mapping is empty: give at least one name -> regex")
     compiled = {}
     for group_name, pattern in patterns.items():
+        check_group_name(group_name)
         if group_name == REST_GROUP:
             raise InvalidInputError(
                 f"group name {REST_GROUP!r} is reserved for unmatched parameters"

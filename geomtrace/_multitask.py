@@ -52,7 +52,15 @@ from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
 from geomtrace._groups import ParameterGroup, resolve_groups
 from geomtrace._sketch import IDENTITY, SketchedGram, check_sketch_dim
-from geomtrace._step import Step, StepPolicy, check_real_params, step_number, validate_tasks
+from geomtrace._step import (
+    Step,
+    StepPolicy,
+    TrainableCheck,
+    check_capture_fits,
+    check_real_params,
+    step_number,
+    validate_tasks,
+)
 from geomtrace._tracer import Tracer
 
 # Kept importable from here (the step class used to live in this module).
@@ -115,6 +123,7 @@ class MultiTask(StepPolicy):
         # Groups on the module inside a DDP wrapper, so names match the Tracer's.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
         check_real_params(self.groups)
+        self._trainable = TrainableCheck(_distributed.unwrap(model), self.groups, "MultiTask")
         aggregator.bind(self.tasks, [g.name for g in self.groups])  # names in its state_dict
         if gram not in GRAM_MODES:
             raise InvalidInputError(f"gram={gram!r}: use one of {', '.join(GRAM_MODES)}")
@@ -180,6 +189,14 @@ class MultiTask(StepPolicy):
                 )
         self.tracer = tracer
         halves = tracer is not None and tracer.halves
+        if self.fsdp is None:  # under FSDP each rank holds only its P / W columns
+            check_capture_fits(
+                self.groups,
+                len(self.tasks),
+                sketch=sketch if gram == "sketch" and sketch != IDENTITY else None,
+                halves=halves,
+                owner="MultiTask",
+            )
         self.capture: Capture
         if self.fsdp is not None:
             self.capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
@@ -190,7 +207,7 @@ class MultiTask(StepPolicy):
         else:
             self.capture = TaskGradients(self.groups, len(self.tasks), halves=halves)
         if tracer is not None:
-            tracer._adopt(self.capture)
+            tracer._adopt(self.capture, self)
         self._active_step: Step | None = None
 
     @property
@@ -211,6 +228,8 @@ class MultiTask(StepPolicy):
     def _open(self, step: Step) -> Capture:
         if self.fsdp is not None:
             self.fsdp.check_gradient_sync()
+        self._trainable.check()
+        self.capture.check_ranks_agree(self.tasks)  # once, before the first collective
         self.capture.reset()
         return self.capture
 

@@ -18,7 +18,7 @@ the rest:
 
 from __future__ import annotations
 
-import numbers
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -30,6 +30,7 @@ from geomtrace import _distributed
 from geomtrace._capture import Capture
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup
+from geomtrace._trace import check_step
 
 
 def validate_tasks(tasks: Sequence[str]) -> list[str]:
@@ -62,11 +63,123 @@ def check_real_params(groups: Sequence[ParameterGroup]) -> None:
                 )
 
 
+class TrainableCheck:
+    """The parameters a Tracer or MultiTask captures are fixed when it is built (they are the
+    columns of its buffer and the trace's groups); :meth:`check` refuses a model whose trainable
+    parameters changed since: a parameter unfrozen or added (e.g. a replaced head), which
+    ``torch.autograd.grad`` over the old set would silently leave without ``.grad``, or one
+    frozen or removed (autograd.grad then raised a raw RuntimeError).
+
+    Cost: one pass over ``module.parameters()`` and a set lookup per parameter, on capturing
+    steps only: the same order as the capture's own per-parameter work for one task.
+    """
+
+    def __init__(self, module: nn.Module, groups: Sequence[ParameterGroup], owner: str) -> None:
+        self.module = module
+        self.owner = owner
+        self.expected = {
+            id(p): name
+            for group in groups
+            for name, p in zip(group.param_names, group.params, strict=True)
+        }
+
+    def check(self) -> None:
+        current = [p for p in self.module.parameters() if p.requires_grad]
+        if len(current) == len(self.expected) and all(id(p) in self.expected for p in current):
+            return
+        now = {id(p) for p in current}
+        added = [
+            name
+            for name, p in self.module.named_parameters()
+            if p.requires_grad and id(p) not in self.expected
+        ]
+        gone = [name for key, name in self.expected.items() if key not in now]
+        what = []
+        if added:
+            what.append(
+                f"trainable but not traced: {_listed(added)} (unfrozen, or added by a replaced "
+                "module)"
+            )
+        if gone:
+            what.append(f"traced but no longer trainable: {_listed(gone)} (frozen, or removed)")
+        raise InvalidInputError(
+            f"the model's trainable parameters changed after the {self.owner} was built: "
+            f"{'; '.join(what)}. Its parameter groups (the trace's columns) are fixed when it is "
+            f"built: build a new {self.owner} after freezing, unfreezing or replacing parameters"
+        )
+
+
+def _listed(names: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more
+
+
 def step_number(step: Any) -> int:
-    """An integral step number (int, numpy integer, ...); strings and floats are refused."""
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        raise InvalidInputError(f"step must be an integer step number, got {step!r}")
-    return int(step)
+    """An integral step number (int, numpy integer, ...) that fits a signed 64-bit integer
+    (the trace's step column); strings, floats and larger numbers are refused."""
+    return check_step(step)
+
+
+def device_memory(device: torch.device | str) -> int | None:
+    """Total memory of ``device`` in bytes (physical RAM for the CPU), None when unknown."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not POSIX
+            return None
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_capture_fits(
+    groups: Sequence[ParameterGroup],
+    num_tasks: int,
+    *,
+    exact: bool = True,
+    sketch: int | None = None,
+    halves: bool = False,
+    owner: str = "Tracer",
+) -> None:
+    """Refuse, at construction, a capture whose buffers exceed the total memory of the
+    parameters' device (they would fail in the allocator at the first step): the exact
+    buffer holds K (2K with halves) float32 rows of P columns, a sketch G K d floats.
+    Only what cannot fit on the device at all is refused; what merely does not fit *now*
+    (other tensors, fragmentation) still fails in the allocator."""
+    if not groups or not groups[0].params:
+        return
+    device = groups[0].params[0].device
+    total = device_memory(device)
+    if total is None:
+        return
+    P = sum(g.numel for g in groups)
+    rows = (2 if halves else 1) * num_tasks
+    if sketch is not None:
+        need = 4 * len(groups) * num_tasks * sketch
+        if need > total:
+            raise InvalidInputError(
+                f"sketch={sketch} needs {_bytes(need)} for the G x K x d float32 sketches "
+                f"({len(groups)} x {num_tasks} x {sketch} x 4 bytes), more than the "
+                f"{_bytes(total)} of memory of {device}: a sketch dimension in the thousands "
+                "gives cosines within about 3 / sqrt(d)"
+            )
+    if exact and 4 * rows * P > total:
+        raise InvalidInputError(
+            f"{num_tasks} task gradients of {P} parameters (float32"
+            + (", two halves each" if halves else "")
+            + f") need {_bytes(4 * rows * P)}, more than the {_bytes(total)} of memory of "
+            f"{device}: trace fewer tasks or parameters (groups=, requires_grad=False)"
+            + (", or use sketch=d" if owner == "Tracer" else "")
+        )
 
 
 def mean_losses(

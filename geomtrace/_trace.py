@@ -37,12 +37,15 @@ import errno
 import json
 import logging
 import math
+import numbers
 import os
 import platform
+import re
 import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -69,10 +72,12 @@ CHECKPOINT_EVERY = 10
 _DTYPE = "<f4"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _TABLES = ("meta", "tasks", "groups", "snapshots", "losses", "grams", "arrays", "quality")
-#: relative slack of the Cauchy-Schwarz check |G_ij| <= sqrt(G_ii G_jj): float32 (or TF32)
-#: rounding of real Gram matrices stays far below it, damaged blobs (byte swaps, flipped
-#: exponent bits) exceed it by orders of magnitude
-_GRAM_TOLERANCE = 1e-2
+#: relative slack of the checks of a stored Gram matrix, relative to sqrt(G_ii G_jj): the
+#: Cauchy-Schwarz bound |G_ij| <= sqrt(G_ii G_jj) and the symmetry |G_ij - G_ji|, and of the
+#: split-half identity a.a + b.b + 2 a.b = G_ii. Float32 accumulation over P = 5e7 columns
+#: overshoots |cos| = 1 by ~1e-6 (measured; TF32 rounds the inputs, so their Gram is still a
+#: Gram); damaged blobs (byte swaps, flipped bits, hand edits) exceed it by orders of magnitude
+_GRAM_TOLERANCE = 1e-3
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -95,6 +100,34 @@ CREATE TABLE quality(step INTEGER NOT NULL, task_idx INTEGER NOT NULL, metric TE
 """
 
 
+#: step numbers are stored as SQLite INTEGER: signed 64-bit
+STEP_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_step(step: Any) -> int:
+    """An integral step number (int, numpy integer) that fits a signed 64-bit SQLite INTEGER;
+    strings, floats, booleans and larger numbers are refused."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise InvalidInputError(f"step must be an integer step number, got {step!r}")
+    step = int(step)
+    if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
+        raise InvalidInputError(
+            f"step {step} does not fit the trace's step numbers (a signed 64-bit integer, "
+            f"at most {STEP_RANGE[1]})"
+        )
+    return step
+
+
+def check_group_name(name: str, source: str = "") -> None:
+    """Refuse the reserved group name ``"all"`` (the whole model, the sum over the groups, in
+    the reader and every command): a group of that name would shadow it."""
+    if name == ALL_GROUPS:
+        raise InvalidInputError(
+            f"group name {ALL_GROUPS!r} is reserved for the whole model (the sum over the "
+            f"groups){source}: give the group another name"
+        )
+
+
 def trace_path(run: str | os.PathLike) -> Path:
     """``RUN_DIR/trace.sqlite`` for a run directory; a path to the file itself is kept."""
     path = Path(run)
@@ -108,19 +141,44 @@ def _to_blob(array: Any) -> tuple[str, bytes]:
     return json.dumps(list(array.shape)), array.tobytes()
 
 
+#: a stored shape: a flat JSON list of sizes (checked by pattern before parsing, so a hostile
+#: value such as 100,000 nested '[' never reaches the recursive JSON decoder)
+_SHAPE = re.compile(r"\[\s*(?:\d{1,18}\s*(?:,\s*\d{1,18}\s*){0,31})?\]")
+#: the deepest nesting accepted in a JSON metadata value (configs are a few levels deep)
+MAX_META_DEPTH = 100
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of a stored value for an error message, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
+    depth, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            depth = max(depth, level + 1)
+            stack.extend((x, level + 1) for x in item)
+    return depth
+
+
 def _from_blob(shape: Any, data: Any, what: str = "array") -> np.ndarray:
     """Decode one stored array, checking everything a damaged file can get wrong.
 
     ``what`` names the array in the error (e.g. "group 'encoder' at step 10").
     """
-    try:
-        dims = json.loads(shape) if isinstance(shape, str) else None
-    except ValueError:
-        dims = None
+    dims = None
+    if isinstance(shape, str) and _SHAPE.fullmatch(shape):
+        dims = json.loads(shape)
     if not isinstance(dims, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims
     ):
-        raise TraceError(f"{what}: shape {shape!r} is not a JSON list of sizes")
+        raise TraceError(f"{what}: shape {_shown(shape)} is not a JSON list of sizes")
     if not isinstance(data, bytes):
         raise TraceError(f"{what}: data is {type(data).__name__}, not a blob of float32")
     expected = 4 * math.prod(dims)
@@ -154,6 +212,9 @@ class _Held:
 
 _HELD: dict[str, _Held] = {}
 _HELD_GUARD = threading.Lock()
+#: open TraceWriters of this process by the real path of their file; weak, so that a writer
+#: nobody can close any more (its Tracer garbage-collected) does not block its directory
+_LIVE_WRITERS: weakref.WeakValueDictionary[str, TraceWriter] = weakref.WeakValueDictionary()
 
 
 class RunLock:
@@ -302,6 +363,8 @@ class TraceWriter:
         self._task_index = {t: i for i, t in enumerate(self.tasks)}
         group_rows = [_group_row(g) for g in groups]
         self.groups = [name for name, _, _ in group_rows]
+        for name in self.groups:
+            check_group_name(name)
         unknown = set(iso_codes or {}) - set(self.tasks)
         if unknown:
             raise InvalidInputError(f"iso_codes names unknown tasks: {sorted(unknown)}")
@@ -328,6 +391,7 @@ class TraceWriter:
         self._conn: sqlite3.Connection | None = None
         self._lock = RunLock(self.path.parent).acquire()
         try:
+            self._claim()
             self._create(overwrite, iso_codes, group_rows, encoded_meta)
         except BaseException:
             if self._conn is not None:
@@ -335,6 +399,24 @@ class TraceWriter:
                 self._conn = None
             self._lock.release()
             raise
+
+    def _claim(self) -> None:
+        """Refuse a trace that an open writer of this process is writing, even with
+        ``overwrite=True``. The run lock is re-entrant in its thread (the recipe runner holds
+        it while its writer takes it again), so without this a second Tracer on the same
+        directory (a notebook cell run twice) unlinked the first one's live trace and the
+        first tracer went on writing into the deleted file: its snapshots were lost silently.
+        """
+        key = os.path.realpath(self.path)
+        with _HELD_GUARD:
+            live = _LIVE_WRITERS.get(key)
+            if live is not None and live._conn is not None:
+                raise InvalidInputError(
+                    f"the trace {self.path} is being written by a live writer in this process "
+                    "(a Tracer or TraceWriter not closed yet): close() it first, or choose "
+                    "another run directory; overwrite=True does not replace a live trace"
+                )
+            _LIVE_WRITERS[key] = self
 
     def _create(self, overwrite, iso_codes, group_rows, encoded_meta) -> None:
         if self.path.exists():
@@ -439,11 +521,11 @@ class TraceWriter:
             raise InvalidInputError(
                 f"gram has shape {gram.shape}, expected {expected} (groups, tasks, tasks)"
             )
+        step = check_step(step)
         losses = {t: float(v) for t, v in (losses or {}).items()}
         unknown = set(losses) - set(self.tasks)
         if unknown:
             raise InvalidInputError(f"losses for unknown tasks {sorted(unknown)}")
-        step = int(step)
         for task, value in losses.items():
             self._warn_nonfinite(task, "loss", value, step)
         blobs = [(k, *_to_blob(gram[k])) for k in range(len(self.groups))]
@@ -475,9 +557,10 @@ class TraceWriter:
         """
         if task not in self._task_index:
             raise InvalidInputError(f"unknown task {task!r}; tasks are {self.tasks}")
+        step = check_step(step)
         value = float(value)
-        self._warn_nonfinite(task, f"quality {metric!r}", value, int(step))
-        row = (int(step), self._task_index[task], metric, value)
+        self._warn_nonfinite(task, f"quality {metric!r}", value, step)
+        row = (step, self._task_index[task], metric, value)
         self._write(
             f"quality {metric!r} of task {task!r}",
             lambda c: c.execute("INSERT OR REPLACE INTO quality VALUES (?, ?, ?, ?)", row),
@@ -741,11 +824,11 @@ class Trace:
                 )
             try:
                 decoded = json.loads(names) if isinstance(names, str) else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: hostile nesting
                 decoded = None
             if not isinstance(decoded, list) or not all(isinstance(n, str) for n in decoded):
                 raise TraceError(
-                    f"{path}: group {name!r}: param_names {names!r} is not a JSON list of "
+                    f"{path}: group {name!r}: param_names {_shown(names)} is not a JSON list of "
                     "parameter names; the file is damaged"
                 )
             params[name] = decoded
@@ -780,6 +863,17 @@ class Trace:
                     f"{self.path}: meta {key!r} is not valid JSON ({str(value)[:40]!r}); "
                     "the file is damaged"
                 ) from None
+            except RecursionError:
+                raise TraceError(
+                    f"{self.path}: meta {key!r} is not valid JSON ({str(value)[:40]!r}...: "
+                    "nested deeper than Python's JSON decoder can follow); the file is damaged"
+                ) from None
+            if _json_depth(meta[key]) > MAX_META_DEPTH:
+                # Parsable, but printing or copying it (inspect, analyze) would recurse as deep.
+                raise TraceError(
+                    f"{self.path}: meta {key!r} is nested deeper than {MAX_META_DEPTH} levels "
+                    f"({str(value)[:40]!r}...); the file is damaged"
+                )
         self._meta = meta
 
     @property
@@ -832,9 +926,14 @@ class Trace:
                 )
         return np.stack(arrays)
 
-    def _check_gram(self, gram: np.ndarray, what: str) -> None:
-        """Refuse Gram matrices no gradients can have: a negative squared norm, or, between two
-        present tasks (finite diagonal), a non-finite entry or |G_ij| > sqrt(G_ii G_jj)."""
+    def _check_gram(self, gram: np.ndarray, what: str) -> np.ndarray:
+        """Refuse Gram matrices no gradients can have, and return them symmetrised.
+
+        Refused: a negative squared norm, or, between two present tasks (finite diagonal), a
+        non-finite entry, an asymmetry |G_ij - G_ji| > tol sqrt(G_ii G_jj) or
+        |G_ij| > (1 + tol) sqrt(G_ii G_jj) (tol = ``_GRAM_TOLERANCE``). What passes is
+        returned as (G + G^T) / 2: exactly symmetric, also for traces written before the
+        captures symmetrised (float32 matmuls left them a few ulps apart)."""
         diag = np.diagonal(gram, axis1=-2, axis2=-1)
         present = np.isfinite(diag)
         negative = present & (diag < 0)
@@ -847,15 +946,29 @@ class Trace:
         pair = present[..., :, None] & present[..., None, :]
         with np.errstate(invalid="ignore", over="ignore"):
             bound = np.sqrt(np.where(pair, diag[..., :, None] * diag[..., None, :], 0.0))
+            skew = np.abs(gram - np.swapaxes(gram, -1, -2))
+            asymmetric = pair & ~(skew <= bound * _GRAM_TOLERANCE)
             bad = pair & ~(np.abs(gram) <= bound * (1 + _GRAM_TOLERANCE))
+        if asymmetric.any():
+            s, i, j = np.argwhere(asymmetric)[0]
+            a, b = self.tasks[i], self.tasks[j]
+            raise TraceError(
+                f"{self.path}: {what} at step {self.steps[s]}: G[{a!r}, {b!r}] = "
+                f"{gram[s, i, j]:.4g} and G[{b!r}, {a!r}] = {gram[s, j, i]:.4g} differ by more "
+                f"than float32 rounding (a Gram matrix is symmetric); the Gram blob is damaged "
+                "(not symmetric)"
+            )
         if bad.any():
             s, i, j = np.argwhere(bad)[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cosine = gram[s, i, j] / bound[s, i, j]
             raise TraceError(
                 f"{self.path}: {what} at step {self.steps[s]}: G[{self.tasks[i]!r}, "
-                f"{self.tasks[j]!r}] = {gram[s, i, j]:.3g} is impossible for squared norms "
-                f"{diag[s, i]:.3g} and {diag[s, j]:.3g} (|cosine| > 1 or not finite); the Gram "
-                "blob is damaged"
+                f"{self.tasks[j]!r}] = {gram[s, i, j]:.4g} is impossible for squared norms "
+                f"{diag[s, i]:.4g} and {diag[s, j]:.4g} (cosine {cosine:.4g}: |cosine| > 1 "
+                f"beyond float32 rounding, or not finite); the Gram blob is damaged"
             )
+        return 0.5 * (gram + np.swapaxes(gram, -1, -2))
 
     def gram(self, group: str) -> np.ndarray:
         """Gram matrices G[s] = [g_i . g_j] of ``group`` at every snapshot: [S, K, K].
@@ -877,8 +990,7 @@ class Trace:
         if not self._snapshot_ids:
             return np.zeros((0, K, K))
         gram = self._stack(rows, f"group {group!r}", shape=(K, K))
-        self._check_gram(gram, f"group {group!r}")
-        return gram
+        return self._check_gram(gram, f"group {group!r}")
 
     def cosine(self, group: str, corrected: bool = False) -> np.ndarray:
         """Cosines G_ij / sqrt(G_ii G_jj) of ``group``: [S, K, K]; NaN where a norm is 0.
@@ -1031,7 +1143,41 @@ class Trace:
             )
         if group == ALL_GROUPS and ALL_GROUPS not in self.group_sizes:
             return self._sum_over_groups(self.split_half)
-        return self.array("split_half", group=group)
+        split = self.array("split_half", group=group)
+        if split.ndim != 3 or split.shape[1:] != (len(self.tasks), 3):
+            raise TraceError(
+                f"{self.path}: split_half of group {group!r} has shape {list(split.shape[1:])} "
+                f"per snapshot, expected [{len(self.tasks)}, 3]; the file is damaged"
+            )
+        self._check_split_half(split, self.gram(group), group)
+        return split
+
+    def _check_split_half(self, split: np.ndarray, gram: np.ndarray, group: str) -> None:
+        """Refuse split-half products no halves can have: per snapshot and task with a finite
+        |g|^2 = G_ii and finite products, a.a < 0 or b.b < 0, |a.b| > sqrt(a.a b.b), or
+        a.a + b.b + 2 a.b != G_ii (g = a + b), each beyond float32 rounding (``_GRAM_TOLERANCE``
+        of aa + bb + 2 |ab| + G_ii). Without it, products of 1e30 gave a reliability of 1.0."""
+        aa, bb, ab = split[..., 0], split[..., 1], split[..., 2]
+        diag = np.diagonal(gram, axis1=-2, axis2=-1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            rows = np.isfinite(split).all(axis=-1) & np.isfinite(diag)
+            slack = _GRAM_TOLERANCE * (np.abs(aa) + np.abs(bb) + 2 * np.abs(ab) + np.abs(diag))
+            negative = rows & ((aa < -slack) | (bb < -slack))
+            bound = np.sqrt(np.clip(aa, 0, None) * np.clip(bb, 0, None))
+            impossible = rows & ~(np.abs(ab) <= bound + slack)
+            inconsistent = rows & ~(np.abs(aa + bb + 2 * ab - diag) <= slack)
+        for bad, why in (
+            (negative, "a negative squared norm of a half"),
+            (impossible, "|a.b| > sqrt(a.a b.b)"),
+            (inconsistent, "a.a + b.b + 2 a.b differs from |g|^2 = G_ii (g = a + b)"),
+        ):
+            if bad.any():
+                s, i = np.argwhere(bad)[0]
+                raise TraceError(
+                    f"{self.path}: split_half of group {group!r} at step {self.steps[s]}: task "
+                    f"{self.tasks[i]!r} has (a.a, b.b, a.b) = ({aa[s, i]:.4g}, {bb[s, i]:.4g}, "
+                    f"{ab[s, i]:.4g}) with |g|^2 = {diag[s, i]:.4g}: {why}; the array is damaged"
+                )
 
     def reliability(self, group: str) -> np.ndarray:
         """Reliability (signal fraction) of each task's full snapshot gradient: [S, K].
@@ -1089,12 +1235,15 @@ class Trace:
 
 
 def cosine_from_gram(gram: np.ndarray) -> np.ndarray:
-    """cos_ij = G_ij / sqrt(G_ii G_jj) over the last two axes; NaN where a norm is 0 or not
-    finite (an absent task, or the overflowed gradient of a diverged one)."""
+    """cos_ij = G_ij / sqrt(G_ii G_jj) over the last two axes, clipped to [-1, 1]; NaN where
+    a norm is 0 or not finite (an absent task, or the overflowed gradient of a diverged one)."""
     gram = np.asarray(gram, dtype=np.float64)
     norms = np.sqrt(np.clip(np.diagonal(gram, axis1=-2, axis2=-1), 0, None))
     with np.errstate(over="ignore", invalid="ignore"):
         denom = norms[..., :, None] * norms[..., None, :]
         ok = np.isfinite(denom) & (denom > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ok, gram / np.where(ok, denom, 1.0), np.nan)
+        cos = np.where(ok, gram / np.where(ok, denom, 1.0), np.nan)
+    # Within [-1, 1]: rounding of (nearly) parallel gradients can overshoot by ~1e-6 (the
+    # reader refuses Gram matrices that overshoot beyond float32 rounding); NaN stays NaN.
+    return np.clip(cos, -1.0, 1.0)

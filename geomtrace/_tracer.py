@@ -93,6 +93,8 @@ from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._step import (
     Step,
     StepPolicy,
+    TrainableCheck,
+    check_capture_fits,
     check_real_params,
     mean_losses,
     step_number,
@@ -130,7 +132,7 @@ def make_schedule(every: Schedule) -> Callable[[int], bool]:
             raise InvalidInputError(f"every={every}: must be a positive number of steps")
         return lambda step: step % every == 0
     if callable(every):
-        return lambda step: bool(every(step))
+        return lambda step: _schedule_answer(every, step)
     try:
         steps = list(every)
     except TypeError:
@@ -139,6 +141,24 @@ def make_schedule(every: Schedule) -> Callable[[int], bool]:
     if bad:
         raise InvalidInputError(f"every lists {bad[0]!r}, not an integer step: {_SCHEDULE_HELP}")
     return {int(s) for s in steps}.__contains__
+
+
+def _schedule_answer(every: Callable[[int], Any], step: int) -> bool:
+    """``every(step)`` as a bool: True/False, an integer, or a one-element numpy array or
+    tensor of those; anything else (a longer array, None, a string, a float) is refused
+    instead of being guessed at."""
+    answer = every(step)
+    value = answer
+    if isinstance(value, np.ndarray | torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or _is_integral(value):
+        return bool(value)
+    raise InvalidInputError(
+        f"every({step}) returned {answer!r} ({type(answer).__name__}); a schedule callable "
+        "must return True or False"
+    )
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -225,6 +245,7 @@ class Tracer(StepPolicy):
         # Groups of the inner module: parameter names as in a single-process run.
         self.groups: list[ParameterGroup] = resolve_groups(_distributed.unwrap(model), groups)
         check_real_params(self.groups)
+        self._trainable = TrainableCheck(_distributed.unwrap(model), self.groups, "Tracer")
         self.should_trace = make_schedule(every)
         if (probe is None) != (probe_loss is None):
             raise InvalidInputError("probe mode needs both probe={task: batch} and probe_loss")
@@ -272,6 +293,15 @@ class Tracer(StepPolicy):
                     f"{what} is not supported with {option}: trace split halves and windows "
                     "with exact capture of the training batches in one process"
                 )
+        if self.fsdp is None:  # under FSDP each rank holds only its P / W columns
+            check_capture_fits(
+                self.groups,
+                len(self.tasks),
+                exact=self.sketch is None,
+                sketch=self.sketch,
+                halves=self.halves,
+                owner="Tracer",
+            )
         config = _check_config(config)
         self._capture: Capture | None = None
         self.last_gram: torch.Tensor | None = None
@@ -281,6 +311,8 @@ class Tracer(StepPolicy):
         self._listeners: list[Callable[..., None]] = []
         self._active_step: Step | None = None
         self._window: _Window | None = None
+        #: the MultiTask this tracer records for (``MultiTask(..., tracer=self)``), or None
+        self._recording_for: StepPolicy | None = None
         # Only global rank 0 writes (the Gram matrices are identical on every rank).
         self.writer = (
             TraceWriter(out, self.tasks, self.groups, iso_codes, config, overwrite)
@@ -333,9 +365,15 @@ class Tracer(StepPolicy):
                 )
         return self._capture
 
-    def _adopt(self, capture: Capture) -> None:
-        """Record from ``capture`` (a MultiTask's) instead of building one."""
+    def _adopt(self, capture: Capture, owner: StepPolicy) -> None:
+        """Record from ``capture`` (the MultiTask ``owner``'s) instead of building one."""
+        if self._recording_for is not None and self._recording_for is not owner:
+            raise InvalidInputError(
+                f"this tracer already records for {self._recording_for!r}: give each MultiTask "
+                "its own Tracer"
+            )
         self._capture = capture
+        self._recording_for = owner
 
     def follow(self) -> Tracer:
         """Keep the capture on the device the parameters live on now (after ``model.to``)."""
@@ -362,8 +400,20 @@ class Tracer(StepPolicy):
         return self._in_window(step) or self.should_trace(step)
 
     def step(self, step: int) -> Step:
-        """Context manager for one training step; traced when the schedule says so."""
+        """Context manager for one training step; traced when the schedule says so.
+
+        Refused for a tracer that records for a MultiTask (``MultiTask(..., tracer=...)``):
+        its steps would reset the capture the MultiTask shares with it (nested inside a
+        MultiTask step, a task's gradient was silently dropped); open steps with the
+        MultiTask's ``step``.
+        """
         step = step_number(step)
+        if self._recording_for is not None:
+            raise InvalidInputError(
+                f"tracer.step({step}): this tracer records for {self._recording_for!r} and "
+                "has no steps of its own (they would reset the capture it shares); use "
+                "`with mt.step(step) as s:` of that MultiTask"
+            )
         return Step(self, step, self._in_window(step) or self.should_trace(step))
 
     def _open(self, step: Step) -> Capture | None:
@@ -371,12 +421,15 @@ class Tracer(StepPolicy):
         if self._window is not None and not self._in_window(n):
             self._close_window()  # step numbers jumped past the window's end
         if self._window is not None:
+            self._trainable.check()
             return self.capture
         if not self.should_trace(n) or self.probe is not None:
             return None
+        self._trainable.check()
         if self.fsdp is not None:
             self.fsdp.check_gradient_sync()
         capture = self.capture
+        capture.check_ranks_agree(self.tasks)  # once, before the first collective
         capture.reset()
         if self.window > 1:
             self._window = _Window(n)
@@ -441,7 +494,9 @@ class Tracer(StepPolicy):
 
     def probe_gram(self) -> tuple[torch.Tensor, dict[str, float]]:
         """Gram matrices [G, K, K] of the probe batches' gradients (``.grad`` untouched)."""
+        self._trainable.check()
         capture = self.capture
+        capture.check_ranks_agree(self.tasks)
         capture.reset()
         was_training = self.model.training
         self.model.eval()  # no dropout noise: the probe measures the same function every time

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 DIRECTIONS = ("x2en", "en2x")
 METHODS = ("sum", "pcgrad", "gradvac")
 BUCKETS = ("independent", "shared", "none")
+#: the largest config.toml read (a recipe config is a few hundred bytes)
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -183,14 +185,42 @@ class RecipeConfig:
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, base: RecipeConfig | None = None) -> RecipeConfig:
+        """Read a config file; anything but a readable UTF-8 TOML file of at most
+        ``MAX_CONFIG_BYTES`` (a binary file, a directory, nesting deeper than the TOML parser
+        can follow) is refused with :class:`InvalidInputError` naming the file."""
         path = Path(path)
+        name = repr(str(path))
         try:
+            if path.is_dir():
+                raise InvalidInputError(f"config file {name} is a directory, not a TOML file")
+            size = path.stat().st_size
+            if size > MAX_CONFIG_BYTES:
+                raise InvalidInputError(
+                    f"config file {name} is {size / 2**20:.1f} MiB; a recipe config is a few "
+                    f"lines (at most {MAX_CONFIG_BYTES // 2**20} MiB)"
+                )
             with path.open("rb") as f:
-                values = tomllib.load(f)
+                data = f.read(MAX_CONFIG_BYTES + 1)
         except FileNotFoundError:
-            raise InvalidInputError(f"config file {str(path)!r} does not exist") from None
+            raise InvalidInputError(f"config file {name} does not exist") from None
+        except OSError as err:
+            raise InvalidInputError(
+                f"cannot read config file {name}: {err.strerror or err}"
+            ) from None
+        try:
+            values = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise InvalidInputError(
+                f"config file {name} is not UTF-8 text (byte {err.start} is {data[err.start]:#04x}): "
+                "a config.toml is a text file"
+            ) from None
         except tomllib.TOMLDecodeError as err:
-            raise InvalidInputError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+            raise InvalidInputError(f"config file {name} is not valid TOML: {err}") from None
+        except RecursionError:
+            raise InvalidInputError(
+                f"config file {name} is nested too deeply for the TOML parser; a recipe config "
+                "is flat (key = value lines)"
+            ) from None
         return cls.from_dict(values, base)
 
     def write_toml(self, path: str | os.PathLike) -> None:

@@ -94,6 +94,23 @@ def test_bad_values_are_refused_before_anything_changes():
         GradVac().load_state_dict(good, tasks=["a", "b", "c", "d"])
 
 
+def test_damaged_gradvac_targets_are_refused():
+    """Issue 19, defect 7: targets are EMAs of cosines, finite and in [-1, 1]; a state with
+    NaN targets used to load, and GradVac then silently behaved like Sum."""
+    good = _trained(GradVac(beta=0.5, seed=4)).state_dict()
+    for value, message in [
+        (float("nan"), r"targets\[0, 1, 2\] = nan"),
+        (float("inf"), r"targets\[0, 1, 2\] = inf"),
+        (1.5, r"targets\[0, 1, 2\] = 1.5"),
+    ]:
+        targets = good["targets"].clone()
+        targets[0, 1, 2] = value
+        agg = GradVac(seed=1)
+        with pytest.raises(InvalidInputError, match=message + r".*cosine"):
+            agg.load_state_dict({**good, "targets": targets})
+        assert agg.targets is None
+
+
 def test_legacy_state_without_names_still_loads_and_resumes_bit_identically():
     run = _trained(GradVac(beta=0.2, seed=11))
     legacy = {k: v for k, v in run.state_dict().items() if k not in ("kind", "tasks", "groups")}

@@ -109,6 +109,48 @@ def fail_run(out: Path, rank: int, world: int) -> None:
         model.zero_grad()
 
 
+#: rank 1's deviation from rank 0 per disagreement scenario, and the words the refusal must say
+DISAGREEMENTS = {
+    "order": "tasks (names and order)",
+    "count": "tasks (names and order)",
+    "groups": "parameter groups",
+    "shapes": "parameters (names, shapes, dtypes)",
+    "sketch_seed": "capture (kind, halves, sketch)",
+    "mt_order": "tasks (names and order)",
+}
+
+
+def disagree_run(kind: str, out: Path, rank: int, world: int) -> str:
+    """Rank 1 builds its Tracer (or MultiTask) unlike rank 0's; both must refuse at the first
+    traced step with the same InvalidInputError (returned), not hang or mix tasks."""
+    tasks, groups, model, options = list(TASKS), "all_layer", make_model(), {}
+    if rank == 1:
+        if kind in ("order", "mt_order"):
+            tasks = tasks[::-1]
+        elif kind == "count":
+            tasks = tasks[:2]
+        elif kind == "groups":
+            groups = "whole_model"
+        elif kind == "shapes":
+            torch.manual_seed(0)
+            model = nn.Sequential(
+                nn.Linear(6, 17), nn.Tanh(), nn.Linear(17, 16), nn.Tanh(), nn.Linear(16, 4)
+            )
+    if kind == "sketch_seed":
+        options = {"sketch": 32, "seed": rank}
+    if kind == "mt_order":
+        owner = gt.MultiTask(model, tasks, gt.Sum(), groups=groups)
+    else:
+        owner = gt.Tracer(model, tasks, groups=groups, every=TRACED, out=out, **options)
+    try:
+        with owner.step(0) as s:
+            for i, task in enumerate(tasks):
+                s.backward(task, loss_fn(model, local_batch(0, i, rank, world)))
+    except gt.InvalidInputError as err:
+        return str(err)
+    return "no error"
+
+
 def step_bytes(rank: int, world: int, dim: int = 64) -> dict[str, int]:
     """Bytes in the collectives of one step: plain data parallelism (per-task backward, then
     one all-reduce of .grad), MultiTask(Sum) exact and with gram='sketch', sketch=dim."""
@@ -147,6 +189,12 @@ def worker(rank: int, world: int, port: int, out: Path, scenarios: list[str]) ->
         for scenario in scenarios:
             if scenario == "fail":
                 fail_run(out / scenario, rank, world)
+                continue
+            if scenario.startswith("disagree_"):
+                message = disagree_run(
+                    scenario.removeprefix("disagree_"), out / scenario, rank, world
+                )
+                (out / f"{scenario}_rank{rank}.txt").write_text(message)
                 continue
             if scenario == "bytes":
                 (out / f"bytes_rank{rank}.json").write_text(json.dumps(step_bytes(rank, world)))
@@ -264,6 +312,28 @@ def test_identity_sketch_equals_the_exact_multitask(two_process_runs, tmp_path):
             torch.testing.assert_close(params[name], value, rtol=1e-5, atol=1e-6)
 
 
+def test_ranks_that_disagree_are_refused_by_name_on_every_rank(tmp_path):
+    """Issue 19, defect 2: tasks in another order (which mixed two tasks' gradients in every
+    row without an error), another task count, group set or parameter shape (which hung until
+    the process-group timeout), another sketch seed; for the Tracer and MultiTask. Both ranks
+    refuse at the first traced step, naming what differs, and then go on (the next scenario
+    runs in the same process group: nothing hung)."""
+    scenarios = [f"disagree_{kind}" for kind in DISAGREEMENTS]
+    results = launch(tmp_path, scenarios, timeout=90)
+    for rank, (code, output) in enumerate(results):
+        assert code == 0, output[-3000:]
+        for kind, what in DISAGREEMENTS.items():
+            message = (tmp_path / f"disagree_{kind}_rank{rank}.txt").read_text()
+            assert f"ranks disagree on the {what}" in message, (kind, rank, message)
+            assert "rank(s) [1] differ from rank 0" in message
+            assert f"this is rank {rank}" in message
+    # Rank 1 names its own tasks, so the two logs together show both sides.
+    assert '["ru", "fr", "es"]' in (tmp_path / "disagree_order_rank1.txt").read_text()
+    assert not (tmp_path / "disagree_order" / "trace.sqlite").exists() or (
+        gt.open_trace(tmp_path / "disagree_order").steps.tolist() == []
+    )
+
+
 def exact_task_gradients(step: int = 0) -> list[torch.Tensor]:
     """Per group, the [K, P_k] global-batch task gradients of the initial model."""
     model = make_model()
@@ -311,16 +381,19 @@ def test_sketched_gram_multitask_approaches_the_exact_one(two_process_runs):
 @pytest.mark.slow
 def test_sketched_gram_costs_one_plain_step_plus_the_sketches(two_process_runs):
     """Bytes in the collectives of one step (counted in the dispatcher, both ranks):
-    plain data parallelism 4 P, gram='sketch' 4 (P + G K d + K), exact 4 (K P' + P' + G K^2 + K).
+    plain data parallelism 4 P, gram='sketch' 4 (P + G K d + K), exact 4 (K P' + P' + G K^2 + K),
+    plus, on a capture's first step only, the all-gather of 4 int64 digests per rank that checks
+    the ranks agree (8 * 4 * W bytes).
     """
     out, _ = two_process_runs
     P, G, K, d = sum(p.numel() for p in make_model().parameters()), 3, len(TASKS), 64
     padded = 2 * -(-P // 2)
+    agree = 8 * 4 * 2
     for rank in (0, 1):
         counts = json.loads((out / f"bytes_rank{rank}.json").read_text())
         assert counts["plain"] == 4 * P
-        assert counts["sketch"] == counts["plain"] + 4 * (G * K * d + K)
-        assert counts["exact"] == 4 * (K * padded + padded + G * K * K + K)
+        assert counts["sketch"] == counts["plain"] + 4 * (G * K * d + K) + agree
+        assert counts["exact"] == 4 * (K * padded + padded + G * K * K + K) + agree
 
 
 def test_sketched_gram_update_is_the_exact_combination_with_its_weights():

@@ -89,3 +89,30 @@ def test_bad_granularity_and_models_without_encoder_decoder():
     with pytest.raises(InvalidInputError, match="mapping"):
         resolve_groups(model, 3)
     assert torch.is_grad_enabled()
+
+
+def test_the_whole_model_name_all_is_reserved(tmp_path):
+    """Issue 19, defect 6: a group named 'all' shadowed the whole-model pseudo-group (the
+    reader's gram('all') returned the user's subset, inspect listed 'all' twice)."""
+    import geomtrace as gt
+
+    model = nn.Sequential()
+    model.add_module("all", nn.Linear(3, 2))
+    model.add_module("head", nn.Linear(2, 1))
+    with pytest.raises(
+        InvalidInputError, match=r"group name 'all' is reserved for the whole model"
+    ):
+        resolve_groups(model, {"all": r"^all\.", "head": r"^head\."})
+    for granularity in ("all_layer", "all_matrix"):
+        # all_layer names the group after the module 'all'; all_matrix after a root parameter
+        m = model if granularity == "all_layer" else nn.Module()
+        if granularity == "all_matrix":
+            m.register_parameter("all", nn.Parameter(torch.zeros(2)))
+        with pytest.raises(InvalidInputError, match=r"'all' is reserved.*parameter 'all"):
+            resolve_groups(m, granularity)
+    with pytest.raises(InvalidInputError, match="'all' is reserved"):
+        gt.Tracer(model, ["a", "b"], groups={"all": "all", "head": "head"})
+    with pytest.raises(InvalidInputError, match="'all' is reserved"):
+        gt.TraceWriter(tmp_path, ["a", "b"], [("all", 3, ["x"])])
+    assert not (tmp_path / "trace.sqlite").exists()
+    assert [g.name for g in resolve_groups(model, "whole_model")] == ["whole_model"]

@@ -200,3 +200,75 @@ def test_captures_says_which_steps_need_per_task_backward():
     with tracer.step(0) as s:
         s.backward("a", model(torch.ones(1, 2)).sum())
     assert [s for s in range(5) if tracer.captures(s)] == [0, 1, 2]
+
+
+def test_a_recording_tracer_has_no_steps_of_its_own():
+    """Issue 19, defect 5: a Tracer step nested in its MultiTask's step reset the shared
+    capture and silently dropped a task's gradient (weights [0, 1, 1], .grad None)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    tasks = ["a", "b", "c"]
+    tracer = gt.Tracer(model, tasks)
+    mt = gt.MultiTask(model, tasks, gt.Sum(), tracer=tracer)
+    x = torch.ones(1, 3)
+    with pytest.raises(InvalidInputError, match=r"tracer.step\(0\): this tracer records for "
+                       r"MultiTask.*use `with mt.step"):  # fmt: skip
+        with mt.step(0) as s:
+            s.backward("a", model(x).sum())
+            with tracer.step(0) as inner:
+                inner.backward("b", model(x).sum())
+    with pytest.raises(InvalidInputError, match="records for MultiTask"):
+        tracer.step(1)  # not nested either: the capture belongs to the MultiTask
+    with pytest.raises(InvalidInputError, match="already records for MultiTask"):
+        gt.MultiTask(model, tasks, gt.Sum(), tracer=tracer)
+    # The MultiTask's own steps are unaffected: every task gets its weight.
+    model.zero_grad()
+    with mt.step(2) as s:
+        for t in tasks:
+            s.backward(t, model(x * (tasks.index(t) + 1)).sum())
+    torch.testing.assert_close(s.weights, torch.ones(1, 3))
+    assert model.weight.grad is not None
+
+
+def _head_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("owner", ["tracer", "multitask"])
+@pytest.mark.parametrize("change", ["unfrozen", "replaced", "frozen"])
+def test_trainable_parameters_changed_after_construction_are_refused_at_the_step(owner, change):
+    """Issue 19, defect 4: a parameter frozen when the Tracer was built and unfrozen later got
+    no .grad on traced steps (it did on untraced ones), silently; so did a head replaced after
+    construction; a parameter frozen after construction gave a raw RuntimeError. The groups
+    (the trace's columns) are fixed at construction, so the step refuses, naming the
+    parameters and the fix."""
+    model = _head_model()
+    tasks = ["a", "b"]
+    if change == "unfrozen":
+        model[2].weight.requires_grad_(False)
+    stepper = (
+        gt.Tracer(model, tasks, every=1)
+        if owner == "tracer"
+        else gt.MultiTask(model, tasks, gt.Sum())
+    )
+    x = torch.ones(2, 3)
+    with stepper.step(0) as s:  # unchanged: fine
+        for t in tasks:
+            s.backward(t, model(x).sum())
+    if change == "unfrozen":
+        model[2].weight.requires_grad_(True)
+        message = r"trainable but not traced: '2.weight' \(unfrozen"
+    elif change == "replaced":
+        model[2] = nn.Linear(4, 2)
+        message = r"not traced: '2.weight', '2.bias' .*no longer trainable: '2.weight', '2.bias'"
+    else:
+        model[0].bias.requires_grad_(False)
+        message = r"traced but no longer trainable: '0.bias' \(frozen"
+    model.zero_grad()
+    with pytest.raises(InvalidInputError, match=message + r".*build a new"):
+        with stepper.step(1) as s:
+            for t in tasks:
+                s.backward(t, model(x).sum())
+    # The refusal happened on entering the step: nothing was computed, no .grad was set.
+    assert all(p.grad is None for p in model.parameters())

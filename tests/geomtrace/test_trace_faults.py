@@ -181,6 +181,46 @@ def test_another_thread_cannot_write_the_same_directory(tmp_path):
     assert str(os.getpid()) in errors[0]
 
 
+def test_a_live_trace_is_not_replaced_in_the_same_thread(tmp_path):
+    """Issue 19, defect 3: the run lock is re-entrant in its thread (the recipe runner holds it
+    and its TraceWriter takes it again), so a second Tracer with overwrite=True on the
+    directory of a live one (a notebook cell run twice) used to unlink its trace: the first
+    tracer's snapshots were gone without an error. The second writer is now refused while the
+    first is open; once it is closed (or garbage-collected), overwrite=True replaces it."""
+    import gc
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    tasks = ["a", "b"]
+    x = torch.ones(2, 3)
+
+    def steps(tracer, first, n=3):
+        for step in range(first, first + n):
+            with tracer.step(step) as s:
+                for i, t in enumerate(tasks):
+                    s.backward(t, model(x * (i + 1)).pow(2).mean())
+
+    tr1 = gt.Tracer(model, tasks, out=tmp_path)
+    steps(tr1, 0)
+    for overwrite in (True, False):
+        with pytest.raises(InvalidInputError, match=r"is being written by a live writer in this "
+                           r"process.*close\(\) it first"):  # fmt: skip
+            gt.Tracer(model, tasks, out=tmp_path, overwrite=overwrite)
+    steps(tr1, 3)
+    tr1.close()
+    assert gt.open_trace(tmp_path).steps.tolist() == [0, 1, 2, 3, 4, 5]
+    tr2 = gt.Tracer(model, tasks, out=tmp_path, overwrite=True)
+    steps(tr2, 10, n=1)
+    del tr2  # never closed: once it is garbage, its directory can be replaced again
+    gc.collect()
+    with gt.TraceWriter(tmp_path, tasks, [("weight", 6, ["weight"])], overwrite=True):
+        pass
+    assert gt.open_trace(tmp_path).steps.tolist() == []
+
+
 # -- item 5: self-contained and read-only traces ------------------------------------------------
 
 
@@ -393,6 +433,141 @@ def test_inf_gram_of_a_diverged_task_reads_as_nan_cosines(tmp_path):
     cos = gt.open_trace(tmp_path).cosine("encoder")[0]
     assert np.isnan(cos[1]).all() and np.isnan(cos[:, 1]).all()
     assert np.isfinite(cos[np.ix_([0, 2], [0, 2])]).all()
+
+
+# -- issue 19, defect 7: damaged values the reader used to accept --------------------------------
+
+
+def _halves_for(gram, rng):
+    """Consistent split-half products (a.a, b.b, a.b) per group and task for ``gram``:
+    a = half of g plus noise, b = g - a."""
+    G, K, _ = gram.shape
+    split = np.empty((G, K, 3))
+    for k in range(G):
+        for i in range(K):
+            g = np.zeros(4)
+            g[0] = np.sqrt(gram[k, i, i])
+            a = g / 2 + 0.1 * rng.normal(size=4)
+            b = g - a
+            split[k, i] = a @ a, b @ b, a @ b
+    return split
+
+
+def test_an_asymmetric_gram_is_refused_naming_group_step_and_tasks(tmp_path):
+    gram = _gram(0)
+    gram[0, 0, 1] = -gram[0, 1, 0]  # cosines -0.94 / +0.94 for one pair, before the fix
+    with gt.TraceWriter(tmp_path, TASKS, GROUPS) as w:
+        w.write_snapshot(0, gram)
+    trace = gt.open_trace(tmp_path)
+    assert np.isfinite(trace.cosine("decoder")).all()  # the other group is fine
+    with pytest.raises(TraceError, match=r"group 'encoder' at step 0: G\['es', 'fr'\] .* "
+                       r"G\['fr', 'es'\] .*not symmetric"):  # fmt: skip
+        trace.gram("encoder")
+    with pytest.raises(TraceError, match="not symmetric"):
+        trace.cosine("all")
+
+
+def test_float32_rounding_asymmetry_reads_back_exactly_symmetric(tmp_path):
+    """A trace written before Gram matrices were symmetrised (ulps apart) still reads, and
+    reads exactly symmetric."""
+    gram = _gram(0)
+    gram[:, 0, 1] *= 1 + 3e-7
+    with gt.TraceWriter(tmp_path, TASKS, GROUPS) as w:
+        w.write_snapshot(0, gram)
+    read = gt.open_trace(tmp_path).gram("encoder")
+    assert read[0, 0, 1] != gram[0, 1, 0] or read[0, 1, 0] != gram[0, 0, 1]  # it was asymmetric
+    assert np.array_equal(read, read.swapaxes(1, 2))
+
+
+def test_cosines_are_within_minus_one_one_or_refused(tmp_path):
+    """docs/reliability.md promises cosines in [-1, 1]: 1.005 (beyond float32 rounding) is
+    refused; 1 + 1e-6 (rounding of parallel gradients) reads back as exactly 1."""
+    damaged = np.array([[[1.0, 1.005, 0.0], [1.005, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2)
+    rounded = np.array([[[4.0, 4.000004, 0.0], [4.000004, 4.0, 0.0], [0.0, 0.0, 1.0]]] * 2)
+    with gt.TraceWriter(tmp_path / "damaged", TASKS, GROUPS) as w:
+        w.write_snapshot(0, damaged)
+    with pytest.raises(TraceError, match=r"G\['es', 'fr'\] = 1.005 .*cosine 1.005"):
+        gt.open_trace(tmp_path / "damaged").cosine("encoder")
+    with gt.TraceWriter(tmp_path / "rounded", TASKS, GROUPS) as w:
+        w.write_snapshot(0, rounded)
+    cos = gt.open_trace(tmp_path / "rounded").cosine("encoder")
+    assert cos[0, 0, 1] == 1.0 and cos[0, 1, 0] == 1.0
+    assert (np.abs(cos) <= 1.0).all()
+    assert (np.abs(gt.cosine_from_gram(rounded)) <= 1.0).all()
+
+
+def test_split_half_products_inconsistent_with_the_gram_are_refused(tmp_path):
+    """Split halves must add up to the task's gradient: a.a + b.b + 2 a.b = |g|^2 = G_ii.
+    Products of 1e30 used to give a reliability of 1.0."""
+    rng = np.random.default_rng(0)
+    grams = [_gram(step) for step in (0, 10)]
+    with gt.TraceWriter(tmp_path / "ok", TASKS, GROUPS) as w:
+        for step, gram in zip((0, 10), grams, strict=True):
+            w.write_snapshot(step, gram, arrays={"split_half": _halves_for(gram, rng)})
+    trace = gt.open_trace(tmp_path / "ok")
+    r = trace.reliability("encoder")
+    assert r.shape == (2, 3) and np.isfinite(r).all() and (r < 1).all()
+    assert np.isfinite(trace.reliability("all")).all()
+    with gt.TraceWriter(tmp_path / "bad", TASKS, GROUPS) as w:
+        for step, gram in zip((0, 10), grams, strict=True):
+            split = _halves_for(gram, rng)
+            if step == 10:
+                split[1, 2] = 1e30
+            w.write_snapshot(step, gram, arrays={"split_half": split})
+    trace = gt.open_trace(tmp_path / "bad")
+    assert np.isfinite(trace.reliability("encoder")).all()  # the other group is fine
+    with pytest.raises(TraceError, match=r"split_half of group 'decoder' at step 10: task 'ja'"):
+        trace.reliability("decoder")
+    with pytest.raises(TraceError, match=r"split_half .* step 10: task 'ja'"):
+        trace.split_half("all")
+    with gt.TraceWriter(tmp_path / "negative", TASKS, GROUPS) as w:
+        split = _halves_for(grams[0], rng)
+        split[0, 0, 0] = -1.0
+        w.write_snapshot(0, grams[0], arrays={"split_half": split})
+    with pytest.raises(TraceError, match=r"task 'es' .*negative"):
+        gt.open_trace(tmp_path / "negative").split_half("encoder")
+
+
+# -- issue 19, defect 8: hostile nesting ----------------------------------------------------------
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize(
+    "statement, params, message",
+    [
+        ("UPDATE grams SET shape = ? WHERE snapshot_id = 2 AND group_idx = 0", (DEEP,),
+         r"group 'encoder' at step 10: shape '\[\[\[.* is not a JSON list of sizes"),
+        ("UPDATE meta SET value = ? WHERE key = 'config'", (DEEP,),
+         r"meta 'config' is not valid JSON .*nested deeper than"),
+        ("UPDATE meta SET value = ? WHERE key = 'config'", ("[" * 200 + "]" * 200,),
+         r"meta 'config' is nested deeper than 100 levels"),
+        ("UPDATE groups SET param_names = ? WHERE idx = 1", (DEEP,),
+         r"group 'decoder': param_names '\[\[\[.* is not a JSON list"),
+        ("INSERT INTO arrays VALUES (1, 'weights', ?, x'00000000')", (DEEP,),
+         r"array 'weights' at step 0: shape '\[\[\[.* is not a JSON list"),
+    ],
+)  # fmt: skip
+def test_hostile_nesting_in_a_trace_is_a_trace_error(tmp_path, statement, params, message):
+    """100,000 nested '[' in grams.shape, meta.config, param_names or an array's shape raised
+    RecursionError in inspect, analyze and group; now a TraceError naming the file and what is
+    damaged (and the CLI exits 2 with that line)."""
+    from cli import main
+
+    path = _write(tmp_path / "run")
+    con = sqlite3.connect(path)
+    con.execute(statement, params)
+    con.commit()
+    con.close()
+    with pytest.raises(TraceError, match=message) as caught:
+        trace = gt.open_trace(path)
+        trace.config  # noqa: B018 - reading it is the test
+        for group in trace.groups:
+            trace.cosine(group)
+        trace.array("weights")
+    assert str(path) in str(caught.value)
+    # inspect reads the Gram matrices, the groups and the metadata (not the extra arrays)
+    assert main(["inspect", str(path.parent)]) == (0 if "arrays" in statement else 2)
 
 
 # -- item 7: a full disk ------------------------------------------------------------------------

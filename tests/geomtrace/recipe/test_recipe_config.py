@@ -78,3 +78,22 @@ def test_cli_precedence(tmp_path):
     assert config.langs == ["de", "ru", "ja"] and config.probe is False
     quick = resolve_config(build_parser().parse_args(["trace", "--preset", "quick"]))
     assert quick == preset("quick")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"langs = " + b"[" * 5000 + b"]" * 5000 + b"\n", r"nested too deeply"),
+        (bytes(range(256)) * 4, r"is not UTF-8 text"),
+        (b"lr = 1e-3\n" + b"#" * (2 << 20), r"is 2\.0 MiB.*at most 1 MiB"),
+    ],
+)
+def test_hostile_config_files_are_refused_naming_the_file(tmp_path, content, message):
+    """Issue 19, defect 8: a 5,000-deep array in config.toml raised RecursionError and a
+    binary config.toml UnicodeDecodeError."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match=rf"config file .*config.toml.* {message}"):
+        RecipeConfig.from_toml(path)
+    with pytest.raises(InvalidInputError, match=r"config file .* is a directory"):
+        RecipeConfig.from_toml(tmp_path)
