@@ -75,8 +75,8 @@ PROXIMITY_KINDS = ("geographic", "genetic")
 RANGE_KM = 1000.0
 #: Ranges (km) of the geographic candidate proximities and of the null scenarios.
 NULL_RANGES_KM = (300.0, 1000.0, 3000.0)
-#: Surrogates processed at once (bounds memory to about 64 MiB for K = 100).
-_CHUNK = 256
+#: Memory for one block of surrogates ([block, pairs, K] float64 products).
+_BLOCK_BYTES = 64 * 2**20
 
 
 def proximity(
@@ -100,8 +100,12 @@ def proximity(
         m = np.asarray(d.to_numpy() if isinstance(d, pd.DataFrame) else d, dtype=np.float64)
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
             raise InvalidInputError(f"{name} distance must be square [K, K], got shape {m.shape}")
-        if not np.isfinite(m).all() or (m < 0).any():
-            raise InvalidInputError(f"{name} distance must be finite and >= 0")
+        bad = ~np.isfinite(m) | (m < 0)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InvalidInputError(
+                f"{name} distance must be finite and >= 0, got {m[i, j]!r} at ({i}, {j})"
+            )
         parts.append(np.exp(-m / range_km) if name == "geographic" else 1.0 - m)
     if not parts:
         raise InvalidInputError("proximity needs a geographic and/or a genetic distance matrix")
@@ -341,12 +345,17 @@ def spatial_mantel(
     """(Partial) Mantel test of x and y whose null keeps x's autocorrelation over ``weights``.
 
     x: [K, K] symmetric similarity with a finite diagonal (gradient similarity); y: [K, K]
-    symmetric (a typological similarity or distance); control: optional [K, K] z; weights: a
-    [K, K] language proximity (:func:`language_proximity`) or a :class:`MoranBasis`.
-    statistic: r_xy, or r_xy.z with ``control`` (module docstring). Null: ``n_surrogates``
-    Moran spectral surrogates x* = R x R^T (:func:`spatial_surrogates`), each re-ranked for
-    Spearman; y's (and z's) ranks are computed once. ``n_permutations`` of the result is the
-    number of surrogates. Only pairs enter the statistic; x's diagonal enters the surrogates.
+    symmetric (a typological similarity or distance); control: optional [K, K] z, rows in the
+    same language order. weights: a mapping of candidate proximities (recommended:
+    :func:`language_proximity`, whose combination is fitted to x by :func:`fitted_proximity`),
+    one [K, K] proximity (:func:`proximity`), or a :class:`MoranBasis`.
+    statistic: r_xy, or r_xy.z with ``control`` (module docstring), the same number as
+    :func:`analyses.mantel` / :func:`analyses.partial_mantel`. Null: ``n_surrogates`` Moran
+    spectral surrogates x* = R (J x J) R^T + (x - J x J) (:func:`spatial_surrogates`), each
+    re-ranked for Spearman (y's and z's ranks are computed once), in blocks whose products
+    take at most 64 MiB. ``n_permutations`` of the result is the number of surrogates. Only
+    pairs enter the statistic; x's diagonal enters the surrogates. Measured level and power:
+    analyses/README.md ("Tests under spatial and genealogical autocorrelation").
     """
     if method not in METHODS:
         raise InvalidInputError(f"method {method!r}; allowed: {METHODS}")
@@ -383,8 +392,9 @@ def spatial_mantel(
     b = basis.vectors.T @ centred @ basis.vectors
     e_pairs = effects[iu]
     null = np.empty(n_surrogates)
-    for start in range(0, n_surrogates, _CHUNK):
-        n = min(_CHUNK, n_surrogates - start)
+    block = max(1, _BLOCK_BYTES // (8 * len(iu[0]) * k))
+    for start in range(0, n_surrogates, block):
+        n = min(block, n_surrogates - start)
         m = _rotations(basis, n, rng)
         # upper(x*) for every surrogate: x*_ij = sum_kl M_ik B_kl M_jl.
         left = m[:, iu[0], :] @ b  # [n, pairs, K]
