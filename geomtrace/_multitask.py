@@ -50,8 +50,9 @@ from geomtrace._aggregators import Aggregator
 from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
+from geomtrace._fsdp_sketch import ShardedSketchedGram
 from geomtrace._groups import ParameterGroup, resolve_groups
-from geomtrace._sketch import IDENTITY, SketchedGram, check_sketch_dim
+from geomtrace._sketch import IDENTITY, SketchedGram, check_sketch_dim, check_sketch_dtype
 from geomtrace._step import Step, StepPolicy, check_real_params, step_number, validate_tasks
 from geomtrace._tracer import Tracer
 
@@ -85,6 +86,11 @@ class MultiTask(StepPolicy):
             torch.distributed it costs one plain all-reduce plus G K d floats per step).
         sketch / seed: the sketch dimension d (``gram="sketch"`` only; ``"identity"`` makes the
             sketch the identity: an exact check of the sketched path) and its seed.
+            On a fully_shard model ``gram="sketch"`` is the two-pass path of
+            :mod:`geomtrace._fsdp_sketch` (one all-gather and one reduce-scatter per step).
+        sketch_dtype: ``"float32"`` (default) or ``"float16"``: the sketches travel between
+            ranks as scaled float16 (half the sketch bytes; see
+            :func:`geomtrace._sketch.all_reduce_sketch_mean`).
 
     ``step(n)`` returns a :class:`~geomtrace.Step`; after it closes, ``s.gram`` and
     ``s.weights`` hold the step's Gram matrices and weights.
@@ -103,6 +109,7 @@ class MultiTask(StepPolicy):
         gram: str = "exact",
         sketch: int | str | None = None,
         seed: int = 0,
+        sketch_dtype: str = "float32",
     ) -> None:
         if not isinstance(aggregator, Aggregator):
             raise InvalidInputError(
@@ -127,19 +134,19 @@ class MultiTask(StepPolicy):
                 raise InvalidInputError("gram='sketch' needs sketch=d (the sketch dimension)")
             if sketch != IDENTITY:
                 check_sketch_dim(sketch)
+        if gram == "exact" and sketch_dtype != "float32":
+            raise InvalidInputError(
+                f"sketch_dtype={sketch_dtype!r} needs gram='sketch' (exact mode sends no sketches)"
+            )
+        if gram == "sketch":
+            check_sketch_dtype(sketch_dtype, sketch)
+        self.sketch_dtype = sketch_dtype
         self.gram_mode = gram
         self.sketch = sketch
         self.seed = seed
         #: the FSDP layout when ``model`` is sharded with fully_shard (see ``geomtrace._fsdp``)
         self.fsdp: _fsdp.FSDPLayout | None = None
         if _fsdp.is_fully_sharded(model):
-            if gram != "exact":
-                raise InvalidInputError(
-                    f"gram={gram!r} is not supported with a fully_shard model: FSDP "
-                    "reduce-scatters each task's backward before geomtrace sees it (no rank "
-                    "holds its local task gradients), so a sketched Gram would save no "
-                    "traffic; use gram='exact'"
-                )
             self.fsdp = _fsdp.fsdp_layout(model, self.groups, _distributed.AUTO, "MultiTask")
         if tracer is not None:
             if not isinstance(tracer, Tracer):
@@ -181,12 +188,21 @@ class MultiTask(StepPolicy):
         self.tracer = tracer
         halves = tracer is not None and tracer.halves
         self.capture: Capture
-        if self.fsdp is not None:
+        if self.fsdp is not None and gram == "sketch":
+            if halves:
+                raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
+            # Two passes at the traffic of one FSDP step (see geomtrace._fsdp_sketch).
+            self.capture = ShardedSketchedGram(
+                model, self.groups, len(self.tasks), self.fsdp, sketch, seed, dtype=sketch_dtype
+            )
+        elif self.fsdp is not None:
             self.capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
         elif gram == "sketch":
             if halves:
                 raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
-            self.capture = SketchedGram(self.groups, len(self.tasks), sketch, seed)
+            self.capture = SketchedGram(
+                self.groups, len(self.tasks), sketch, seed, dtype=sketch_dtype
+            )
         else:
             self.capture = TaskGradients(self.groups, len(self.tasks), halves=halves)
         if tracer is not None:
@@ -242,6 +258,11 @@ class MultiTask(StepPolicy):
             if capture.halves:
                 arrays["split_half"] = capture.split_half()
             self.tracer.record(step.step, step.gram, step.mean_losses(), arrays=arrays)
+
+    def _abort(self, step: Step) -> None:
+        # An interrupted sketched FSDP step holds unsharded parameters and retained graphs.
+        if isinstance(self.capture, ShardedSketchedGram):
+            self.capture.abort()
 
     def __repr__(self) -> str:
         return (

@@ -88,6 +88,7 @@ from geomtrace import _distributed, _fsdp
 from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
+from geomtrace._fsdp_sketch import ShardedSketchedGram
 from geomtrace._groups import ParameterGroup, resolve_groups
 from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._step import (
@@ -243,7 +244,6 @@ class Tracer(StepPolicy):
         if _fsdp.is_fully_sharded(model):
             for option, value, why in (
                 ("probe=", self.probe, "probe gradients would need torch.autograd.grad"),
-                ("sketch=", self.sketch, "use exact capture (the [K, P/W] shard per rank)"),
             ):
                 if value is not None:
                     raise InvalidInputError(
@@ -317,7 +317,12 @@ class Tracer(StepPolicy):
         """The capture the traced steps feed (built on first use; a MultiTask hands over its
         own, so a Tracer used for recording only never allocates one)."""
         if self._capture is None:
-            if self.fsdp is not None:
+            if self.fsdp is not None and self.sketch is not None:
+                # One all-gather, one reduce-scatter per traced step (geomtrace._fsdp_sketch).
+                self._capture = ShardedSketchedGram(
+                    self.model, self.groups, len(self.tasks), self.fsdp, self.sketch, self.seed
+                )
+            elif self.fsdp is not None:
                 self._capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
             elif self.sketch is None:
                 self._capture = TaskGradients(
@@ -412,6 +417,8 @@ class Tracer(StepPolicy):
             self._close_window()
 
     def _abort(self, step: Step) -> None:
+        if isinstance(step.capture, ShardedSketchedGram):
+            step.capture.abort()  # reshard the parameters it kept unsharded
         if self._window is not None and step.capturing:
             log.warning(
                 "step %d raised inside the window opened at step %d: the window is dropped "

@@ -31,12 +31,22 @@ TASKS = ["es", "fr", "ru"]
 STEPS = 4
 TRACED = [0, 2, 3]
 GRANULARITIES = ["whole_model", "all_layer", "all_matrix"]
+#: the sketched two-pass path (geomtrace._fsdp_sketch): scenario -> (aggregator, sketch dim)
+SKETCHED = {
+    "mt_identity": ("gradvac", "identity"),
+    "mt_sketch": ("pcgrad", 64),
+    "mt_sketch_gradvac": ("gradvac", 32),
+    "tracer_sketch": (None, 64),
+    "tracer_sketch_no_reshard": (None, 16),
+}
+SKETCH_SEED = 7
 SCENARIOS = [
     *(f"tracer_{g}" for g in GRANULARITIES),
     "pcgrad",
     "gradvac",
     "no_reshard",
     "bf16",
+    *SKETCHED,
 ]
 #: group names of each granularity on the model (the same with and without fully_shard)
 GROUPS = {
@@ -80,6 +90,9 @@ def loss_fn(model, batch):
 
 def spec(scenario: str) -> tuple[str, str | None, dict]:
     """(groups, aggregator, fully_shard options) of a scenario."""
+    if scenario in SKETCHED:
+        options = {"reshard_after_forward": False} if "no_reshard" in scenario else {}
+        return "all_layer", SKETCHED[scenario][0], options
     if scenario.startswith("tracer_"):
         return scenario.removeprefix("tracer_"), None, {}
     if scenario in ("pcgrad", "gradvac"):
@@ -110,11 +123,19 @@ def run(scenario: str, out: Path, rank: int = 0, world: int = 1) -> dict:
     if world > 1:
         shard(model, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    tracer = gt.Tracer(model, TASKS, groups=groups, every=TRACED, out=out)
+    # Sketched scenarios: the same sketch (dimension, seed) in both runs, except the identity,
+    # whose one-process reference is the exact MultiTask.
+    dim = SKETCHED.get(scenario, (None, None))[1]
+    exact = dim is None or (dim == "identity" and world == 1)
+    traced_dim = None if dim == "identity" else dim
+    tracer = gt.Tracer(
+        model, TASKS, groups=groups, every=TRACED, out=out, sketch=traced_dim, seed=SKETCH_SEED
+    )
     owner = tracer
     if aggregator is not None:
         agg = gt.PCGrad(seed=2) if aggregator == "pcgrad" else gt.GradVac(beta=0.5, seed=3)
-        owner = gt.MultiTask(model, TASKS, agg, groups=groups, tracer=tracer)
+        sketched = {} if exact else {"gram": "sketch", "sketch": dim, "seed": SKETCH_SEED}
+        owner = gt.MultiTask(model, TASKS, agg, groups=groups, tracer=tracer, **sketched)
     for step in range(STEPS):
         with owner.step(step) as s:
             for i, task in enumerate(TASKS):
@@ -153,13 +174,18 @@ def refusals() -> dict[str, str]:
     model = shard(make_model())
     probe = {"es": local_batch(0, 0, 0, 2)}
     out = {
-        "sketch": message(lambda: gt.Tracer(model, TASKS, sketch=8)),
+        "sketch_dim": message(
+            lambda: gt.MultiTask(model, TASKS, gt.Sum(), gram="sketch", sketch=0)
+        ),
+        "tracer_identity": message(lambda: gt.Tracer(model, TASKS, sketch="identity")),
         "probe": message(
             lambda: gt.Tracer(model, TASKS, probe=probe, probe_loss=lambda m, t, b: loss_fn(m, b))
         ),
         "process_group": message(lambda: gt.Tracer(model, TASKS, process_group=None)),
-        "gram_sketch": message(
-            lambda: gt.MultiTask(model, TASKS, gt.Sum(), gram="sketch", sketch=8)
+        "tracer_mismatch": message(
+            lambda: gt.MultiTask(
+                model, TASKS, gt.Sum(), gram="sketch", sketch=8, tracer=gt.Tracer(model, TASKS)
+            )
         ),
     }
     partly = make_model()
@@ -179,6 +205,29 @@ def refusals() -> dict[str, str]:
             model.set_requires_gradient_sync(True)
 
     out["no_sync"] = message(no_sync_step)
+
+    def no_sync_sketched_step():
+        mt = gt.MultiTask(model, TASKS, gt.Sum(), gram="sketch", sketch=8)
+        model.set_requires_gradient_sync(False)
+        try:
+            with mt.step(0) as s:
+                s.backward("es", loss_fn(model, local_batch(0, 0, 0, 2)))
+        finally:
+            model.set_requires_gradient_sync(True)
+
+    out["no_sync_sketch"] = message(no_sync_sketched_step)
+
+    # A sketched step that raises after a backward reshards the parameters it kept unsharded.
+    from torch.distributed.tensor import DTensor
+
+    mt = gt.MultiTask(model, TASKS, gt.Sum(), gram="sketch", sketch=8)
+    try:
+        with mt.step(0) as s:
+            s.backward("es", loss_fn(model, local_batch(0, 0, 0, 2)))
+            raise RuntimeError("interrupted")
+    except RuntimeError:
+        pass
+    out["abort_resharded"] = str(all(isinstance(p, DTensor) for p in model.parameters()))
     return out
 
 
@@ -314,10 +363,13 @@ def test_only_rank_zero_writes_and_world_size_is_recorded(fsdp_runs):
 def test_unsupported_options_are_refused_by_name(fsdp_runs):
     out, _ = fsdp_runs
     expected = {
-        "sketch": "sketch=",
+        "sketch_dim": "sketch=0",
+        "tracer_identity": "sketch='identity'",
+        "tracer_mismatch": "sketch=8",
+        "no_sync_sketch": "set_requires_gradient_sync(False)",
+        "abort_resharded": "True",
         "probe": "probe=",
         "process_group": "process_group=None",
-        "gram_sketch": "gram='sketch'",
         "unsharded": "not managed by fully_shard",
         "hsdp": "HSDP",
         "no_sync": "set_requires_gradient_sync(False)",
