@@ -231,6 +231,42 @@ def refusals() -> dict[str, str]:
     return out
 
 
+#: sketch dimension of the traffic count
+TRAFFIC_DIM = 64
+
+
+def traffic(rank: int, world: int) -> dict[str, dict[str, dict[str, int]]]:
+    """Calls and bytes by collective of one step (after a first, uncounted one): a joint FSDP
+    step (one forward/backward of every task's rows), the exact MultiTask, the sketched
+    MultiTask and a traced sketched Tracer step."""
+    out = {}
+    for mode in ("joint", "exact_mt", "sketch_mt", "sketch_tracer"):
+        model = shard(make_model())
+        owner = None
+        if mode == "exact_mt":
+            owner = gt.MultiTask(model, TASKS, gt.Sum(), groups="all_layer")
+        elif mode == "sketch_mt":
+            owner = gt.MultiTask(
+                model, TASKS, gt.Sum(), groups="all_layer", gram="sketch", sketch=TRAFFIC_DIM
+            )
+        elif mode == "sketch_tracer":
+            owner = gt.Tracer(model, TASKS, groups="all_layer", sketch=TRAFFIC_DIM)
+        for _warm_then_counted in range(2):  # the first step builds FSDP's lazy state
+            with gt.CollectiveBytes() as counter:
+                batches = [local_batch(0, i, rank, world) for i in range(len(TASKS))]
+                if owner is None:
+                    x = torch.cat([b[0] for b in batches])
+                    y = torch.cat([b[1] for b in batches])
+                    loss_fn(model, (x, y)).backward()
+                else:
+                    with owner.step(0) as s:
+                        for task, b in zip(TASKS, batches, strict=True):
+                            s.backward(task, loss_fn(model, b))
+            model.zero_grad()
+        out[mode] = {"calls": counter.calls, "bytes": counter.bytes}
+    return out
+
+
 def worker(rank: int, world: int, port: int, out: Path, scenarios: list[str]) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
@@ -244,6 +280,8 @@ def worker(rank: int, world: int, port: int, out: Path, scenarios: list[str]) ->
         for scenario in scenarios:
             if scenario == "fail":
                 fail_run(out / scenario, rank, world)
+            elif scenario == "traffic":
+                (out / f"traffic_rank{rank}.json").write_text(json.dumps(traffic(rank, world)))
             elif scenario == "refusals":
                 (out / f"refusals_rank{rank}.json").write_text(json.dumps(refusals()))
             else:
@@ -288,7 +326,7 @@ def fsdp_runs(tmp_path_factory):
     """One launch of 2 ranks runs every scenario, the refusals, then the failure scenario
     (which ends both processes with an error)."""
     out = tmp_path_factory.mktemp("fsdp")
-    results = launch(out, [*SCENARIOS, "refusals", "fail"])
+    results = launch(out, [*SCENARIOS, "traffic", "refusals", "fail"])
     for rank, (_, output) in enumerate(results):
         for scenario in SCENARIOS:
             assert (out / f"{scenario}_rank{rank}.pt").exists(), output[-3000:]
@@ -331,6 +369,50 @@ def test_fully_shard_matches_one_process_on_the_global_batch(fsdp_runs, scenario
             torch.testing.assert_close(params[name], value, rtol=1e-5, atol=1e-6)
     # The training really moved (otherwise equality would be vacuous).
     assert not torch.allclose(single["params"]["4.weight"], make_model()[4].weight, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_sketched_step_costs_one_all_gather_and_one_reduce_scatter(fsdp_runs):
+    """Counted on both ranks: the sketched MultiTask and traced Tracer steps all-gather each
+    FSDP unit once and reduce-scatter once (the exact MultiTask: once per task backward), plus
+    one all-reduce of the G K d sketches and K flags (the Tracer: and 2 K loss floats)."""
+    out, _ = fsdp_runs
+    G, K, d, W = 3, len(TASKS), TRAFFIC_DIM, 2
+    # FSDP pads every parameter's dim 0 to W ceil(rows / W): what one gather or scatter moves.
+    padded = sum(
+        W * -(-p.shape[0] // W) * (p.numel() // p.shape[0]) for p in make_model().parameters()
+    )
+    for rank in (0, 1):
+        counts = json.loads((out / f"traffic_rank{rank}.json").read_text())
+        joint, exact = counts["joint"], counts["exact_mt"]
+        assert (
+            exact["calls"]["_reduce_scatter_base_"] == K * joint["calls"]["_reduce_scatter_base_"]
+        )
+        for mode, losses in (("sketch_mt", 0), ("sketch_tracer", 2 * K)):
+            calls, sizes = counts[mode]["calls"], counts[mode]["bytes"]
+            assert calls["_allgather_base_"] == 3  # the three sharded Linear layers, once
+            assert sizes["_allgather_base_"] == 4 * padded
+            assert calls["_reduce_scatter_base_"] == 1
+            assert sizes["_reduce_scatter_base_"] == 4 * padded
+            assert sizes["allreduce_"] == 4 * (G * K * d + K + losses)
+            # gathers and the scatter: below a joint step's (which gathers twice)
+            moved = sizes["_allgather_base_"] + sizes["_reduce_scatter_base_"]
+            assert moved < sum(joint["bytes"].values())
+
+
+@pytest.mark.slow
+def test_sketched_weights_are_estimates_not_the_exact_ones(fsdp_runs):
+    """The sketched runs equal the one-process sketched runs (above); here: their weights
+    really came from the sketch (at step 0, same parameters, they differ from the exact
+    GradVac run's; d = 32 on groups of 24 to 105 columns is coarse on purpose), while the
+    identity sketch's equal them."""
+    out, _ = fsdp_runs
+    exact = gt.open_trace(out / "gradvac").array("weights")
+    sketched = gt.open_trace(out / "mt_sketch_gradvac").array("weights")
+    identity = gt.open_trace(out / "mt_identity").array("weights")
+    np.testing.assert_allclose(identity, exact, rtol=1e-5, atol=1e-6)
+    gap = np.abs(sketched[0] - exact[0]).max()
+    assert np.isfinite(sketched).all() and gap > 1e-3, gap
 
 
 @pytest.mark.slow
