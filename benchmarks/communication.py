@@ -9,16 +9,28 @@ through torch's dispatcher, FSDP's included; size = the full payload of the coll
 
 - data parallelism (no wrapper): ``plain`` (K task backward passes, one all-reduce of .grad),
   ``exact`` (MultiTask(Sum), exact Gram: reduce-scatter of every task row, all-gather of the
-  update), ``sketch`` (MultiTask(Sum, gram="sketch", sketch=d));
-- FSDP2 (every layer and the root ``fully_shard``-ed): ``fsdp_plain`` (K task backward passes
-  accumulated into .grad), ``fsdp_traced`` (a traced Tracer step), ``fsdp_multitask``.
+  update), ``sketch`` (MultiTask(Sum, gram="sketch", sketch=d)), ``sketch_fp16`` (the same
+  with ``sketch_dtype="float16"``: the sketches travel as scaled float16);
+- FSDP2 (every layer and the root ``fully_shard``-ed): ``fsdp_joint`` (one forward/backward of
+  all tasks' rows: the plain FSDP step), ``fsdp_plain`` (K task backward passes accumulated
+  into .grad), ``fsdp_traced`` (a traced Tracer step, exact), ``fsdp_multitask`` (exact),
+  ``fsdp_traced_sketch`` (``Tracer(sketch=d)``) and ``fsdp_multitask_sketch``
+  (``MultiTask(gram="sketch", sketch=d)``): the sketched path of ``geomtrace._fsdp_sketch``
+  (parameters all-gathered once per step, one reduce-scatter of the update, sketches).
 
 Each count is printed next to the formula it should equal (P parameters, P' = W ceil(P/W)):
 
     plain 4 P | exact 4 (K P' + P' + G K^2 + K) | sketch 4 (P + G K d + K)
-    FSDP: the forwards' all-gathers are the same in every mode; the reduce-scatters are
-    K x (one per task backward) in fsdp_plain and fsdp_traced alike (FSDP reduces every
-    backward), plus 4 (G K^2 + K) for the traced step's Gram all-reduce and 8 K for its losses.
+    sketch_fp16 4 (P + G K + K) + 2 G K d
+    fsdp_*_sketch 4 (P + P + G K d + K) (+ 8 K for a traced step's losses)
+    FSDP exact: the reduce-scatters are K x (one per task backward) in fsdp_plain and
+    fsdp_traced alike (FSDP reduces every backward), plus 4 (G K^2 + K) for the Gram
+    all-reduce and 8 K for the losses; every task's forward and backward all-gather again.
+
+Compute and memory: ``bwd`` is the number of task backward passes per step (the sketched
+MultiTask differentiates every task twice); ``time`` the median seconds of REPEATS steps over
+the baseline's (plain or fsdp_plain; 2 processes on a shared CPU: indicative only); ``memory``
+the extra floats per rank, analytic (``acts``: the retained graphs of the K task forwards).
 
 Ratios are against ``plain`` (data parallelism) and ``fsdp_plain`` (FSDP). Results also go to
 ``--json`` if given. This is a measurement, not a test (``tests/geomtrace`` checks the formulas
@@ -221,11 +233,11 @@ def main() -> None:
             formula = f"{expect[mode]:>12,}" if mode in expect else f"{'':>12}"
             ring = counts[mode + "_ring"]
             if mode.startswith("fsdp"):
-                ratios = f"{'':>7} {ring / counts['fsdp_joint_ring']:>7.2f} "
+                ratios = f"{'':>7} {ring / counts['fsdp_joint_ring']:>7.3f} "
                 ratios += f"{ring / counts['fsdp_plain_ring']:>12.3f}"
                 time_ratio = counts[mode + "_seconds"] / counts["fsdp_plain_seconds"]
             else:
-                ratios = f"{ring / counts['plain_ring']:>7.2f} {'':>7} {'':>12}"
+                ratios = f"{ring / counts['plain_ring']:>7.3f} {'':>7} {'':>12}"
                 time_ratio = counts[mode + "_seconds"] / counts["plain_seconds"]
             bwd = BACKWARDS.get(mode, "K")
             print(

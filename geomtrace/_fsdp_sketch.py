@@ -42,8 +42,9 @@ backward plus one reduce-scatter for a joint FSDP step: at or below one plain FS
 G K d is small next to P (``benchmarks/communication.py``; ``docs/scaling.md``).
 
 Compute: K forwards and 2K task backward passes (MultiTask; the Tracer: K), plus hashing P
-columns per task backward (about 12 integer operations per parameter, none with the
-``cache=True`` codes, at P int32 of memory). Memory per rank beyond a plain FSDP step: the
+columns per task backward (about 12 integer operations per parameter; ``cache=False`` is the
+default here, since the ``cache=True`` codes would cost P int32 per rank, i.e. 28 GB at 7B
+parameters). Memory per rank beyond a plain FSDP step: the
 unsharded parameters for the whole step, the retained graphs of the K tasks' forwards
 (MultiTask: the activations a joint forward over all tasks' rows would hold), the [W, S] fp32
 reduce-scatter buffer (P floats) and one task's unsharded gradient in flight (P values).
@@ -194,7 +195,7 @@ class ShardedSketchedGram(Capture):
         layout: FSDPLayout,
         dim: int | str,
         seed: int = 0,
-        cache: bool = True,
+        cache: bool = False,
         dtype: str = "float32",
     ) -> None:
         super().__init__(groups, num_tasks, None, process_group=None)
