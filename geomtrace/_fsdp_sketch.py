@@ -145,8 +145,12 @@ class _KeepUnsharded:
     def hold(self) -> None:
         if self._saved is not None:
             return
-        # The root's lazy init decides its reshard_after_forward: run it before saving.
-        self.modules[0]._get_fsdp_state()._lazy_init()
+        # A root's lazy init decides its reshard_after_forward: run it before saving. Roots are
+        # the FSDP modules inside no other one (siblings without a sharded parent each are one).
+        inner = {id(sub) for m in self.modules for sub in m.modules() if sub is not m}
+        for module in self.modules:
+            if id(module) not in inner:
+                module._get_fsdp_state()._lazy_init()
         saved = []
         for module in self.modules:
             for group in module._get_fsdp_state()._fsdp_param_groups:

@@ -34,10 +34,12 @@ GRANULARITIES = ["whole_model", "all_layer", "all_matrix"]
 #: the sketched two-pass path (geomtrace._fsdp_sketch): scenario -> (aggregator, sketch dim)
 SKETCHED = {
     "mt_identity": ("gradvac", "identity"),
+    "mt_identity_shard1": ("pcgrad", "identity"),  # the 6-column weight sharded on dim 1
     "mt_sketch": ("pcgrad", 64),
     "mt_sketch_gradvac": ("gradvac", 32),
     "tracer_sketch": (None, 64),
     "tracer_sketch_no_reshard": (None, 16),
+    "tracer_sketch_bf16": (None, 64),  # bf16 parameters and reduce-scatter
 }
 SKETCH_SEED = 7
 SCENARIOS = [
@@ -92,6 +94,19 @@ def spec(scenario: str) -> tuple[str, str | None, dict]:
     """(groups, aggregator, fully_shard options) of a scenario."""
     if scenario in SKETCHED:
         options = {"reshard_after_forward": False} if "no_reshard" in scenario else {}
+        if "bf16" in scenario:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            options["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16
+            )
+        if "shard1" in scenario:
+            from torch.distributed.tensor import Shard
+
+            # FSDP shards dim 1 only evenly: the (15, 6) weight; the others stay on dim 0.
+            options["shard_placement_fn"] = lambda p: Shard(
+                1 if p.dim() == 2 and p.shape[1] % 2 == 0 else 0
+            )
         return "all_layer", SKETCHED[scenario][0], options
     if scenario.startswith("tracer_"):
         return scenario.removeprefix("tracer_"), None, {}
@@ -351,7 +366,7 @@ def assert_traces_close(a: Path, b: Path, groups: list[str], rtol: float, atol: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "bf16"])
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if "bf16" not in s])
 def test_fully_shard_matches_one_process_on_the_global_batch(fsdp_runs, scenario, tmp_path):
     out, _ = fsdp_runs
     groups, aggregator, _ = spec(scenario)
@@ -432,6 +447,21 @@ def test_mixed_precision_gives_fp32_grams_close_to_fp32(fsdp_runs, tmp_path):
     run("tracer_all_layer", tmp_path / "fp32")
     # bf16 parameters and reduce: ~3 significant digits per gradient entry.
     assert_traces_close(out / "bf16", tmp_path / "fp32", GROUPS["all_layer"], 5e-2, 1e-3)
+
+
+@pytest.mark.slow
+def test_sketched_path_under_mixed_precision_stays_close_to_fp32(fsdp_runs, tmp_path):
+    """bf16 unsharded parameters and a bf16 reduce-scatter (as FSDP's own): fp32 sketched
+    Grams within 5e-2 of the one-process fp32 sketched run, parameters within 2e-2."""
+    out, _ = fsdp_runs
+    result = torch.load(out / "tracer_sketch_bf16_rank0.pt")
+    assert result["gram_dtype"] == "torch.float32"
+    single = run("tracer_sketch_bf16", tmp_path / "fp32")  # one process: plain fp32
+    assert_traces_close(
+        out / "tracer_sketch_bf16", tmp_path / "fp32", GROUPS["all_layer"], 5e-2, 1e-3
+    )
+    for name, value in single["params"].items():
+        torch.testing.assert_close(result["params"][name], value, rtol=2e-2, atol=2e-3)
 
 
 @pytest.mark.slow
