@@ -38,8 +38,11 @@ where the columns sit). Refused with a message naming the option: CPU offload
 (``offload_policy=CPUOffloadPolicy()``: not testable here and it moves every task's shard
 through host memory), HSDP (a 2-D mesh), trainable parameters not managed by ``fully_shard``
 (``ignored_params``, or a root module left unsharded), gradient sync switched off
-(``set_requires_gradient_sync(False)``) on a capturing step, probe mode and ``sketch=`` in the
-Tracer, ``gram="sketch"`` in MultiTask.
+(``set_requires_gradient_sync(False)``) on a capturing step, probe mode in the Tracer.
+
+The Tracer's ``sketch=d`` and MultiTask's ``gram="sketch"`` take the sketched path instead
+(:mod:`geomtrace._fsdp_sketch`): the parameters gathered once per step, the local task
+gradients sketched, one reduce-scatter of the update: the traffic of one FSDP step.
 """
 
 from __future__ import annotations

@@ -32,7 +32,11 @@ task gradients, all-reduces only their [G, K, d] CountSketches to estimate the G
 all-reduces the combined update once: one plain step plus G K d floats. Under FSDP2
 (``fully_shard``) the capture is :class:`~geomtrace._fsdp.ShardedTaskGradients`: each task's
 backward is reduce-scattered by FSDP, the exact Gram comes from partial Grams on the shards
-(one [G, K, K] all-reduce) and each rank combines its own shard into its ``.grad`` shard.
+(one [G, K, K] all-reduce) and each rank combines its own shard into its ``.grad`` shard:
+K reduce-scatters per step. ``gram="sketch"`` under FSDP2 is the two-pass path of
+:mod:`geomtrace._fsdp_sketch` (:class:`~geomtrace._fsdp_sketch.ShardedSketchedGram`): one
+all-gather of the parameters, sketches of the local task gradients, one reduce-scatter of the
+combined update (one extra backward per task).
 
 With ``tracer=Tracer(..., halves=True)`` the traced steps also record ``split_half`` (the
 aggregator still sees the full Gram matrix). A windowed tracer (``window > 1``) is refused:

@@ -36,7 +36,9 @@ Scaling (see docs/scaling.md):
   of the [K, P] buffer, partial Grams, all-reduce of [G, K, K], all-gather of the summed update);
   untraced steps are plain ``loss.backward()`` with DDP's own reduction. Only rank 0 writes.
 - ``sketch=d`` keeps a CountSketch of each task gradient (G x K x d floats) instead of the
-  [K, P] buffer; the trace's meta ``"sketch"`` is d (see ``geomtrace._sketch``).
+  [K, P] buffer; the trace's meta ``"sketch"`` is d (see ``geomtrace._sketch``). On a
+  fully_shard model it is the sketched FSDP path (``geomtrace._fsdp_sketch``): one all-gather
+  and one reduce-scatter per traced step instead of one per task backward.
 
 Reliability (``halves=True``, see ``geomtrace._reliability``): on traced steps each backward is
 credited to one of two independent halves of its task, a_i or b_i, with the task's gradient the
