@@ -100,16 +100,20 @@ class _Chunking:
         if self.rows == 0:
             return
         g = grad if self.dim == 0 else grad.movedim(self.dim, 0)
-        flat = g.reshape(self.rows, self.inner).to(buffer.dtype)
-        if scale is not None:
-            flat = flat * scale
+        flat = g.reshape(self.rows, self.inner)
         width = self.chunk * self.inner
         full, rest = divmod(self.rows, self.chunk)
         lo = self.offset
+        # addcmul_ with a 0-d scale: no scaled copy of the gradient, no host sync.
+        one = (
+            scale if scale is not None else torch.ones((), dtype=buffer.dtype, device=buffer.device)
+        )
         if full:
-            buffer[:full, lo : lo + width] += flat[: full * self.chunk].reshape(full, width)
+            dst = buffer[:full, lo : lo + width]
+            dst.addcmul_(flat[: full * self.chunk].reshape(full, width), one)
         if rest:
-            buffer[full, lo : lo + rest * self.inner] += flat[full * self.chunk :].reshape(-1)
+            dst = buffer[full, lo : lo + rest * self.inner]
+            dst.addcmul_(flat[full * self.chunk :].reshape(-1), one)
 
     def local(self, segment: torch.Tensor) -> torch.Tensor:
         """This rank's shard of the parameter from its reduced segment, shaped like
@@ -408,6 +412,7 @@ class ShardedSketchedGram(Capture):
             for chunking, k, g in zip(self._chunks, group_of, grads, strict=True):
                 if g is not None:
                     chunking.add(buffer, g, weights[k, i])
+            del grads  # else the next task's gradient would be computed next to this one
         return self._reduce_update()
 
     def combine_into_grad(self, weights: torch.Tensor) -> None:
