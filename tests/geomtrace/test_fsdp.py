@@ -37,6 +37,7 @@ SKETCHED = {
     "mt_identity_shard1": ("pcgrad", "identity"),  # the 6-column weight sharded on dim 1
     "mt_sketch": ("pcgrad", 64),
     "mt_sketch_gradvac": ("gradvac", 32),
+    "mt_sketch_nan": ("gradvac", 64),  # task "fr" has a NaN loss at traced step 2
     "tracer_sketch": (None, 64),
     "tracer_sketch_no_reshard": (None, 16),
     "tracer_sketch_bf16": (None, 64),  # bf16 parameters and reduce-scatter
@@ -154,7 +155,10 @@ def run(scenario: str, out: Path, rank: int = 0, world: int = 1) -> dict:
     for step in range(STEPS):
         with owner.step(step) as s:
             for i, task in enumerate(TASKS):
-                s.backward(task, loss_fn(model, local_batch(step, i, rank, world)))
+                loss = loss_fn(model, local_batch(step, i, rank, world))
+                if scenario == "mt_sketch_nan" and step == 2 and task == "fr":
+                    loss = loss * float("nan")
+                s.backward(task, loss)
         opt.step()
         opt.zero_grad()
     tracer.close()
@@ -428,6 +432,22 @@ def test_sketched_weights_are_estimates_not_the_exact_ones(fsdp_runs):
     np.testing.assert_allclose(identity, exact, rtol=1e-5, atol=1e-6)
     gap = np.abs(sketched[0] - exact[0]).max()
     assert np.isfinite(sketched).all() and gap > 1e-3, gap
+
+
+@pytest.mark.slow
+def test_a_nan_task_is_left_out_of_the_sketched_update(fsdp_runs):
+    """A NaN loss (every rank) at traced step 2: the task is flagged non-finite, its Gram
+    rows are NaN, the update and the parameters stay finite (and equal the one-process run,
+    checked above)."""
+    out, _ = fsdp_runs
+    trace = gt.open_trace(out / "mt_sketch_nan")
+    flags = trace.array("nonfinite")
+    assert flags[1].tolist() == [False, True, False] and not flags[0].any()
+    assert np.isnan(trace.gram("0")[1][1]).all()
+    weights = trace.array("weights")[1]
+    assert (weights[:, 1] == 0).all()
+    params = torch.load(out / "mt_sketch_nan_rank0.pt")["params"]
+    assert all(torch.isfinite(v).all() for v in params.values())
 
 
 @pytest.mark.slow
