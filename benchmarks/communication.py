@@ -186,8 +186,8 @@ MEMORY = {
     "fsdp_plain": "0",
     "fsdp_traced": "K P / W",
     "fsdp_multitask": "K P / W",
-    "fsdp_traced_sketch": "2 P + G K d",
-    "fsdp_multitask_sketch": "2 P + G K d + acts",
+    "fsdp_traced_sketch": "3 P + G K d",  # unsharded params, update buffer, a task's grad
+    "fsdp_multitask_sketch": "3 P + G K d + acts",
 }
 
 
