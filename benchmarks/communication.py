@@ -9,16 +9,28 @@ through torch's dispatcher, FSDP's included; size = the full payload of the coll
 
 - data parallelism (no wrapper): ``plain`` (K task backward passes, one all-reduce of .grad),
   ``exact`` (MultiTask(Sum), exact Gram: reduce-scatter of every task row, all-gather of the
-  update), ``sketch`` (MultiTask(Sum, gram="sketch", sketch=d));
-- FSDP2 (every layer and the root ``fully_shard``-ed): ``fsdp_plain`` (K task backward passes
-  accumulated into .grad), ``fsdp_traced`` (a traced Tracer step), ``fsdp_multitask``.
+  update), ``sketch`` (MultiTask(Sum, gram="sketch", sketch=d)), ``sketch_fp16`` (the same
+  with ``sketch_dtype="float16"``: the sketches travel as scaled float16);
+- FSDP2 (every layer and the root ``fully_shard``-ed): ``fsdp_joint`` (one forward/backward of
+  all tasks' rows: the plain FSDP step), ``fsdp_plain`` (K task backward passes accumulated
+  into .grad), ``fsdp_traced`` (a traced Tracer step, exact), ``fsdp_multitask`` (exact),
+  ``fsdp_traced_sketch`` (``Tracer(sketch=d)``) and ``fsdp_multitask_sketch``
+  (``MultiTask(gram="sketch", sketch=d)``): the sketched path of ``geomtrace._fsdp_sketch``
+  (parameters all-gathered once per step, one reduce-scatter of the update, sketches).
 
 Each count is printed next to the formula it should equal (P parameters, P' = W ceil(P/W)):
 
     plain 4 P | exact 4 (K P' + P' + G K^2 + K) | sketch 4 (P + G K d + K)
-    FSDP: the forwards' all-gathers are the same in every mode; the reduce-scatters are
-    K x (one per task backward) in fsdp_plain and fsdp_traced alike (FSDP reduces every
-    backward), plus 4 (G K^2 + K) for the traced step's Gram all-reduce and 8 K for its losses.
+    sketch_fp16 4 (P + G K + K) + 2 G K d
+    fsdp_*_sketch 4 (P + P + G K d + K) (+ 8 K for a traced step's losses)
+    FSDP exact: the reduce-scatters are K x (one per task backward) in fsdp_plain and
+    fsdp_traced alike (FSDP reduces every backward), plus 4 (G K^2 + K) for the Gram
+    all-reduce and 8 K for the losses; every task's forward and backward all-gather again.
+
+Compute and memory: ``bwd`` is the number of task backward passes per step (the sketched
+MultiTask differentiates every task twice); ``time`` the median seconds of REPEATS steps over
+the baseline's (plain or fsdp_plain; 2 processes on a shared CPU: indicative only); ``memory``
+the extra floats per rank, analytic (``acts``: the retained graphs of the K task forwards).
 
 Ratios are against ``plain`` (data parallelism) and ``fsdp_plain`` (FSDP). Results also go to
 ``--json`` if given. This is a measurement, not a test (``tests/geomtrace`` checks the formulas
@@ -28,17 +40,33 @@ on a smaller model).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import torch
 from torch import nn
 
 WORLD = 2
-MODES = ("plain", "exact", "sketch", "fsdp_joint", "fsdp_plain", "fsdp_traced", "fsdp_multitask")
+MODES = (
+    "plain",
+    "exact",
+    "sketch",
+    "sketch_fp16",
+    "fsdp_joint",
+    "fsdp_plain",
+    "fsdp_traced",
+    "fsdp_multitask",
+    "fsdp_traced_sketch",
+    "fsdp_multitask_sketch",
+)
+#: task backward passes per step (compute), by mode: K = one per task, 2K = two passes
+BACKWARDS = {"fsdp_joint": "1 joint", "fsdp_multitask_sketch": "2K"}
+REPEATS = 3
 #: bytes one rank sends per byte of payload in a ring algorithm, by c10d op
 RING = {"allreduce_": 2 * (WORLD - 1) / WORLD}
 
@@ -75,14 +103,23 @@ def count(tasks: int, width: int, dim: int, rank: int) -> dict[str, int]:
                 fully_shard(layer)
             fully_shard(model)
         owner = None
-        if mode in ("exact", "sketch", "fsdp_multitask"):
-            options = {"gram": "sketch", "sketch": dim} if mode == "sketch" else {}
+        if mode in ("exact", "sketch", "sketch_fp16", "fsdp_multitask", "fsdp_multitask_sketch"):
+            options = {}
+            if "sketch" in mode:
+                options = {"gram": "sketch", "sketch": dim}
+            if mode == "sketch_fp16":
+                options["sketch_dtype"] = "float16"
             owner = gt.MultiTask(model, names, gt.Sum(), groups="all_layer", **options)
-        elif mode == "fsdp_traced":
-            owner = gt.Tracer(model, names, groups="all_layer")
-        # A first untimed step builds FSDP's lazy state (its first forward all-gathers more).
-        for warm in (True, False):
-            with gt.CollectiveBytes() as counter:
+        elif mode in ("fsdp_traced", "fsdp_traced_sketch"):
+            options = {"sketch": dim} if mode == "fsdp_traced_sketch" else {}
+            owner = gt.Tracer(model, names, groups="all_layer", **options)
+        # A first uncounted step builds FSDP's lazy state (its first forward all-gathers more);
+        # then one counted step and REPEATS timed ones (compute: median seconds per step).
+        seconds = []
+        for repeat in range(REPEATS + 2):
+            warm, counted = repeat == 0, repeat == 1
+            start = time.perf_counter()
+            with gt.CollectiveBytes() if counted else contextlib.nullcontext() as counter:
                 if mode == "fsdp_joint":  # one forward/backward of all tasks' rows
                     parts = [batch(i, rank, width) for i in range(tasks)]
                     x = torch.cat([b[0] for b in parts])
@@ -100,11 +137,14 @@ def count(tasks: int, width: int, dim: int, rank: int) -> dict[str, int]:
                         for i, task in enumerate(names):
                             s.backward(task, loss_fn(model, batch(i, rank, width)))
             model.zero_grad()
-            if not warm:
+            if not (warm or counted):
+                seconds.append(time.perf_counter() - start)
+            if counted:
                 out[mode] = counter.total
                 out[mode + "_ring"] = round(
                     sum(n * RING.get(op, (WORLD - 1) / WORLD) for op, n in counter.bytes.items())
                 )
+        out[mode + "_seconds"] = sorted(seconds)[len(seconds) // 2]
     return out
 
 
@@ -122,12 +162,33 @@ def worker(rank: int, port: int, tasks: list[int], width: int, dim: int) -> None
 
 
 def formulas(k: int, p: int, g: int, d: int) -> dict[str, int]:
+    """Counted payload bytes per step (fp32, even widths: FSDP pads nothing)."""
     padded = WORLD * -(-p // WORLD)
+    sketched_fsdp = 4 * (p + p + g * k * d + k)  # one all-gather, one reduce-scatter, sketches
     return {
         "plain": 4 * p,
         "exact": 4 * (k * padded + padded + g * k * k + k),
         "sketch": 4 * (p + g * k * d + k),
+        "sketch_fp16": 4 * (p + g * k + k) + 2 * g * k * d,
+        "fsdp_multitask_sketch": sketched_fsdp,
+        "fsdp_traced_sketch": sketched_fsdp + 8 * k,  # + the traced losses' all-reduce
     }
+
+
+#: extra memory per rank over a plain step of the same mode family, in floats (analytic;
+#: "acts": the retained graphs of the K tasks' forwards, as a joint forward would hold)
+MEMORY = {
+    "plain": "0",
+    "exact": "K P + P",
+    "sketch": "K P + P + G K d",
+    "sketch_fp16": "K P + P + G K d",
+    "fsdp_joint": "0",
+    "fsdp_plain": "0",
+    "fsdp_traced": "K P / W",
+    "fsdp_multitask": "K P / W",
+    "fsdp_traced_sketch": "3 P + G K d",  # unsharded params, update buffer, a task's grad
+    "fsdp_multitask_sketch": "3 P + G K d + acts",
+}
 
 
 def main() -> None:
@@ -160,21 +221,29 @@ def main() -> None:
     print(f"P = {p:,} parameters, G = {g} groups, d = {d}, W = {WORLD} ranks; bytes per step")
     print("(payload: the full size of each collective; ring: bytes one rank sends; ratios of")
     print(" ring bytes, against plain for data parallelism and fsdp_joint / fsdp_plain for FSDP)")
+    print(" compute: task backward passes per step and median time per step / fsdp_plain's;")
+    print(" memory: extra floats per rank, analytic, see docs/scaling.md)")
     print(
-        f"{'K':>4} {'mode':<15} {'payload':>13} {'formula':>13} {'ring/rank':>13} "
-        f"{'/ plain':>8} {'/ joint':>8} {'/ fsdp_plain':>12}"
+        f"{'K':>4} {'mode':<22} {'payload':>12} {'formula':>12} {'ring/rank':>12} "
+        f"{'/ plain':>7} {'/ joint':>7} {'/ fsdp_plain':>12} {'bwd':>7} {'time':>6}  memory"
     )
     for k, counts in results.items():
         expect = formulas(k, p, g, d)
         for mode in MODES:
-            formula = f"{expect[mode]:>13,}" if mode in expect else f"{'':>13}"
+            formula = f"{expect[mode]:>12,}" if mode in expect else f"{'':>12}"
             ring = counts[mode + "_ring"]
             if mode.startswith("fsdp"):
-                ratios = f"{'':>8} {ring / counts['fsdp_joint_ring']:>8.2f} "
+                ratios = f"{'':>7} {ring / counts['fsdp_joint_ring']:>7.3f} "
                 ratios += f"{ring / counts['fsdp_plain_ring']:>12.3f}"
+                time_ratio = counts[mode + "_seconds"] / counts["fsdp_plain_seconds"]
             else:
-                ratios = f"{ring / counts['plain_ring']:>8.2f}"
-            print(f"{k:>4} {mode:<15} {counts[mode]:>13,} {formula} {ring:>13,} {ratios}")
+                ratios = f"{ring / counts['plain_ring']:>7.3f} {'':>7} {'':>12}"
+                time_ratio = counts[mode + "_seconds"] / counts["plain_seconds"]
+            bwd = BACKWARDS.get(mode, "K")
+            print(
+                f"{k:>4} {mode:<22} {counts[mode]:>12,} {formula} {ring:>12,} {ratios} "
+                f"{bwd:>7} {time_ratio:>6.2f}  {MEMORY[mode]}"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"P": p, "G": g, "d": d, "world": WORLD, "results": results}, f, indent=1)

@@ -38,8 +38,11 @@ where the columns sit). Refused with a message naming the option: CPU offload
 (``offload_policy=CPUOffloadPolicy()``: not testable here and it moves every task's shard
 through host memory), HSDP (a 2-D mesh), trainable parameters not managed by ``fully_shard``
 (``ignored_params``, or a root module left unsharded), gradient sync switched off
-(``set_requires_gradient_sync(False)``) on a capturing step, probe mode and ``sketch=`` in the
-Tracer, ``gram="sketch"`` in MultiTask.
+(``set_requires_gradient_sync(False)``) on a capturing step, probe mode in the Tracer.
+
+The Tracer's ``sketch=d`` and MultiTask's ``gram="sketch"`` take the sketched path instead
+(:mod:`geomtrace._fsdp_sketch`): the parameters gathered once per step, the local task
+gradients sketched, one reduce-scatter of the update: the traffic of one FSDP step.
 """
 
 from __future__ import annotations
@@ -321,24 +324,31 @@ class ShardedTaskGradients(Capture):
 
     def combine_into_grad(self, weights: torch.Tensor) -> None:
         """``.grad += sum_i w_gi g_i`` on this rank's shard of every parameter a task reached."""
-        from torch.distributed.tensor import DTensor
-
-        combined = self.combine(weights)
-        for p, g, touched in zip(self.params, combined, self.touched, strict=True):
-            if not touched:
-                continue
-            g = g if g.dtype == p.dtype else g.to(p.dtype)
-            if p.grad is None:
-                p.grad = DTensor.from_local(
-                    g,
-                    p.device_mesh,
-                    p.placements,
-                    shape=p.shape,
-                    stride=p.stride(),
-                    run_check=False,
-                )
-            else:
-                p.grad.to_local().add_(g)
+        add_to_grad_shards(self.params, self.combine(weights), self.touched)
 
     def sum_into_grad(self) -> None:
         return None  # every backward already added the task's (averaged) shard to .grad
+
+
+def add_to_grad_shards(
+    params: Sequence[torch.Tensor], shards: Sequence[torch.Tensor], touched: Sequence[bool]
+) -> None:
+    """``p.grad += shard`` on this rank's shard of every touched sharded parameter (a DTensor
+    ``.grad`` is created where it is None; untouched parameters keep ``.grad`` as it was)."""
+    from torch.distributed.tensor import DTensor
+
+    for p, g, hit in zip(params, shards, touched, strict=True):
+        if not hit:
+            continue
+        g = g if g.dtype == p.dtype else g.to(p.dtype)
+        if p.grad is None:
+            p.grad = DTensor.from_local(
+                g.contiguous(),
+                p.device_mesh,
+                p.placements,
+                shape=p.shape,
+                stride=p.stride(),
+                run_check=False,
+            )
+        else:
+            p.grad.to_local().add_(g)

@@ -32,7 +32,11 @@ task gradients, all-reduces only their [G, K, d] CountSketches to estimate the G
 all-reduces the combined update once: one plain step plus G K d floats. Under FSDP2
 (``fully_shard``) the capture is :class:`~geomtrace._fsdp.ShardedTaskGradients`: each task's
 backward is reduce-scattered by FSDP, the exact Gram comes from partial Grams on the shards
-(one [G, K, K] all-reduce) and each rank combines its own shard into its ``.grad`` shard.
+(one [G, K, K] all-reduce) and each rank combines its own shard into its ``.grad`` shard:
+K reduce-scatters per step. ``gram="sketch"`` under FSDP2 is the two-pass path of
+:mod:`geomtrace._fsdp_sketch` (:class:`~geomtrace._fsdp_sketch.ShardedSketchedGram`): one
+all-gather of the parameters, sketches of the local task gradients, one reduce-scatter of the
+combined update (one extra backward per task).
 
 With ``tracer=Tracer(..., halves=True)`` the traced steps also record ``split_half`` (the
 aggregator still sees the full Gram matrix). A windowed tracer (``window > 1``) is refused:
@@ -50,8 +54,9 @@ from geomtrace._aggregators import Aggregator
 from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
+from geomtrace._fsdp_sketch import ShardedSketchedGram
 from geomtrace._groups import ParameterGroup, resolve_groups
-from geomtrace._sketch import IDENTITY, SketchedGram, check_sketch_dim
+from geomtrace._sketch import IDENTITY, SketchedGram, check_sketch_dim, check_sketch_dtype
 from geomtrace._step import (
     Step,
     StepPolicy,
@@ -93,6 +98,11 @@ class MultiTask(StepPolicy):
             torch.distributed it costs one plain all-reduce plus G K d floats per step).
         sketch / seed: the sketch dimension d (``gram="sketch"`` only; ``"identity"`` makes the
             sketch the identity: an exact check of the sketched path) and its seed.
+            On a fully_shard model ``gram="sketch"`` is the two-pass path of
+            :mod:`geomtrace._fsdp_sketch` (one all-gather and one reduce-scatter per step).
+        sketch_dtype: ``"float32"`` (default) or ``"float16"``: the sketches travel between
+            ranks as scaled float16 (half the sketch bytes; see
+            :func:`geomtrace._sketch.all_reduce_sketch_mean`).
 
     ``step(n)`` returns a :class:`~geomtrace.Step`; after it closes, ``s.gram`` and
     ``s.weights`` hold the step's Gram matrices and weights.
@@ -111,6 +121,7 @@ class MultiTask(StepPolicy):
         gram: str = "exact",
         sketch: int | str | None = None,
         seed: int = 0,
+        sketch_dtype: str = "float32",
     ) -> None:
         if not isinstance(aggregator, Aggregator):
             raise InvalidInputError(
@@ -136,19 +147,19 @@ class MultiTask(StepPolicy):
                 raise InvalidInputError("gram='sketch' needs sketch=d (the sketch dimension)")
             if sketch != IDENTITY:
                 check_sketch_dim(sketch)
+        if gram == "exact" and sketch_dtype != "float32":
+            raise InvalidInputError(
+                f"sketch_dtype={sketch_dtype!r} needs gram='sketch' (exact mode sends no sketches)"
+            )
+        if gram == "sketch":
+            check_sketch_dtype(sketch_dtype, sketch)
+        self.sketch_dtype = sketch_dtype
         self.gram_mode = gram
         self.sketch = sketch
         self.seed = seed
         #: the FSDP layout when ``model`` is sharded with fully_shard (see ``geomtrace._fsdp``)
         self.fsdp: _fsdp.FSDPLayout | None = None
         if _fsdp.is_fully_sharded(model):
-            if gram != "exact":
-                raise InvalidInputError(
-                    f"gram={gram!r} is not supported with a fully_shard model: FSDP "
-                    "reduce-scatters each task's backward before geomtrace sees it (no rank "
-                    "holds its local task gradients), so a sketched Gram would save no "
-                    "traffic; use gram='exact'"
-                )
             self.fsdp = _fsdp.fsdp_layout(model, self.groups, _distributed.AUTO, "MultiTask")
         if tracer is not None:
             if not isinstance(tracer, Tracer):
@@ -198,12 +209,21 @@ class MultiTask(StepPolicy):
                 owner="MultiTask",
             )
         self.capture: Capture
-        if self.fsdp is not None:
+        if self.fsdp is not None and gram == "sketch":
+            if halves:
+                raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
+            # Two passes at the traffic of one FSDP step (see geomtrace._fsdp_sketch).
+            self.capture = ShardedSketchedGram(
+                model, self.groups, len(self.tasks), self.fsdp, sketch, seed, dtype=sketch_dtype
+            )
+        elif self.fsdp is not None:
             self.capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
         elif gram == "sketch":
             if halves:
                 raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
-            self.capture = SketchedGram(self.groups, len(self.tasks), sketch, seed)
+            self.capture = SketchedGram(
+                self.groups, len(self.tasks), sketch, seed, dtype=sketch_dtype
+            )
         else:
             self.capture = TaskGradients(self.groups, len(self.tasks), halves=halves)
         if tracer is not None:
@@ -261,6 +281,11 @@ class MultiTask(StepPolicy):
             if capture.halves:
                 arrays["split_half"] = capture.split_half()
             self.tracer.record(step.step, step.gram, step.mean_losses(), arrays=arrays)
+
+    def _abort(self, step: Step) -> None:
+        # An interrupted sketched FSDP step holds unsharded parameters and retained graphs.
+        if isinstance(self.capture, ShardedSketchedGram):
+            self.capture.abort()
 
     def __repr__(self) -> str:
         return (

@@ -36,7 +36,9 @@ Scaling (see docs/scaling.md):
   of the [K, P] buffer, partial Grams, all-reduce of [G, K, K], all-gather of the summed update);
   untraced steps are plain ``loss.backward()`` with DDP's own reduction. Only rank 0 writes.
 - ``sketch=d`` keeps a CountSketch of each task gradient (G x K x d floats) instead of the
-  [K, P] buffer; the trace's meta ``"sketch"`` is d (see ``geomtrace._sketch``).
+  [K, P] buffer; the trace's meta ``"sketch"`` is d (see ``geomtrace._sketch``). On a
+  fully_shard model it is the sketched FSDP path (``geomtrace._fsdp_sketch``): one all-gather
+  and one reduce-scatter per traced step instead of one per task backward.
 
 Reliability (``halves=True``, see ``geomtrace._reliability``): on traced steps each backward is
 credited to one of two independent halves of its task, a_i or b_i, with the task's gradient the
@@ -88,6 +90,7 @@ from geomtrace import _distributed, _fsdp
 from geomtrace._capture import Capture, TaskGradients
 from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
+from geomtrace._fsdp_sketch import ShardedSketchedGram
 from geomtrace._groups import ParameterGroup, resolve_groups
 from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._step import (
@@ -264,7 +267,6 @@ class Tracer(StepPolicy):
         if _fsdp.is_fully_sharded(model):
             for option, value, why in (
                 ("probe=", self.probe, "probe gradients would need torch.autograd.grad"),
-                ("sketch=", self.sketch, "use exact capture (the [K, P/W] shard per rank)"),
             ):
                 if value is not None:
                     raise InvalidInputError(
@@ -349,7 +351,12 @@ class Tracer(StepPolicy):
         """The capture the traced steps feed (built on first use; a MultiTask hands over its
         own, so a Tracer used for recording only never allocates one)."""
         if self._capture is None:
-            if self.fsdp is not None:
+            if self.fsdp is not None and self.sketch is not None:
+                # One all-gather, one reduce-scatter per traced step (geomtrace._fsdp_sketch).
+                self._capture = ShardedSketchedGram(
+                    self.model, self.groups, len(self.tasks), self.fsdp, self.sketch, self.seed
+                )
+            elif self.fsdp is not None:
                 self._capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
             elif self.sketch is None:
                 self._capture = TaskGradients(
@@ -465,6 +472,8 @@ class Tracer(StepPolicy):
             self._close_window()
 
     def _abort(self, step: Step) -> None:
+        if isinstance(step.capture, ShardedSketchedGram):
+            step.capture.abort()  # reshard the parameters it kept unsharded
         if self._window is not None and step.capturing:
             log.warning(
                 "step %d raised inside the window opened at step %d: the window is dropped "
