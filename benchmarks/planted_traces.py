@@ -80,7 +80,7 @@ class Scenario:
     n_languages: int = 24
     languages: str = "default"  # "default": the recipe's 24 (first n); "sample": from the pool
     n_snapshots: int = 20  # after step 0
-    dim: int = 128
+    dim: int = 64  # effective dimension: cross-task noise products shrink as 1/sqrt(dim)
     reliability: float | tuple[float, float] = 0.3  # constant, or per-task uniform (lo, hi)
     reliability_fall: float = 1.0  # R(end) / R(start)
     similarity_fall: float = 1.0  # w(end) / w(start)
