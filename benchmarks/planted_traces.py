@@ -312,6 +312,8 @@ def simulate(
     real = real_distances(codes)
     C, dists = geometry(sc, rng, real)
     K, T = len(codes), sc.n_snapshots + 1
+    if sc.dim < K:
+        raise ValueError(f"dim={sc.dim} < {K} tasks: the planted geometry needs dim >= K")
     w = share(sc)
     R = planted_reliability(sc, rng, K)
     norm_t = sc.norm_fall ** np.linspace(0.0, 1.0, T)
