@@ -427,6 +427,42 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def pivot_markdown(results: dict) -> str:
+    """Compact tables, one column per scenario, scenarios split by generator mode: coverage %
+    (bias) per interval and truth; rejection % per test (type-I bold above 6%, "P" = power)."""
+    out = []
+    modes: dict[str, list[str]] = defaultdict(list)
+    for name in results["scenarios"]:
+        modes[results["config"][name]["mode"]].append(name)
+    for mode, names in modes.items():
+        cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+        for name in names:
+            for r in results["scenarios"][name]["intervals"]:
+                cov = f"{100 * r['coverage']:.0f}"
+                cov = f"**{cov}**" if r["coverage"] < 0.92 else cov
+                cells[(r["statistic"], r["truth"])][name] = f"{cov} ({r['bias']:+.3f})"
+        head = "| interval | truth | " + " | ".join(names) + " |"
+        out += [f"Coverage % of the 95% intervals (mean bias), {mode} scenarios:", "", head,
+                "|---|---|" + "---|" * len(names)]  # fmt: skip
+        for (stat, truth), row in cells.items():
+            out.append(f"| {stat} | {truth} | " + " | ".join(row.get(n, "") for n in names) + " |")
+        tcells: dict[str, dict[str, str]] = defaultdict(dict)
+        for name in names:
+            for r in results["scenarios"][name]["tests"]:
+                rate = f"{100 * r['rejection']:.1f}"
+                if r["kind"] == "type-I":
+                    rate = f"**{rate}**" if r["rejection"] > 0.06 else rate
+                else:
+                    rate = f"P {rate}"
+                tcells[r["test"]][name] = rate
+        out += ["", f"Rejections % at alpha {ALPHA} (type-I; P = power), {mode} scenarios:", "",
+                "| test | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
+        for test, row in tcells.items():
+            out.append(f"| {test} | " + " | ".join(row.get(n, "") for n in names) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=200, help="repetitions per scenario")
@@ -439,8 +475,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--groups", default=analyses.ALL, help="groups of the similarity rows")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"subset of {PARTS}")
     parser.add_argument("--half-grams", action="store_true", help="also store half_gram_a/b")
+    parser.add_argument("--long", action="store_true", help="one row per scenario and statistic")
+    parser.add_argument("--table", default=None, help="print the tables of this JSON file and exit")
     parser.add_argument("--seed", type=int, default=0, help="generator seed of every scenario")
     args = parser.parse_args(argv)
+    if args.table:
+        results = json.loads(Path(args.table).read_text())
+        print(markdown(results) if args.long else pivot_markdown(results))
+        return results
     reps, n_perm, n_boot = args.reps, args.n_permutations, args.n_bootstrap
     if args.quick:
         reps, n_perm, n_boot = 10, 99, 100
@@ -471,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["settings"]["commit"] = (
         os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip()
     )
-    print(markdown(results))
+    print(markdown(results) if args.long else pivot_markdown(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
     return results
