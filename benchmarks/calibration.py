@@ -427,9 +427,26 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def pivot_markdown(results: dict) -> str:
+def _lookup(results: dict | None) -> dict:
+    """{(scenario, kind, label, truth-or-kind): value} of a results dict (empty for None)."""
+    out = {}
+    for name, res in (results or {}).get("scenarios", {}).items():
+        for r in res["intervals"]:
+            out[(name, "iv", r["statistic"], r["truth"])] = r["coverage"]
+        for r in res["tests"]:
+            out[(name, "test", r["test"], r["kind"])] = r["rejection"]
+    return out
+
+
+def pivot_markdown(results: dict, baseline: dict | None = None) -> str:
     """Compact tables, one column per scenario, scenarios split by generator mode: coverage %
-    (bias) per interval and truth; rejection % per test (type-I bold above 6%, "P" = power)."""
+    (bias) per interval and truth; rejection % per test (type-I bold above 6%, "P" = power).
+    With ``baseline`` (an earlier results dict), each cell starts with "before ->"."""
+    before = _lookup(baseline)
+
+    def was(key, scale=100):
+        return f"{scale * before[key]:.0f} -> " if key in before else ""
+
     out = []
     modes: dict[str, list[str]] = defaultdict(list)
     for name in results["scenarios"]:
@@ -440,7 +457,8 @@ def pivot_markdown(results: dict) -> str:
             for r in results["scenarios"][name]["intervals"]:
                 cov = f"{100 * r['coverage']:.0f}"
                 cov = f"**{cov}**" if r["coverage"] < 0.92 else cov
-                cells[(r["statistic"], r["truth"])][name] = f"{cov} ({r['bias']:+.3f})"
+                prior = was((name, "iv", r["statistic"], r["truth"]))
+                cells[(r["statistic"], r["truth"])][name] = f"{prior}{cov} ({r['bias']:+.3f})"
         head = "| interval | truth | " + " | ".join(names) + " |"
         out += [f"Coverage % of the 95% intervals (mean bias), {mode} scenarios:", "", head,
                 "|---|---|" + "---|" * len(names)]  # fmt: skip
@@ -454,7 +472,7 @@ def pivot_markdown(results: dict) -> str:
                     rate = f"**{rate}**" if r["rejection"] > 0.06 else rate
                 else:
                     rate = f"P {rate}"
-                tcells[r["test"]][name] = rate
+                tcells[r["test"]][name] = was((name, "test", r["test"], r["kind"])) + rate
         out += ["", f"Rejections % at alpha {ALPHA} (type-I; P = power), {mode} scenarios:", "",
                 "| test | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
         for test, row in tcells.items():
@@ -477,11 +495,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--half-grams", action="store_true", help="also store half_gram_a/b")
     parser.add_argument("--long", action="store_true", help="one row per scenario and statistic")
     parser.add_argument("--table", default=None, help="print the tables of this JSON file and exit")
+    parser.add_argument("--baseline", default=None, help="JSON of an earlier run: before -> after")
     parser.add_argument("--seed", type=int, default=0, help="generator seed of every scenario")
     args = parser.parse_args(argv)
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     if args.table:
         results = json.loads(Path(args.table).read_text())
-        print(markdown(results) if args.long else pivot_markdown(results))
+        print(markdown(results) if args.long else pivot_markdown(results, baseline))
         return results
     reps, n_perm, n_boot = args.reps, args.n_permutations, args.n_bootstrap
     if args.quick:
@@ -513,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["settings"]["commit"] = (
         os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip()
     )
-    print(markdown(results) if args.long else pivot_markdown(results))
+    print(markdown(results) if args.long else pivot_markdown(results, baseline))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
     return results

@@ -168,6 +168,9 @@ def test_summary_counts_and_standard_errors():
     assert iv["bias"] == pytest.approx(0.05) and iv["width"] == 1.0 and iv["n_nan_interval"] == 1
     assert te["rejection"] == 0.2 and te["n"] == 5
     assert "| x | t | type-I | **20.0**" in calibration.markdown({"scenarios": {"x": out}})
+    results = {"scenarios": {"x": out}, "config": {"x": {"mode": "traits"}}}
+    table = calibration.pivot_markdown(results, baseline=results)
+    assert "| s | run | 75 -> **75** (+0.050) |" in table and "| t | 20 -> **20.0** |" in table
 
 
 def _check(name: str, value: float, kind: str) -> None:
