@@ -196,6 +196,23 @@ def _matrix(ctx: Context, row: pd.Series, truth: str) -> np.ndarray | None:
     raise KeyError(truth)
 
 
+def relation_vr(sim, dist, control=None):
+    """Pearson of the similarity values with the ranks of -distance (partial given -control):
+    the estimand of rho_disattenuated (analyses._language_level)."""
+    from scipy.stats import rankdata
+
+    iu = np.triu_indices(len(sim), 1)
+    x = np.asarray(sim)[iu]
+    r = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    ry = rankdata(-np.asarray(dist)[iu])
+    rxy = r(x, ry)
+    if control is None:
+        return rxy
+    rz = rankdata(-np.asarray(control)[iu])
+    rxz, ryz = r(x, rz), r(ry, rz)
+    return (rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2))
+
+
 def truth_value(ctx: Context, row: pd.Series, stat: IntervalStat, truth: str) -> float:
     """The value of ``truth`` for the quantity ``stat`` estimates on this row (NaN: none)."""
     if truth == "run" and stat.quantity == "mean":
@@ -203,6 +220,15 @@ def truth_value(ctx: Context, row: pd.Series, stat: IntervalStat, truth: str) ->
         free = ctx.free_frames[stat.frame]
         match = free[(free[list(stat.key)] == row[list(stat.key)]).all(axis=1)]
         return float(match[stat.estimate].iloc[0]) if len(match) else float("nan")
+    if stat.quantity in ("rho_vr", "partial_vr"):
+        if truth == "population":
+            return float("nan")  # the pool truth is computed with Spearman only
+        M = _matrix(ctx, row, truth)
+        if M is None:
+            return float("nan")
+        D = ctx.planted.distances[row["distance"]]
+        Z = ctx.planted.distances[row["control"]] if stat.quantity == "partial_vr" else None
+        return relation_vr(M, D, Z)
     if truth == "population":
         if stat.quantity == "mean":
             return float("nan")
@@ -236,11 +262,17 @@ INTERVALS: list[IntervalStat] = [
         "partial_rho", "typology", "partial_rho", "partial_ci_low", "partial_ci_high",
         "partial", ("noisy", "run", "process", "population"), ("measure", "distance", "control"),
     ),
-    # After issue 18 (one line per new column), e.g.:
-    # IntervalStat("rho_disattenuated", "typology", "rho_disattenuated", "dis_ci_low",
-    #              "dis_ci_high", "rho", ("process", "population"), ("measure", "distance")),
-    # IntervalStat("rho_languages", "typology", "rho", "lang_ci_low", "lang_ci_high", "rho",
-    #              ("population",), ("measure", "distance")),
+    # The noise-removed relation with its language-jackknife interval (issue 18): its
+    # estimand is r(similarity values, rank of -distance), hence the quantity "rho_vr".
+    IntervalStat(
+        "rho_disattenuated", "typology", "rho_disattenuated", "lang_ci_low", "lang_ci_high",
+        "rho_vr", ("run", "process"), ("measure", "distance"),
+    ),
+    IntervalStat(
+        "partial_disattenuated", "typology", "partial_disattenuated", "partial_lang_ci_low",
+        "partial_lang_ci_high", "partial_vr", ("run", "process"),
+        ("measure", "distance", "control"),
+    ),
 ]  # fmt: skip
 
 TESTS: list[TestStat] = [
@@ -250,7 +282,14 @@ TESTS: list[TestStat] = [
     TestStat("mantel_noise_free", "direct", "p_value", "rho", ("measure", "distance")),
     TestStat("partial_mantel_noise_free", "direct", "partial_p_value", "partial",
              ("measure", "distance", "control")),
-    # e.g. TestStat("mantel_spatial", "typology", "p_spatial", "rho", ("measure", "distance")),
+    # The exchangeable permutation p kept beside the reported (spatial) p, and the spatial
+    # design on the noise-free planted similarity.
+    TestStat("mantel_exchangeable", "typology", "p_mantel", "rho", ("measure", "distance")),
+    TestStat("partial_mantel_exchangeable", "typology", "partial_p_mantel", "partial",
+             ("measure", "distance", "control")),
+    TestStat("spatial_mantel_noise_free", "direct", "p_spatial", "rho", ("measure", "distance")),
+    TestStat("spatial_partial_mantel_noise_free", "direct", "partial_p_spatial", "partial",
+             ("measure", "distance", "control")),
 ]  # fmt: skip
 
 
@@ -301,11 +340,21 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
         kw = {"n_permutations": settings["n_permutations"], "seed": 0}
         m = analyses.mantel(C, y, **kw)
         pm = analyses.partial_mantel(C, y, z, **kw)
+        # The product's design (typology_correlation): surrogates over the languages' own
+        # geography and genealogy candidates.
+        weights = {
+            k: w.to_numpy()
+            for k, w in analyses.language_proximity(list(planted.iso_codes.values())).items()
+        }
+        skw = {"n_surrogates": settings["n_permutations"], "seed": 0, "weights": weights}
+        sm = analyses.spatial_mantel(C, y, **skw)
+        spm = analyses.spatial_mantel(C, y, control=z, **skw)
         frames["direct"] = pd.DataFrame(
             [
                 {"measure": "planted", "distance": "trait", "control": "space",
                  "rho": m.statistic, "p_value": m.p_value,
-                 "partial_rho": pm.statistic, "partial_p_value": pm.p_value},
+                 "partial_rho": pm.statistic, "partial_p_value": pm.p_value,
+                 "p_spatial": sm.p_value, "partial_p_spatial": spm.p_value},
             ]
         )  # fmt: skip
     return frames, free_frames
