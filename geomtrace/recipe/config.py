@@ -128,6 +128,10 @@ class RecipeConfig:
             )
         if not self.langs and not self.recipe:
             raise InvalidInputError("langs is empty: give at least one language")
+        if not self.recipe:
+            from geomtrace.recipe.corpus import check_domains
+
+            check_domains(self.domains)
         if not (0 < self.test_fraction and 0 <= self.dev_fraction) or (
             self.test_fraction + self.dev_fraction >= 1
         ):

@@ -29,7 +29,14 @@ from torch import nn
 
 from geomtrace import InvalidInputError
 from geomtrace.recipe.config import BUCKETS, RecipeConfig
-from geomtrace.recipe.corpus import Corpus, Pair, build_corpus, char_profile, probe_strings
+from geomtrace.recipe.corpus import (
+    Corpus,
+    Pair,
+    build_corpus,
+    char_profile,
+    probe_strings,
+    select_short,
+)
 from geomtrace.recipe.languages import LANGUAGES, iso_codes_for, normalize_locale
 from geomtrace.recipe.model import BOS, EOS, FIRST_TAG, PAD, ByteTransformer, decode_bytes
 
@@ -60,7 +67,8 @@ def resolve_languages(codes: Sequence[str]) -> list[str]:
 
 
 def select_pairs(pairs: Sequence[Pair], max_bytes: int) -> list[Pair]:
-    return [p for p in pairs if len(p.en.encode()) <= max_bytes and len(p.x.encode()) <= max_bytes]
+    """The pairs whose two sides are at most ``max_bytes`` UTF-8 bytes."""
+    return select_short(pairs, max_bytes)
 
 
 def encode_pairs(pairs: Sequence[Pair], tag: int, direction: str) -> Encoded:
@@ -190,6 +198,20 @@ def sample_indices(
             parts.append(start + torch.randint(window, (h,), generator=generator))
         out.append(torch.cat(parts))
     return out
+
+
+def fresh_rows(sizes: Sequence[int], size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per language, ``min(size, n)`` distinct row indices of its ``n`` rows: the first
+    ``size`` of a uniform random permutation (one ``randperm(n)`` per language, in order).
+    A language with fewer than ``size`` rows gives all of them (logged once per call)."""
+    short = [(k, n) for k, n in enumerate(sizes) if n < size]
+    if short:
+        log.warning(
+            "snapshot batch of %d rows per language: %d language(s) have fewer training rows "
+            "(%s); their snapshots use every row they have",
+            size, len(short), ", ".join(f"#{k}: {n}" for k, n in short),
+        )  # fmt: skip
+    return [torch.randperm(n, generator=generator)[:size] for n in sizes]
 
 
 def fused_losses(
@@ -333,13 +355,16 @@ def make_recipe(config: RecipeConfig) -> tuple:
         return split_half_losses(model, batch, smoothing, chunk_rows=SNAPSHOT_CHUNK_ROWS)
 
     def snapshot_sample(step: int, generator: torch.Generator, size: int) -> dict[str, Batch]:
-        # uniform rows (no windows): the two halves are independent draws of the language's data
-        out = {}
-        for lang, n in zip(langs, sizes, strict=True):
-            enc = train[lang]
-            idx = torch.randint(n, (size,), generator=generator)
-            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
-        return out
+        # fresh uniform rows (no windows, no row twice): the two halves are disjoint draws of
+        # the language's data, so no string's gradient counts in both (a repeated row would
+        # add its own |g|^2 to a.b and read as signal)
+        return {
+            lang: _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
+            for lang, enc, idx in zip(
+                langs, (train[lg] for lg in langs), fresh_rows(sizes, size, generator),
+                strict=True,
+            )
+        }  # fmt: skip
 
     def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
         return evaluate_model(model, test, direction, tags, config.eval_batch, max_len - 1)
