@@ -86,8 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument(
-        "--list-languages", action="store_true", help="print the language table with each language's train/test pairs per corpus source "
-        "(at --max-bytes, for --set domains=[...]; only --langs when given) and exit"
+        "--list-languages",
+        action="store_true",
+        help="print the language table with each language's train/test pairs per corpus source "
+        "(at --max-bytes, for --set domains=[...]; only --langs when given) and exit",
     )
 
 

@@ -367,7 +367,14 @@ def make_recipe(config: RecipeConfig) -> tuple:
         }  # fmt: skip
 
     def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
-        return evaluate_model(model, test, direction, tags, config.eval_batch, max_len - 1)
+        # the intervals go to the trace meta "chrf_intervals" (written after evaluation), not
+        # to the quality rows: every quality metric is a quality the analyses correlate
+        intervals: dict[str, dict[str, float]] = {}
+        out = evaluate_model(
+            model, test, direction, tags, config.eval_batch, max_len - 1, intervals=intervals
+        )
+        meta["chrf_intervals"] = intervals
+        return out
 
     probe = None
     if config.probe:
@@ -441,12 +448,49 @@ def make_probe(
     return out
 
 
+#: bootstrap replicates of each language's chrF interval (resampled test strings)
+CHRF_BOOTSTRAP = 1000
+
+
+def chrf_interval(
+    hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = CHRF_BOOTSTRAP,
+    level: float = 0.95, seed: int = 0,
+) -> dict[str, float]:  # fmt: skip
+    """Corpus chrF (sacrebleu) of ``hyps`` against ``refs`` and its percentile bootstrap
+    interval over the test strings.
+
+    chrF is a function of statistics summed over strings (character n-gram matches and
+    counts, sacrebleu's per-string statistics), so a replicate draws n strings with
+    replacement (counts w ~ Multinomial(n, 1/n)), sums w_j stats_j and scores the sums:
+    no decoding is repeated. The interval is the (1 - level)/2 and (1 + level)/2 quantiles
+    of the replicates: it says how much the score moves with the choice of test strings
+    (not with the seed of training). Returns ``{"chrf", "low", "high", "n"}``.
+    """
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF()
+    # sacrebleu's per-string statistics and its score from summed statistics (the pair its
+    # own significance tests use); corpus_chrf(hyps, [refs]) is the score of the plain sum
+    stats = np.asarray(metric._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
+    n = stats.shape[0]
+    score = float(metric._compute_score_from_stats(stats.sum(0).tolist()).score)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)  # [B, n]
+    sums = weights @ stats  # [B, d]
+    boot = np.array([metric._compute_score_from_stats(row.tolist()).score for row in sums])
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"chrf": score, "low": float(low), "high": float(high), "n": int(n)}
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module, test: Mapping[str, Encoded], direction: str, tags: Mapping[str, int],
-    batch_size: int, max_new: int,
+    batch_size: int, max_new: int, intervals: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
-    """chrF of greedy decoding and held-out cross-entropy per language (model in eval mode)."""
+    """chrF of greedy decoding and held-out cross-entropy per language (model in eval mode).
+
+    ``intervals``: when given, filled with each language's :func:`chrf_interval`."""
     import sacrebleu
 
     from geomtrace.recipe.model import greedy_decode
@@ -477,4 +521,6 @@ def evaluate_model(
     for lg in langs:
         chrf = sacrebleu.corpus_chrf(hyps[lg], [test[lg].refs]).score
         result[lg] = {"chrf": float(chrf), "heldout_loss": loss_sum[lg] / max(1, tok_count[lg])}
+        if intervals is not None:
+            intervals[lg] = chrf_interval(hyps[lg], test[lg].refs)
     return result

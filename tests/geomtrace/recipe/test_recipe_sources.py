@@ -113,9 +113,7 @@ def test_the_new_sources_give_hundreds_of_test_strings(corpus):
     for lang in LANGS:
         assert django.counts(40)[lang]["test"] < 70
         assert corpus.counts(40)[lang]["test"] >= 200, lang
-    short = type(corpus)(
-        {lg: select_short(corpus.pairs[lg], 40) for lg in LANGS}, corpus.skipped
-    )
+    short = type(corpus)({lg: select_short(corpus.pairs[lg], 40) for lg in LANGS}, corpus.skipped)
     assert len(probe_strings(short, "train", size=10_000)) >= 400
 
 
