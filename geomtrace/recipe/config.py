@@ -243,8 +243,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_ff": 384,
         "snapshot_rows": 48,  # 13 snapshots of 8 languages: 96 rows would double the run
     },
+    # Issue 21: every text domain (~1,700-4,000 train pairs per language), the 16 languages
+    # with >= 200 test strings of <= 40 bytes (620 shared train strings), 480 fresh snapshot
+    # rows per language every 40 steps (benchmarks/corpus_design.py: ~0.8 reliability; about
+    # the default's CPU time). geomtrace/recipe/README.md, "A bigger corpus".
+    "corpus": {
+        "langs": ["es", "fr", "it", "de", "nl", "ru", "uk", "pl", "fi", "hu", "et", "tr",
+                  "he", "ja", "ko", "zh_Hans"],
+        "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],
+        "every": 40,
+        "snapshot_rows": 480,
+    },  # fmt: skip
     "full": {
         "langs": [],  # filled in by preset(): every base locale of the table
+        "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],
         "device": "cuda",
         "threads": 0,
         "max_bytes": 128,

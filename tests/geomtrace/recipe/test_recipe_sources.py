@@ -188,3 +188,23 @@ def test_fresh_snapshot_rows_never_repeat_a_row():
         counts.update(fresh_rows([20], 10, gen)[0].tolist())
     assert set(counts) == set(range(20))
     assert max(counts.values()) / min(counts.values()) < 1.25
+
+
+def test_corpus_preset_meets_the_data_criteria():
+    """The ``corpus`` preset: every language >= 200 test strings at its length cap, >= 400
+    train strings translated in all of them, >= 480 distinct training rows per language for
+    the fresh snapshot batch (no row twice within a snapshot)."""
+    from geomtrace.recipe.config import preset
+
+    config = preset("corpus").validate()
+    corpus = build_corpus(config.langs, config.domains)
+    counts = corpus.counts(config.max_bytes)
+    assert min(counts[lg]["test"] for lg in config.langs) >= 200
+    assert min(counts[lg]["train"] for lg in config.langs) >= config.snapshot_rows
+    short = type(corpus)(
+        {lg: select_short(corpus.pairs[lg], config.max_bytes) for lg in config.langs},
+        corpus.skipped,
+    )
+    assert len(probe_strings(short, "train", size=10_000)) >= 400
+    # the full (GPU) preset reads every text domain too
+    assert preset("full").domains == list(TEXT_DOMAINS)
