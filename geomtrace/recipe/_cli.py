@@ -74,7 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
     p.add_argument(
-        "--preset", default="default", help="starting config: default, quick, full (GPU scale)"
+        "--preset",
+        default="default",
+        help="starting config: default, quick, corpus (every text domain, 16 "
+        "languages, 480-row snapshots), full (GPU scale)",
     )
     p.add_argument(
         "--set",

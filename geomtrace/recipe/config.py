@@ -248,8 +248,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rows per language every 40 steps (benchmarks/corpus_design.py: ~0.8 reliability; about
     # the default's CPU time). geomtrace/recipe/README.md, "A bigger corpus".
     "corpus": {
-        "langs": ["es", "fr", "it", "de", "nl", "ru", "uk", "pl", "fi", "hu", "et", "tr",
-                  "he", "ja", "ko", "zh_Hans"],
+        "langs": [
+            "es",
+            "fr",
+            "it",
+            "de",
+            "nl",
+            "ru",
+            "uk",
+            "pl",
+            "fi",
+            "hu",
+            "et",
+            "tr",
+            "he",
+            "ja",
+            "ko",
+            "zh_Hans",
+        ],
         "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],
         "every": 40,
         "snapshot_rows": 480,
