@@ -399,6 +399,10 @@ def make_recipe(config: RecipeConfig) -> tuple:
         },  # fmt: skip
         "iso_problems": problems,
         "corpus_counts": counts,
+        # where each language's pairs (at most max_bytes) came from: {lang: {domain: {split: n}}}
+        "corpus_domain_counts": {
+            lg: c for lg, c in corpus.domain_counts(config.max_bytes).items() if lg in langs
+        },
         "corpus_skipped": {lg: dict(corpus.skipped[lg]) for lg in langs},
         "domains": list(config.domains),
     }

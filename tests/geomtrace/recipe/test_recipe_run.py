@@ -57,6 +57,10 @@ def test_run_writes_trace_quality_and_baseline(tiny_run):
         assert iv["low"] <= chrf[task] <= iv["high"]  # (a tiny model may score 0 everywhere)
         assert iv["chrf"] == pytest.approx(chrf[task])
         assert iv["n"] == counts[task]["test"]
+        by_domain = trace.meta("corpus_domain_counts")[task]
+        assert set(by_domain) == {"django"}  # the default domains
+        assert by_domain["django"]["test"] == counts[task]["test"]
+        assert by_domain["django"]["train"] == counts[task]["train"]
     losses = trace.losses()
     first = losses[losses.step == 0].set_index("task").loss
     last = losses[losses.step == 20].set_index("task").loss
