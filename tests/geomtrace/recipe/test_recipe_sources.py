@@ -49,6 +49,12 @@ def test_every_text_domain_has_real_catalogs_for_french():
     assert {f.parent.parent.name for f in jl} == {"fr_FR"}  # the fr-FR pack's own folder
     assert "jupyterlab.mo" in {f.name for f in jl}
     assert domain_catalogs("jupyterlab", "mr") == []  # no Marathi pack: nothing, no error
+    # other projects' folder names: the no-NO pack is Bokmal, zh-CN is zh_Hans, he_IL is he
+    assert {f.parent.parent.name for f in domain_catalogs("jupyterlab", "nb")} == {"no_NO"}
+    assert {f.parent.parent.name for f in domain_catalogs("jupyterlab", "zh_Hans")} == {"zh_CN"}
+    assert {f.parent.parent.name for f in domain_catalogs("jupyterlab", "he")} == {"he_IL"}
+    assert domain_catalogs("jupyterlab", "pt") == []  # pt-BR's pack is not European Portuguese
+    assert {f.parent.parent.name for f in domain_catalogs("jupyterlab", "pt_BR")} == {"pt_BR"}
 
 
 def test_each_domain_adds_what_it_holds(corpus):
