@@ -24,7 +24,8 @@ guide to an idle machine) give the cost per snapshot row relative to a training 
     python benchmarks/corpus_design.py --measure --set 'domains=["django"]' --json a.json
     python benchmarks/corpus_design.py --measure --set 'domains=["django","wagtail",...]'
 
-Results and what they decided: geomtrace/recipe/README.md ("A bigger corpus").
+Results (seed 0): benchmarks/corpus_design_counts.txt, corpus_design_django.json and
+corpus_design_all.json; what they decided: geomtrace/recipe/README.md ("A bigger corpus").
 """
 
 from __future__ import annotations
