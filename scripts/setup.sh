@@ -8,5 +8,5 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 pip install torch==2.13.0 'setuptools<81' wheel
-pip install -e '.[test]'
+pip install -e '.[test,corpus]'
 echo "geomtrace is installed in .venv/ (activate with: source .venv/bin/activate)" >&2

@@ -130,6 +130,10 @@ class RecipeConfig:
             )
         if not self.langs and not self.recipe:
             raise InvalidInputError("langs is empty: give at least one language")
+        if not self.recipe:
+            from geomtrace.recipe.corpus import check_domains
+
+            check_domains(self.domains)
         if not (0 < self.test_fraction and 0 <= self.dev_fraction) or (
             self.test_fraction + self.dev_fraction >= 1
         ):
@@ -269,8 +273,36 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_ff": 384,
         "snapshot_rows": 48,  # 13 snapshots of 8 languages: 96 rows would double the run
     },
+    # Issue 21: every text domain (~1,700-4,000 train pairs per language), the 16 languages
+    # with >= 200 test strings of <= 40 bytes (620 shared train strings), 480 fresh snapshot
+    # rows per language every 40 steps (benchmarks/corpus_design.py: ~0.8 reliability; about
+    # the default's CPU time). geomtrace/recipe/README.md, "A bigger corpus".
+    "corpus": {
+        "langs": [
+            "es",
+            "fr",
+            "it",
+            "de",
+            "nl",
+            "ru",
+            "uk",
+            "pl",
+            "fi",
+            "hu",
+            "et",
+            "tr",
+            "he",
+            "ja",
+            "ko",
+            "zh_Hans",
+        ],
+        "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],
+        "every": 40,
+        "snapshot_rows": 480,
+    },  # fmt: skip
     "full": {
         "langs": [],  # filled in by preset(): every base locale of the table
+        "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],
         "device": "cuda",
         "threads": 0,
         "max_bytes": 128,

@@ -29,7 +29,14 @@ from torch import nn
 
 from geomtrace import InvalidInputError
 from geomtrace.recipe.config import BUCKETS, RecipeConfig
-from geomtrace.recipe.corpus import Corpus, Pair, build_corpus, char_profile, probe_strings
+from geomtrace.recipe.corpus import (
+    Corpus,
+    Pair,
+    build_corpus,
+    char_profile,
+    probe_strings,
+    select_short,
+)
 from geomtrace.recipe.languages import LANGUAGES, iso_codes_for, normalize_locale
 from geomtrace.recipe.model import BOS, EOS, FIRST_TAG, PAD, ByteTransformer, decode_bytes
 
@@ -60,7 +67,8 @@ def resolve_languages(codes: Sequence[str]) -> list[str]:
 
 
 def select_pairs(pairs: Sequence[Pair], max_bytes: int) -> list[Pair]:
-    return [p for p in pairs if len(p.en.encode()) <= max_bytes and len(p.x.encode()) <= max_bytes]
+    """The pairs whose two sides are at most ``max_bytes`` UTF-8 bytes."""
+    return select_short(pairs, max_bytes)
 
 
 def encode_pairs(pairs: Sequence[Pair], tag: int, direction: str) -> Encoded:
@@ -190,6 +198,20 @@ def sample_indices(
             parts.append(start + torch.randint(window, (h,), generator=generator))
         out.append(torch.cat(parts))
     return out
+
+
+def fresh_rows(sizes: Sequence[int], size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per language, ``min(size, n)`` distinct row indices of its ``n`` rows: the first
+    ``size`` of a uniform random permutation (one ``randperm(n)`` per language, in order).
+    A language with fewer than ``size`` rows gives all of them (logged once per call)."""
+    short = [(k, n) for k, n in enumerate(sizes) if n < size]
+    if short:
+        log.warning(
+            "snapshot batch of %d rows per language: %d language(s) have fewer training rows "
+            "(%s); their snapshots use every row they have",
+            size, len(short), ", ".join(f"#{k}: {n}" for k, n in short),
+        )  # fmt: skip
+    return [torch.randperm(n, generator=generator)[:size] for n in sizes]
 
 
 def fused_losses(
@@ -333,16 +355,26 @@ def make_recipe(config: RecipeConfig) -> tuple:
         return split_half_losses(model, batch, smoothing, chunk_rows=SNAPSHOT_CHUNK_ROWS)
 
     def snapshot_sample(step: int, generator: torch.Generator, size: int) -> dict[str, Batch]:
-        # uniform rows (no windows): the two halves are independent draws of the language's data
-        out = {}
-        for lang, n in zip(langs, sizes, strict=True):
-            enc = train[lang]
-            idx = torch.randint(n, (size,), generator=generator)
-            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
-        return out
+        # fresh uniform rows (no windows, no row twice): the two halves are disjoint draws of
+        # the language's data, so no string's gradient counts in both (a repeated row would
+        # add its own |g|^2 to a.b and read as signal)
+        return {
+            lang: _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
+            for lang, enc, idx in zip(
+                langs, (train[lg] for lg in langs), fresh_rows(sizes, size, generator),
+                strict=True,
+            )
+        }  # fmt: skip
 
     def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
-        return evaluate_model(model, test, direction, tags, config.eval_batch, max_len - 1)
+        # the intervals go to the trace meta "chrf_intervals" (written after evaluation), not
+        # to the quality rows: every quality metric is a quality the analyses correlate
+        intervals: dict[str, dict[str, float]] = {}
+        out = evaluate_model(
+            model, test, direction, tags, config.eval_batch, max_len - 1, intervals=intervals
+        )
+        meta["chrf_intervals"] = intervals
+        return out
 
     probe = None
     if config.probe:
@@ -367,6 +399,10 @@ def make_recipe(config: RecipeConfig) -> tuple:
         },  # fmt: skip
         "iso_problems": problems,
         "corpus_counts": counts,
+        # where each language's pairs (at most max_bytes) came from: {lang: {domain: {split: n}}}
+        "corpus_domain_counts": {
+            lg: c for lg, c in corpus.domain_counts(config.max_bytes).items() if lg in langs
+        },
         "corpus_skipped": {lg: dict(corpus.skipped[lg]) for lg in langs},
         "domains": list(config.domains),
     }
@@ -416,12 +452,49 @@ def make_probe(
     return out
 
 
+#: bootstrap replicates of each language's chrF interval (resampled test strings)
+CHRF_BOOTSTRAP = 1000
+
+
+def chrf_interval(
+    hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = CHRF_BOOTSTRAP,
+    level: float = 0.95, seed: int = 0,
+) -> dict[str, float]:  # fmt: skip
+    """Corpus chrF (sacrebleu) of ``hyps`` against ``refs`` and its percentile bootstrap
+    interval over the test strings.
+
+    chrF is a function of statistics summed over strings (character n-gram matches and
+    counts, sacrebleu's per-string statistics), so a replicate draws n strings with
+    replacement (counts w ~ Multinomial(n, 1/n)), sums w_j stats_j and scores the sums:
+    no decoding is repeated. The interval is the (1 - level)/2 and (1 + level)/2 quantiles
+    of the replicates: it says how much the score moves with the choice of test strings
+    (not with the seed of training). Returns ``{"chrf", "low", "high", "n"}``.
+    """
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF()
+    # sacrebleu's per-string statistics and its score from summed statistics (the pair its
+    # own significance tests use); corpus_chrf(hyps, [refs]) is the score of the plain sum
+    stats = np.asarray(metric._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
+    n = stats.shape[0]
+    score = float(metric._compute_score_from_stats(stats.sum(0).tolist()).score)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)  # [B, n]
+    sums = weights @ stats  # [B, d]
+    boot = np.array([metric._compute_score_from_stats(row.tolist()).score for row in sums])
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"chrf": score, "low": float(low), "high": float(high), "n": int(n)}
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module, test: Mapping[str, Encoded], direction: str, tags: Mapping[str, int],
-    batch_size: int, max_new: int,
+    batch_size: int, max_new: int, intervals: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
-    """chrF of greedy decoding and held-out cross-entropy per language (model in eval mode)."""
+    """chrF of greedy decoding and held-out cross-entropy per language (model in eval mode).
+
+    ``intervals``: when given, filled with each language's :func:`chrf_interval`."""
     import sacrebleu
 
     from geomtrace.recipe.model import greedy_decode
@@ -452,4 +525,6 @@ def evaluate_model(
     for lg in langs:
         chrf = sacrebleu.corpus_chrf(hyps[lg], [test[lg].refs]).score
         result[lg] = {"chrf": float(chrf), "heldout_loss": loss_sum[lg] / max(1, tok_count[lg])}
+        if intervals is not None:
+            intervals[lg] = chrf_interval(hyps[lg], test[lg].refs)
     return result

@@ -76,7 +76,8 @@ class Recipe:
         snapshot_sample: optional ``snapshot_sample(step, generator, rows) -> {task: batch}``:
             ``rows`` fresh rows per task for a snapshot taken apart from the training step
             (``config.snapshot_rows``); halves are its two row halves (``half_losses``).
-        meta: extra trace metadata (JSON-serialisable), e.g. "scripts", "char_profiles".
+        meta: extra trace metadata (JSON-serialisable), e.g. "scripts", "char_profiles";
+            keys that ``evaluate`` adds to it are written after the evaluation.
         describe: optional lines for the run summary (e.g. corpus sizes).
     """
 
@@ -423,6 +424,8 @@ def train(
             for task, metrics in quality.items():
                 for metric, value in metrics.items():
                     tracer.record_quality(final_step, task, metric, float(value))
+            for key in recipe.meta.keys() - meta.keys():  # added by evaluate (chrf_intervals)
+                tracer.set_meta(key, recipe.meta[key])
         seconds = time.perf_counter() - start_time
         tracer.set_meta("train_seconds", seconds)
     return TrainResult(final_step, interrupted, quality, seconds, param_count)

@@ -57,12 +57,15 @@ def test_validate(values, message):
 
 
 def test_presets():
-    assert set(PRESETS) == {"default", "quick", "full"}
+    assert set(PRESETS) == {"default", "quick", "corpus", "full"}
     quick = preset("quick")
     assert len(quick.langs) == 8 and quick.steps < RecipeConfig().steps
     full = preset("full")
     assert full.device == "cuda" and len(full.langs) > 80 and "pt_BR" not in full.langs
-    with pytest.raises(InvalidInputError, match="available: default, quick, full"):
+    corpus = preset("corpus")
+    assert len(corpus.langs) == 16 and corpus.snapshot_rows == 480 and corpus.every == 40
+    assert "wagtail" in corpus.domains and corpus.steps == RecipeConfig().steps
+    with pytest.raises(InvalidInputError, match="available: default, quick, corpus, full"):
         preset("huge")
 
 

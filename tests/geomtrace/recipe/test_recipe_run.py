@@ -48,6 +48,19 @@ def test_run_writes_trace_quality_and_baseline(tiny_run):
         (t, m) for t in ("es", "ru", "ja") for m in ("chrf", "heldout_loss")
     }
     assert ((q.value >= 0) & (q.value <= 100)).all()
+    # each language's chrF with its bootstrap interval over the test strings (trace meta)
+    intervals = trace.meta("chrf_intervals")
+    chrf = q[q.metric == "chrf"].set_index("task").value
+    counts = trace.meta("corpus_counts")
+    for task in ("es", "ru", "ja"):
+        iv = intervals[task]
+        assert iv["low"] <= chrf[task] <= iv["high"]  # (a tiny model may score 0 everywhere)
+        assert iv["chrf"] == pytest.approx(chrf[task])
+        assert iv["n"] == counts[task]["test"]
+        by_domain = trace.meta("corpus_domain_counts")[task]
+        assert set(by_domain) == {"django"}  # the default domains
+        assert by_domain["django"]["test"] == counts[task]["test"]
+        assert by_domain["django"]["train"] == counts[task]["train"]
     losses = trace.losses()
     first = losses[losses.step == 0].set_index("task").loss
     last = losses[losses.step == 20].set_index("task").loss
