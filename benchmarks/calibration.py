@@ -316,17 +316,22 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
             free_frames[f"matrix:{measure}:{g}"] = analyses.similarity_matrix(
                 free, g, measure=measure
             ).to_numpy()
-        typ.append(
-            analyses.typology_correlation(
-                trace,
-                analyses.ALL,
-                measure=measure,
-                distances=list(sc.distances),
-                covariates=planted.covariates,
-                n_permutations=settings["n_permutations"],
-                **boot,
+        try:
+            typ.append(
+                analyses.typology_correlation(
+                    trace,
+                    analyses.ALL,
+                    measure=measure,
+                    distances=list(sc.distances),
+                    covariates=planted.covariates,
+                    n_permutations=settings["n_permutations"],
+                    **boot,
+                )
             )
-        )
+        except gt.InvalidInputError:
+            # Fewer than 4 estimable languages (e.g. the corrected measure below the
+            # reliability floor): analyze reports the table as not applicable; nothing to score.
+            continue
     if sims:
         frames["similarity"] = pd.concat(sims, ignore_index=True)
         free_frames["similarity"] = pd.concat(free_sims, ignore_index=True)
