@@ -137,7 +137,9 @@ def assert_traces_equal(a: Path, b: Path) -> None:
     assert ta.groups == tb.groups
     assert ta.meta("world_size") == 2 and tb.meta("world_size") is None
     for group in ta.groups:
-        np.testing.assert_allclose(ta.gram(group), tb.gram(group), rtol=1e-5, atol=1e-8)
+        # Relative to the group's largest entry: near-orthogonal pairs' dots are sums that cancel.
+        scale = np.nanmax(np.abs(tb.gram(group)))
+        np.testing.assert_allclose(ta.gram(group), tb.gram(group), rtol=1e-5, atol=1e-6 * scale)
     la = ta.losses().sort_values(["step", "task"]).reset_index(drop=True)
     lb = tb.losses().sort_values(["step", "task"]).reset_index(drop=True)
     assert la[["step", "task"]].equals(lb[["step", "task"]])
