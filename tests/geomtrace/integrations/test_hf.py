@@ -283,3 +283,90 @@ def test_causal_lm_dividing_by_num_items_matches_plain_trainer(tmp_path, multili
     Trainer(model=reference, args=args(tmp_path, **over), train_dataset=data).train()
     assert_same_parameters(model, reference)
     assert tracer.last_gram.shape == (1, 4, 4)
+
+
+def seq2seq_examples(strings: dict[str, list[str]]) -> list[dict]:
+    """Byte-level copying of each string's first 8 bytes (labels of one length: no padding)."""
+    data = []
+    for lang, texts in strings.items():
+        for text in texts:
+            ids = [b + OFFSET for b in text.encode()[:LENGTH]]
+            pad = LENGTH - len(ids)
+            data.append(
+                {
+                    "input_ids": ids + [PAD] * pad,
+                    "attention_mask": [1] * len(ids) + [0] * pad,
+                    "labels": [b + OFFSET for b in text.encode().ljust(8)[:8]] + [SEP],
+                    "task": lang,
+                }
+            )
+    return data
+
+
+def tiny_t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=256 + OFFSET, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        dropout_rate=0.0, pad_token_id=PAD, eos_token_id=SEP, decoder_start_token_id=PAD,
+    )  # fmt: skip
+    return T5ForConditionalGeneration(config)
+
+
+def test_seq2seq_trainer_keeps_its_generation_through_the_mixin(tmp_path, multilingual):
+    """A Seq2SeqTrainer user adds geomtrace with the mixin: training equals the plain
+    Seq2SeqTrainer's, and evaluation still generates (predict_with_generate)."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from geomtrace.integrations.hf import GeomtraceMixin, with_geometry
+
+    class GeometrySeq2Seq(GeomtraceMixin, Seq2SeqTrainer):
+        pass
+
+    data = seq2seq_examples(multilingual)
+    langs = list(multilingual)
+
+    def seq2seq_args():
+        values = dict(
+            output_dir=str(tmp_path / "s2s"), per_device_train_batch_size=8, max_steps=3,
+            learning_rate=1e-2, seed=0, report_to="none", save_strategy="no",
+            logging_strategy="no", use_cpu=True, disable_tqdm=True, optim="adamw_torch",
+            predict_with_generate=True, generation_max_length=10,
+            per_device_eval_batch_size=8,
+        )  # fmt: skip
+        return Seq2SeqTrainingArguments(**values)
+
+    model = tiny_t5()
+    tracer = gt.Tracer(model, tasks=langs, groups="enc_dec", every=1, out=tmp_path / "run")
+    ours = GeometrySeq2Seq(
+        model=model,
+        args=seq2seq_args(),
+        train_dataset=data,
+        data_collator=TaskCollator(langs),
+        tracer=tracer,
+    )
+    ours.train()
+    tracer.close()
+    plain_model = tiny_t5()
+    plain = Seq2SeqTrainer(model=plain_model, args=seq2seq_args(), train_dataset=data)
+    plain.train()
+    assert_same_parameters(model, plain_model)
+
+    # Generation-based evaluation goes through the trainer's own prediction_step.
+    held_out = data[::4]
+    predicted = ours.predict(held_out).predictions
+    expected = plain.predict(held_out).predictions
+    assert predicted.shape[0] == len(held_out) and predicted.shape[1] > 2  # generated tokens
+    np.testing.assert_array_equal(predicted, expected)
+
+    trace = gt.open_trace(tmp_path / "run")
+    np.testing.assert_array_equal(trace.steps, [0, 1, 2])
+    assert {"encoder", "decoder"} <= set(trace.groups)
+    assert isinstance(ours, Seq2SeqTrainer)
+    # with_geometry builds the same composition for any Trainer subclass.
+    built = with_geometry(Seq2SeqTrainer)
+    assert built.__mro__[1:3] == (GeomtraceMixin, Seq2SeqTrainer)
+    assert with_geometry(built) is built
+    with pytest.raises(gt.InvalidInputError, match="Trainer subclass"):
+        with_geometry(torch.nn.Module)
