@@ -2,6 +2,8 @@
 
     from geomtrace.integrations.hf import GeomtraceTrainer, TaskCollator
 
+    args = TrainingArguments(...)          # first: under accelerate launch / torchrun it sets up
+                                           # torch.distributed, which the Tracer must see
     tracer = gt.Tracer(model, tasks=langs, groups="all_layer", every=50, out="runs/hf")
     trainer = GeomtraceTrainer(
         model=model, args=args, train_dataset=ds,            # each example has a "task" name
@@ -10,11 +12,18 @@
     )
     trainer.train(); tracer.close()
 
-Design: a ``Trainer`` subclass overriding ``training_step``. Each batch carries one task index per
-row (``TaskCollator`` turns the examples' task names into a LongTensor); the batch is split into
-one sub-batch per task present, and each sub-batch gets its own forward
-(``Trainer.compute_loss``) and its own backward through the Tracer's or MultiTask's step. One
-geomtrace step spans one optimizer update: it opens at the first micro-batch of a gradient
+Any other trainer class composes with the mixin, keeping its own behaviour (generation-based
+evaluation, its loss, its collator)::
+
+    class Seq2SeqGeometry(GeomtraceMixin, Seq2SeqTrainer): pass     # or with_geometry(SFTTrainer)
+    trainer = Seq2SeqGeometry(model=model, args=seq2seq_args, ..., tracer=tracer)
+
+Design: :class:`GeomtraceMixin` overrides ``training_step`` (and ``prediction_step``, to drop the
+task column); ``GeomtraceTrainer`` is ``GeomtraceMixin`` + ``Trainer``. Each batch carries one
+task index per row (``TaskCollator`` turns the examples' task names into a LongTensor); the
+batch is split into one sub-batch per task present, and each sub-batch gets its own forward
+(the trainer's ``compute_loss``) and its own backward through the Tracer's or MultiTask's step.
+One geomtrace step spans one optimizer update: it opens at the first micro-batch of a gradient
 accumulation window and closes after the last one (``accelerator.sync_gradients``), i.e. before
 the Trainer clips gradients and steps the optimizer, so a MultiTask's combined gradient is what
 gets clipped and applied.
@@ -28,7 +37,7 @@ labels),
   loss is already ``sum_{r in R_t} l_r / N`` and the task losses sum to the batch loss as they
   are;
 - otherwise the loss is a mean over the sub-batch's items (many models accept ``**kwargs`` yet
-  ignore N, e.g. ``BertForMaskedLM``), and task t's loss is weighted by
+  ignore N, e.g. ``BertForMaskedLM``, T5), and task t's loss is weighted by
   ``sum_{r in R_t} n_r / sum_r n_r``, and divided by the accumulation steps when the Trainer
   would divide the whole batch's loss by them.
 
@@ -37,9 +46,29 @@ to float rounding (tested to 1e-5 after several steps). The per-task losses stor
 are these scaled contributions, not per-task means. The Gram matrices are of the contributions'
 gradients (they sum to the batch gradient); cosines do not depend on the scaling.
 
-Supported: one process (CPU, one GPU), fp32/bf16, fp16 with a GradScaler (the Gram matrices are
-then in scaled units; cosines unaffected), gradient accumulation. Not supported: DeepSpeed,
-FSDP, multi-process data parallel (raises ``InvalidInputError``).
+Several processes (``accelerate launch --num_processes 2`` or ``torchrun --nproc_per_node 2``,
+data parallel): DDP's reducer is off during the task backward passes (ranks hold different
+tasks, so they run different numbers of backward passes), and geomtrace reduces each update
+when the step closes: each task's gradient is the mean over ranks, as in the core
+(``geomtrace._distributed``); a Tracer's unscheduled step gets one all-reduce of its summed
+gradient, as DDP would. The Trainer counts N over all ranks and multiplies the loss by the
+number of processes (``average_tokens_across_devices``), so for a loss that divides by N the
+rank-mean of the task gradients is the task gradient of the global batch: the trace equals a
+one-process run on the same global batch (tested to 1e-5 on 2 processes). For a loss that
+ignores N it is what the plain Trainer would do on several processes. The recorded per-task
+loss is the mean over all ranks of the rank's contribution (0 on a rank without rows of the
+task), i.e. again the one-process contribution. Build the Tracer/MultiTask after
+``TrainingArguments`` (refused otherwise, with that fix); only rank 0 writes the trace.
+
+Precision: fp32, bf16, and fp16 with a GradScaler: the task gradients are unscaled before the
+Gram matrices and the aggregation, and an overflow in any task makes the scaler skip the
+update (see ``geomtrace.integrations._stepping.close_step``).
+
+Refused, by name with the reason (``InvalidInputError``): DeepSpeed (its engine owns backward
+and the gradients), accelerate's FSDP (it shards the model inside ``train()``, after the Tracer
+was built on the unsharded model; geomtrace's FSDP2 capture must be built on the sharded model:
+trace FSDP2 from your own loop, ``examples/torchrun_trace.py --fsdp``), Megatron-LM, XLA, and
+tensor or context parallelism.
 """
 
 from __future__ import annotations
@@ -185,6 +214,10 @@ class GeomtraceMixin:
     only wraps the base one in a context (TRL's ``SFTTrainer``: activation offloading) loses
     that context. The geomtrace step number is ``state.global_step``, the number of optimizer
     updates done.
+
+    Several processes: ranks hold different tasks, so they call ``compute_loss`` different
+    numbers of times; a ``compute_loss`` that issues collectives would pair them wrongly (TRL's
+    trainers gather metrics there: refused on more than one process).
     """
 
     def __init__(
@@ -238,6 +271,15 @@ class GeomtraceMixin:
                 f"{type(self).__name__} does not support {kind.value}: {_REFUSED[kind]}. "
                 "Supported: one process or data parallel (DDP: accelerate launch / torchrun)"
             )
+        if self.args.world_size > 1:
+            owner = next(c for c in type(self).__mro__ if "compute_loss" in vars(c))
+            if owner.__module__.split(".")[0] == "trl":
+                raise InvalidInputError(
+                    f"{owner.__name__} on {self.args.world_size} processes is not supported: its "
+                    "compute_loss gathers metrics over the ranks on every call, and the mixin "
+                    "calls compute_loss once per task a rank holds, so ranks holding different "
+                    "tasks would pair those gathers with different calls; run it on one process"
+                )
         for size, what in ((self.get_tp_size(), "tensor"), (self.get_cp_size(), "context")):
             if size > 1:
                 raise InvalidInputError(

@@ -370,3 +370,75 @@ def test_seq2seq_trainer_keeps_its_generation_through_the_mixin(tmp_path, multil
     assert with_geometry(built) is built
     with pytest.raises(gt.InvalidInputError, match="Trainer subclass"):
         with_geometry(torch.nn.Module)
+
+
+def test_trl_sft_trainer_through_the_mixin_matches_plain_sft(tmp_path, multilingual):
+    """TRL's SFTTrainer (its own loss, metrics and collator) with the mixin trains exactly as
+    the plain SFTTrainer does, on batches that mix languages."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from geomtrace.integrations.hf import with_geometry
+
+    langs = list(multilingual)
+    # Languages interleaved: each sequential batch of 8 holds two rows of every language.
+    rows = [
+        {"input_ids": [b + OFFSET for b in multilingual[lang][n].encode()[:LENGTH]], "task": lang}
+        for n in range(8)
+        for lang in langs
+    ]
+    dataset = Dataset.from_list(rows)
+    vocab = {f"<{i}>": i for i in range(256 + OFFSET)}  # byte ids: a tokenizer without files
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=f"<{MASK}>")),
+        pad_token=f"<{PAD}>", eos_token=f"<{SEP}>", unk_token=f"<{MASK}>",
+    )  # fmt: skip
+
+    def tiny_gpt2():
+        torch.manual_seed(0)
+        config = GPT2Config(
+            vocab_size=256 + OFFSET, n_positions=LENGTH + 2, n_embd=16, n_layer=2, n_head=2,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=CLS,
+            eos_token_id=SEP, pad_token_id=PAD,
+        )  # fmt: skip
+        return GPT2LMHeadModel(config)
+
+    def config():
+        return SFTConfig(
+            output_dir=str(tmp_path / "sft"), per_device_train_batch_size=8, max_steps=3,
+            optim="sgd", learning_rate=0.5, bf16=False, report_to="none", save_strategy="no", logging_strategy="no",
+            use_cpu=True, disable_tqdm=True, train_sampling_strategy="sequential",
+            max_length=LENGTH + 2, seed=0,
+        )  # fmt: skip
+
+    model = tiny_gpt2()
+    tracer = gt.Tracer(model, langs, every=1, out=tmp_path / "run")
+    collator = TaskCollator(langs, collator=DataCollatorForLanguageModeling(pad_token_id=PAD))
+    ours = with_geometry(SFTTrainer)(
+        model=model,
+        args=config(),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        tracer=tracer,
+    )
+    ours.train()
+    tracer.close()
+    reference = tiny_gpt2()
+    SFTTrainer(
+        model=reference, args=config(), train_dataset=dataset, processing_class=tokenizer
+    ).train()
+    assert ours._loss_divides_by_items is True  # SFT's loss divides by the token count
+    # fp32 (SFTConfig defaults to bf16 autocast, whose rounding differs between one batch and
+    # its per-language parts) and SGD (Adam's first steps are near sign(g), which turns the
+    # float rounding of gradients near 0 into differences of 2 lr).
+    assert_same_parameters(model, reference)
+    moved = model.transformer.h[0].mlp.c_proj.bias
+    assert not torch.allclose(moved, tiny_gpt2().transformer.h[0].mlp.c_proj.bias, atol=1e-2)
+    trace = gt.open_trace(tmp_path / "run")
+    np.testing.assert_array_equal(trace.steps, [0, 1, 2])
+    assert np.isfinite(trace.gram("whole_model")).all()  # every language in every batch
