@@ -126,7 +126,7 @@ def launch(out: Path, scenarios: list[str], timeout: float = 240) -> tuple[int, 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_ddp")
-    code, output = launch(out, SCENARIOS)
+    code, output = launch(out, ["early", *SCENARIOS])
     assert code == 0, output[-4000:]
     return out
 
@@ -168,6 +168,12 @@ def test_two_processes_match_one_process_on_the_global_batch(two_processes, scen
     assert not torch.allclose(single["transformer.wte.weight"], start, atol=1e-3)
 
 
+def test_a_tracer_built_before_the_process_group_is_refused(two_processes):
+    for rank in (0, 1):
+        message = (two_processes / f"early_rank{rank}.txt").read_text()
+        assert "2 processes" in message and "after TrainingArguments" in message
+
+
 def test_examples_split_languages_unevenly_between_ranks():
     """The premise of the test above: in step 0 the two ranks' rows hold different languages."""
     data = examples()
@@ -175,10 +181,27 @@ def test_examples_split_languages_unevenly_between_ranks():
     assert first[0] != first[1]
 
 
+def built_too_early(out: Path, rank: int) -> None:
+    """A Tracer built before TrainingArguments set up torch.distributed: refused on every rank
+    (its message is saved for the test)."""
+    from transformers import TrainingArguments
+
+    model = tiny_gpt2()
+    tracer = gt.Tracer(model, LANGS)  # torch.distributed is not initialised yet
+    args = TrainingArguments(output_dir=str(out / "early"), use_cpu=True, report_to="none")
+    try:
+        GeomtraceTrainer(model=model, args=args, data_collator=TaskCollator(LANGS), tracer=tracer)
+    except gt.InvalidInputError as err:
+        (out / f"early_rank{rank}.txt").write_text(str(err))
+
+
 def worker(out: Path, scenarios: list[str]) -> None:
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     for scenario in scenarios:
+        if scenario == "early":
+            built_too_early(out, rank)
+            continue
         params = train(scenario, out, world)
         torch.save(params, out / f"{scenario}_params_rank{rank}.pt")
 
