@@ -6,22 +6,21 @@ off for every backward (``no_sync``), because each micro-batch runs one forward 
 backward per task present on *this* rank, so ranks run different numbers of backward passes
 and DDP's per-backward all-reduce would pair up the wrong calls (or hang). geomtrace then
 reduces each update once, when the step closes: a capturing step through the core (each
-task's gradient is the mean over ranks, see ``geomtrace._distributed``), a step that captures
+task's gradient is the mean over ranks, as in the core), a step that captures
 nothing (a Tracer's unscheduled step) through :func:`reduce_plain_grads`, one all-reduce of the
 summed gradient, i.e. what DDP would have done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
 import geomtrace as gt
-from geomtrace import _distributed
-from geomtrace._capture import TaskGradients
 
 
 def check_stepper(tracer: Any = None, multitask: Any = None) -> Any:
@@ -76,14 +75,25 @@ def reduce_plain_grads(params: Iterable[torch.Tensor], group: Any) -> None:
         ]
         + [torch.tensor([float(p.grad is not None) for p in params], device=device)]
     )
-    _distributed.all_reduce_sum(flat, group)
+    torch.distributed.all_reduce(flat, group=group)
     values, present = flat[: -len(params)], flat[-len(params) :].cpu().tolist()
-    values.div_(_distributed.world_size(group))
+    values.div_(torch.distributed.get_world_size(group))
     for p, value, seen in zip(
         params, values.split([p.numel() for p in params]), present, strict=True
     ):
         if seen:
             p.grad = value.view_as(p).to(p.dtype)
+
+
+@contextlib.contextmanager
+def no_sync(model: torch.nn.Module) -> Iterator[None]:
+    """DistributedDataParallel's ``no_sync()`` (a no-op for any other module): see the module
+    docstring for why the integrations' backward passes run without DDP's reducer."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    else:
+        yield
 
 
 def check_loss_scaling(geometry: Any, scaler: Any) -> None:
@@ -92,7 +102,7 @@ def check_loss_scaling(geometry: Any, scaler: Any) -> None:
     if scaler is None:
         return
     capture = geometry.capture
-    if not isinstance(capture, TaskGradients):
+    if not isinstance(capture, gt.TaskGradients):
         raise gt.InvalidInputError(
             f"fp16 with a GradScaler needs geomtrace's exact capture (TaskGradients) to unscale "
             f"the task gradients before the Gram matrices; this {type(geometry).__name__} uses "

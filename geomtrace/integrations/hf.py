@@ -50,7 +50,7 @@ Several processes (``accelerate launch --num_processes 2`` or ``torchrun --nproc
 data parallel): DDP's reducer is off during the task backward passes (ranks hold different
 tasks, so they run different numbers of backward passes), and geomtrace reduces each update
 when the step closes: each task's gradient is the mean over ranks, as in the core
-(``geomtrace._distributed``); a Tracer's unscheduled step gets one all-reduce of its summed
+(see ``geomtrace.Tracer``); a Tracer's unscheduled step gets one all-reduce of its summed
 gradient, as DDP would. The Trainer counts N over all ranks and multiplies the loss by the
 number of processes (``average_tokens_across_devices``), so for a loss that divides by N the
 rank-mean of the task gradients is the task gradient of the global batch: the trace equals a
@@ -78,12 +78,13 @@ from typing import Any
 
 import torch
 
-from geomtrace import InvalidInputError, _distributed
+from geomtrace import InvalidInputError
 from geomtrace.integrations._extras import require
 from geomtrace.integrations._stepping import (
     check_loss_scaling,
     check_stepper,
     close_step,
+    no_sync,
     unreduced_policies,
 )
 
@@ -188,7 +189,7 @@ def _count_absent_losses_as_zero(step: Any) -> None:
     tasks = step._policy.tasks
     device = next(iter(step._losses.values()))[0].device
     seen = torch.tensor([float(t in step._losses) for t in tasks], device=device)
-    _distributed.all_reduce_sum(seen, group)
+    torch.distributed.all_reduce(seen, group=group)
     for task, anywhere in zip(tasks, seen.tolist(), strict=True):
         if anywhere and task not in step._losses:
             step._losses[task] = [torch.zeros((), device=device)]
@@ -364,7 +365,7 @@ class GeomtraceMixin:
         try:
             # DDP's reducer stays off: ranks run different numbers of backward passes (one per
             # task present), and geomtrace reduces the update when the step closes.
-            with _distributed.no_sync(model):
+            with no_sync(model):
                 for index, count in enumerate(counts):
                     if count == 0:
                         continue

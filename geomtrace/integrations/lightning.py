@@ -42,7 +42,7 @@ GradScaler skip the update and lower its scale, as after a plain backward.
 Strategies: one device, and data parallel (``strategy="ddp"``, ``"ddp_spawn"``; several
 processes, CPU with gloo or GPUs). Under DDP the mixin turns DDP's reducer off and the update
 is reduced by geomtrace when the step closes: each task's gradient is the mean over ranks, as
-in the core (``geomtrace._distributed``), and a step that captures nothing (a Tracer's
+in the core (see ``geomtrace.Tracer``), and a step that captures nothing (a Tracer's
 unscheduled step) gets one all-reduce of its summed gradient, which is what DDP would have
 done. Build the geometry in ``configure_geometry`` (it runs after the process group exists);
 only rank 0 writes the trace. Refused, with the reason: ``deepspeed`` (its engine owns the
@@ -193,6 +193,8 @@ class GeometryMixin:
             "FullyShardedDataParallel, whose flat parameters geomtrace cannot group; "
             "geomtrace's sharded capture is for FSDP2's fully_shard (your own loop: "
             "examples/torchrun_trace.py --fsdp)",
+            "XLAStrategy": "XLA traces the step lazily; geomtrace's per-task capture and "
+            "collectives are written for eager torch.distributed",
         }
         name = type(strategy).__name__
         for cls in type(strategy).__mro__:
