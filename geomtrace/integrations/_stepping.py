@@ -6,7 +6,7 @@ off for every backward (``no_sync``), because each micro-batch runs one forward 
 backward per task present on *this* rank, so ranks run different numbers of backward passes
 and DDP's per-backward all-reduce would pair up the wrong calls (or hang). geomtrace then
 reduces each update once, when the step closes: a capturing step through the core (each
-task's gradient is the mean over ranks, as in the core), a step that captures
+task's gradient is the mean over ranks), a step that captures
 nothing (a Tracer's unscheduled step) through :func:`reduce_plain_grads`, one all-reduce of the
 summed gradient, i.e. what DDP would have done.
 """
