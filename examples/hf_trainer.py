@@ -1,11 +1,16 @@
 """Trace (or train with PCGrad/GradVac) a Hugging Face Trainer run, one backward per language.
 
     python examples/hf_trainer.py --out runs/hf --steps 30 --method gradvac
+    accelerate launch --num_processes 2 --cpu examples/hf_trainer.py --out runs/hf_ddp
+    torchrun --standalone --nproc_per_node 2 examples/hf_trainer.py --out runs/hf_ddp
 
 A tiny random BERT (created from a config: nothing is downloaded) learns masked-byte prediction
 on Django's UI strings in four languages. Every example names its language under "task";
 TaskCollator turns the names into indices and GeomtraceTrainer gives each language's rows of a
-batch their own backward through the Tracer (or MultiTask) step.
+batch their own backward through the Tracer (or MultiTask) step. Launched on several
+processes, each rank trains on its own batch of 16, each language's gradient is the mean over
+the ranks, and rank 0 writes the trace. ``TrainingArguments`` is built before the Tracer: under
+a launcher it sets up torch.distributed, which the Tracer must see.
 """
 
 import argparse
@@ -56,6 +61,16 @@ def main() -> None:
             max_position_embeddings=LENGTH,
         )
     )
+    training_args = TrainingArguments(
+        output_dir=f"{args.out}/hf",
+        per_device_train_batch_size=16,
+        max_steps=args.steps,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=10,
+    )
     tracer = gt.Tracer(
         model,
         tasks=LANGS,
@@ -71,22 +86,15 @@ def main() -> None:
         step_runner = {"multitask": MultiTask(model, LANGS, aggregator, "all_layer", tracer)}
     trainer = GeomtraceTrainer(
         model=model,
-        args=TrainingArguments(
-            output_dir=f"{args.out}/hf",
-            per_device_train_batch_size=16,
-            max_steps=args.steps,
-            learning_rate=1e-3,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            logging_steps=10,
-        ),
+        args=training_args,
         train_dataset=data,
         data_collator=TaskCollator(LANGS),
         **step_runner,
     )
     trainer.train()
     tracer.close()
+    if not trainer.is_world_process_zero():
+        return  # rank 0 wrote the trace
 
     trace = gt.open_trace(args.out)
     print(f"traced steps {trace.steps.tolist()} over groups {trace.groups}")

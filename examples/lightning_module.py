@@ -1,10 +1,13 @@
 """Trace a Lightning fit: a LightningModule whose training step is one loss per language.
 
     python examples/lightning_module.py --out runs/pl --steps 40
+    python examples/lightning_module.py --devices 2 --out runs/pl_ddp    # strategy="ddp", 2 CPUs
 
 A tiny next-byte model on Django's UI strings in four languages. GeometryMixin turns the
 module's ``task_losses`` into one backward per language through the Tracer (or a MultiTask,
-``--method gradvac``), with the update Lightning would make from the summed loss.
+``--method gradvac``), with the update Lightning would make from the summed loss. With
+``--devices 2`` Lightning starts a second process (``strategy="ddp"``, gloo on the CPU): each
+task's gradient is the mean over the two ranks and rank 0 writes the trace.
 """
 
 import argparse
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/pl_example")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--method", choices=["sum", "gradvac"], default="sum")
+    parser.add_argument("--devices", type=int, default=1, help="processes (DDP when > 1)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -83,15 +87,20 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(
         PerLanguage(django_strings(LANGS, 128)), batch_size=8, shuffle=True
     )
-    L.Trainer(
+    trainer = L.Trainer(
         accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
         max_steps=args.steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-    ).fit(module, loader)
+    )
+    trainer.fit(module, loader)
     tracer = module.geometry if args.method == "sum" else module.geometry.tracer
     tracer.close()
+    if not trainer.is_global_zero:
+        return  # rank 0 wrote the trace
 
     trace = gt.open_trace(args.out)
     print(f"traced steps {trace.steps.tolist()}")

@@ -1,7 +1,9 @@
 """Integrations with training frameworks, each an optional pip extra.
 
-- :mod:`geomtrace.integrations.hf`: ``GeomtraceTrainer`` (a Hugging Face ``Trainer``) and
-  ``TaskCollator`` (``pip install 'geomtrace[hf]'``);
+- :mod:`geomtrace.integrations.hf`: ``GeomtraceMixin`` (per-task backward passes for any
+  Hugging Face ``Trainer`` subclass: ``Seq2SeqTrainer``, TRL's ``SFTTrainer``),
+  ``GeomtraceTrainer`` (the ready-made ``Trainer``), ``with_geometry`` and ``TaskCollator``
+  (``pip install 'geomtrace[hf]'``);
 - :mod:`geomtrace.integrations.lightning`: ``GeometryMixin`` for a ``LightningModule``
   (``pip install 'geomtrace[lightning]'``);
 - :mod:`geomtrace.integrations.tensorboard`: ``TensorBoardSink`` (scalars and cosine heatmaps
@@ -16,7 +18,9 @@ from geomtrace import lazy_exports
 
 _EXPORTS = {
     "MissingExtraError": "geomtrace.integrations._extras",
+    "GeomtraceMixin": "geomtrace.integrations.hf",
     "GeomtraceTrainer": "geomtrace.integrations.hf",
+    "with_geometry": "geomtrace.integrations.hf",
     "TaskCollator": "geomtrace.integrations.hf",
     "GeometryMixin": "geomtrace.integrations.lightning",
     "TensorBoardSink": "geomtrace.integrations.tensorboard",

@@ -2,6 +2,8 @@
 
     from geomtrace.integrations.hf import GeomtraceTrainer, TaskCollator
 
+    args = TrainingArguments(...)          # first: under accelerate launch / torchrun it sets up
+                                           # torch.distributed, which the Tracer must see
     tracer = gt.Tracer(model, tasks=langs, groups="all_layer", every=50, out="runs/hf")
     trainer = GeomtraceTrainer(
         model=model, args=args, train_dataset=ds,            # each example has a "task" name
@@ -10,11 +12,18 @@
     )
     trainer.train(); tracer.close()
 
-Design: a ``Trainer`` subclass overriding ``training_step``. Each batch carries one task index per
-row (``TaskCollator`` turns the examples' task names into a LongTensor); the batch is split into
-one sub-batch per task present, and each sub-batch gets its own forward
-(``Trainer.compute_loss``) and its own backward through the Tracer's or MultiTask's step. One
-geomtrace step spans one optimizer update: it opens at the first micro-batch of a gradient
+Any other trainer class composes with the mixin, keeping its own behaviour (generation-based
+evaluation, its loss, its collator)::
+
+    class Seq2SeqGeometry(GeomtraceMixin, Seq2SeqTrainer): pass     # or with_geometry(SFTTrainer)
+    trainer = Seq2SeqGeometry(model=model, args=seq2seq_args, ..., tracer=tracer)
+
+Design: :class:`GeomtraceMixin` overrides ``training_step`` (and ``prediction_step``, to drop the
+task column); ``GeomtraceTrainer`` is ``GeomtraceMixin`` + ``Trainer``. Each batch carries one
+task index per row (``TaskCollator`` turns the examples' task names into a LongTensor); the
+batch is split into one sub-batch per task present, and each sub-batch gets its own forward
+(the trainer's ``compute_loss``) and its own backward through the Tracer's or MultiTask's step.
+One geomtrace step spans one optimizer update: it opens at the first micro-batch of a gradient
 accumulation window and closes after the last one (``accelerator.sync_gradients``), i.e. before
 the Trainer clips gradients and steps the optimizer, so a MultiTask's combined gradient is what
 gets clipped and applied.
@@ -28,7 +37,7 @@ labels),
   loss is already ``sum_{r in R_t} l_r / N`` and the task losses sum to the batch loss as they
   are;
 - otherwise the loss is a mean over the sub-batch's items (many models accept ``**kwargs`` yet
-  ignore N, e.g. ``BertForMaskedLM``), and task t's loss is weighted by
+  ignore N, e.g. ``BertForMaskedLM``, T5), and task t's loss is weighted by
   ``sum_{r in R_t} n_r / sum_r n_r``, and divided by the accumulation steps when the Trainer
   would divide the whole batch's loss by them.
 
@@ -37,9 +46,29 @@ to float rounding (tested to 1e-5 after several steps). The per-task losses stor
 are these scaled contributions, not per-task means. The Gram matrices are of the contributions'
 gradients (they sum to the batch gradient); cosines do not depend on the scaling.
 
-Supported: one process (CPU, one GPU), fp32/bf16, fp16 with a GradScaler (the Gram matrices are
-then in scaled units; cosines unaffected), gradient accumulation. Not supported: DeepSpeed,
-FSDP, multi-process data parallel (raises ``InvalidInputError``).
+Several processes (``accelerate launch --num_processes 2`` or ``torchrun --nproc_per_node 2``,
+data parallel): DDP's reducer is off during the task backward passes (ranks hold different
+tasks, so they run different numbers of backward passes), and geomtrace reduces each update
+when the step closes: each task's gradient is the mean over ranks, as in the core
+(see ``geomtrace.Tracer``); a Tracer's unscheduled step gets one all-reduce of its summed
+gradient, as DDP would. The Trainer counts N over all ranks and multiplies the loss by the
+number of processes (``average_tokens_across_devices``), so for a loss that divides by N the
+rank-mean of the task gradients is the task gradient of the global batch: the trace equals a
+one-process run on the same global batch (tested to 1e-5 on 2 processes). For a loss that
+ignores N it is what the plain Trainer would do on several processes. The recorded per-task
+loss is the mean over all ranks of the rank's contribution (0 on a rank without rows of the
+task), i.e. again the one-process contribution. Build the Tracer/MultiTask after
+``TrainingArguments`` (refused otherwise, with that fix); only rank 0 writes the trace.
+
+Precision: fp32, bf16, and fp16 with a GradScaler: the task gradients are unscaled before the
+Gram matrices and the aggregation, and an overflow in any task makes the scaler skip the
+update (see ``geomtrace.integrations._stepping.close_step``).
+
+Refused, by name with the reason (``InvalidInputError``): DeepSpeed (its engine owns backward
+and the gradients), accelerate's FSDP (it shards the model inside ``train()``, after the Tracer
+was built on the unsharded model; geomtrace's FSDP2 capture must be built on the sharded model:
+trace FSDP2 from your own loop, ``examples/torchrun_trace.py --fsdp``), Megatron-LM, XLA, and
+tensor or context parallelism.
 """
 
 from __future__ import annotations
@@ -51,14 +80,44 @@ import torch
 
 from geomtrace import InvalidInputError
 from geomtrace.integrations._extras import require
-from geomtrace.integrations._stepping import check_stepper
+from geomtrace.integrations._stepping import (
+    check_loss_scaling,
+    check_stepper,
+    close_step,
+    no_sync,
+    unreduced_policies,
+)
 
 transformers = require("transformers")
 require("accelerate")
+from accelerate.utils import DistributedType  # noqa: E402  (after the extra's check)
 
-__all__ = ["GeomtraceTrainer", "TaskCollator"]
+__all__ = ["GeomtraceMixin", "GeomtraceTrainer", "TaskCollator", "with_geometry"]
 
 IGNORE_INDEX = -100  # the label value Transformers losses ignore
+
+#: accelerate's distributed types the mixin refuses, and why
+_REFUSED = {
+    DistributedType.DEEPSPEED: (
+        "DeepSpeed's engine owns the backward pass and the gradients (engine.backward; ZeRO "
+        "partitions, reduces and keeps them in its own buffers, so .grad is not the update), "
+        "while geomtrace takes each task's gradient with torch.autograd.grad and writes the "
+        "update into .grad"
+    ),
+    DistributedType.FSDP: (
+        "accelerate shards the model inside train(), after the Tracer was built on the "
+        "unsharded model, and geomtrace's FSDP2 capture must be built on the fully_shard "
+        "model; trace FSDP2 from your own loop (examples/torchrun_trace.py --fsdp)"
+    ),
+    DistributedType.MEGATRON_LM: (
+        "Megatron-LM splits layers across ranks (tensor/pipeline parallel) inside its own "
+        "training step; geomtrace's reduction assumes every rank holds the whole model"
+    ),
+    DistributedType.XLA: (
+        "XLA traces the step lazily; geomtrace's per-task capture and collectives are written "
+        "for eager torch.distributed"
+    ),
+}
 
 
 class TaskCollator:
@@ -116,17 +175,50 @@ def _select_rows(inputs: Mapping[str, Any], rows: torch.Tensor, batch_size: int)
     }
 
 
-class GeomtraceTrainer(transformers.Trainer):
-    """A ``Trainer`` whose every batch gets one backward per task, through geomtrace.
+def _count_absent_losses_as_zero(step: Any) -> None:
+    """Several processes, on a recorded step: a zero loss for each task that another rank saw
+    and this one did not.
 
-    Args (besides the ``Trainer``'s own):
+    The task losses here are contributions to the global batch loss (they sum to it), and the
+    core records the mean over the ranks that saw a task; a rank without rows of a task
+    contributed 0 to it, so it must count in that mean. Costs one all-reduce of K flags.
+    """
+    group = step._policy._process_group
+    if group is None or not step.traced or not step._losses:
+        return
+    tasks = step._policy.tasks
+    device = next(iter(step._losses.values()))[0].device
+    seen = torch.tensor([float(t in step._losses) for t in tasks], device=device)
+    torch.distributed.all_reduce(seen, group=group)
+    for task, anywhere in zip(tasks, seen.tolist(), strict=True):
+        if anywhere and task not in step._losses:
+            step._losses[task] = [torch.zeros((), device=device)]
+
+
+class GeomtraceMixin:
+    """Per-task backward passes for any ``transformers.Trainer`` subclass; put it first::
+
+        class Seq2SeqGeometry(GeomtraceMixin, Seq2SeqTrainer): ...
+        class SFTGeometry(GeomtraceMixin, SFTTrainer): ...
+
+    Args (keyword-only, besides the trainer's own):
         tracer: a :class:`geomtrace.Tracer` (trace the scheduled steps; the update is the plain
             summed-loss update).
         multitask: a :class:`geomtrace.MultiTask` instead (update with its aggregator, e.g.
             ``PCGrad()`` or ``GradVac()``; give it a ``tracer`` to record). Exactly one of the two.
         task_column: the batch key holding each row's task index (see :class:`TaskCollator`).
 
-    The geomtrace step number is ``state.global_step``, the number of optimizer updates done.
+    The mixin overrides ``training_step`` (one forward per task through the trainer's own
+    ``compute_loss``, so the trainer's loss, label smoothing, metrics and autocast apply to
+    each task's sub-batch) and ``prediction_step`` (drops the task column, then calls the
+    trainer's own: ``Seq2SeqTrainer`` still generates). A trainer whose own ``training_step``
+    only wraps the base one in a context (TRL's ``SFTTrainer``: activation offloading) loses
+    that context. The geomtrace step number is ``state.global_step``, the number of optimizer
+    updates done.
+
+    Several processes: ranks hold different tasks, so they call ``compute_loss`` different
+    numbers of times; a ``compute_loss`` that issues collectives would pair them wrongly (TRL's
+    trainers gather metrics there: refused on more than one process).
     """
 
     def __init__(
@@ -148,6 +240,7 @@ class GeomtraceTrainer(transformers.Trainer):
         self._geometry_step = None
         self._loss_divides_by_items: bool | None = None  # probed once, see the module docstring
         super().__init__(*args, **kwargs)
+        self._check_process_group()
 
     # The task column is not an argument of model.forward: keep remove_unused_columns from
     # dropping it before the collator sees it.
@@ -156,15 +249,44 @@ class GeomtraceTrainer(transformers.Trainer):
         if self.task_column not in self._signature_columns:
             self._signature_columns.append(self.task_column)
 
-    def _check_supported(self) -> None:
-        from accelerate.utils import DistributedType
-
-        kind = self.accelerator.distributed_type
-        if kind in (DistributedType.DEEPSPEED, DistributedType.FSDP) or self.args.world_size > 1:
+    def _check_process_group(self) -> None:
+        """Several processes: the geometry must reduce over them (built after torch.distributed
+        was initialised, which ``TrainingArguments`` does under ``accelerate launch``/torchrun)."""
+        world = self.args.world_size
+        if world <= 1:
+            return
+        unreduced = unreduced_policies(self.geometry)
+        if unreduced:
             raise InvalidInputError(
-                f"GeomtraceTrainer runs in one process without DeepSpeed/FSDP; this run uses "
-                f"{kind} with world size {self.args.world_size}"
+                f"this run has {world} processes but the geomtrace {' and '.join(unreduced)} "
+                "was built before torch.distributed was "
+                "initialised, so it would neither average task gradients over ranks nor write "
+                "the trace from rank 0 only: build it after TrainingArguments(...), which sets "
+                "up the process group under accelerate launch / torchrun"
             )
+
+    def _check_supported(self) -> None:
+        kind = self.accelerator.distributed_type
+        if kind in _REFUSED:
+            raise InvalidInputError(
+                f"{type(self).__name__} does not support {kind.value}: {_REFUSED[kind]}. "
+                "Supported: one process or data parallel (DDP: accelerate launch / torchrun)"
+            )
+        if self.args.world_size > 1:
+            owner = next(c for c in type(self).__mro__ if "compute_loss" in vars(c))
+            if owner.__module__.split(".")[0] == "trl":
+                raise InvalidInputError(
+                    f"{owner.__name__} on {self.args.world_size} processes is not supported: its "
+                    "compute_loss gathers metrics over the ranks on every call, and the mixin "
+                    "calls compute_loss once per task a rank holds, so ranks holding different "
+                    "tasks would pair those gathers with different calls; run it on one process"
+                )
+        for size, what in ((self.get_tp_size(), "tensor"), (self.get_cp_size(), "context")):
+            if size > 1:
+                raise InvalidInputError(
+                    f"{what} parallelism (size {size}) is not supported: geomtrace's "
+                    "distributed reduction assumes every rank holds the whole model (DDP)"
+                )
 
     def _loss_already_scaled(self, num_items_in_batch: Any) -> bool:
         """Whether ``compute_loss`` already divides by the whole update's item count (as the
@@ -235,40 +357,52 @@ class GeomtraceTrainer(transformers.Trainer):
         if self._geometry_step is None:
             self._check_supported()
             self.geometry.follow()  # the Trainer moved the model after the user built it
+            check_loss_scaling(self.geometry, self._grad_scaler())
             self._geometry_step = self.geometry.step(self.state.global_step).__enter__()
         step = self._geometry_step
-        scaler = getattr(self.accelerator, "scaler", None)
+        scaler = self._grad_scaler()
         total = None
         try:
-            for index, count in enumerate(counts):
-                if count == 0:
-                    continue
-                rows = (task_ids == index).nonzero().squeeze(1)
-                sub = _select_rows(inputs, rows, batch_size)
-                # Decided before the training forward: compute_loss may pop "labels" from its input.
-                divided = (
-                    scaled
-                    and num_items_in_batch is not None
-                    and self._divides_by_items(model, sub, num_items_in_batch)
-                )
-                with self.compute_loss_context_manager():
-                    loss = self.compute_loss(model, sub, num_items_in_batch=num_items_in_batch)
-                if self.args.n_gpu > 1:
-                    loss = loss.mean()
-                if not divided:
-                    loss = loss * (items.index_select(0, rows).sum() / total_items)
-                    if not scaled:
-                        loss = loss / self.current_gradient_accumulation_steps
-                step.backward(tasks[index], scaler.scale(loss) if scaler is not None else loss)
-                total = loss.detach() if total is None else total + loss.detach()
+            # DDP's reducer stays off: ranks run different numbers of backward passes (one per
+            # task present), and geomtrace reduces the update when the step closes.
+            with no_sync(model):
+                for index, count in enumerate(counts):
+                    if count == 0:
+                        continue
+                    rows = (task_ids == index).nonzero().squeeze(1)
+                    sub = _select_rows(inputs, rows, batch_size)
+                    # Decided before the training forward: compute_loss may pop "labels".
+                    divided = (
+                        scaled
+                        and num_items_in_batch is not None
+                        and self._divides_by_items(model, sub, num_items_in_batch)
+                    )
+                    with self.compute_loss_context_manager():
+                        loss = self.compute_loss(model, sub, num_items_in_batch=num_items_in_batch)
+                    if self.args.n_gpu > 1:
+                        loss = loss.mean()
+                    if not divided:
+                        loss = loss * (items.index_select(0, rows).sum() / total_items)
+                        if not scaled:
+                            loss = loss / self.current_gradient_accumulation_steps
+                    step.backward(tasks[index], scaler.scale(loss) if scaler is not None else loss)
+                    total = loss.detach() if total is None else total + loss.detach()
         except BaseException as exc:
             self._geometry_step = None
             step.__exit__(type(exc), exc, exc.__traceback__)
             raise
         if self.accelerator.sync_gradients:  # the last micro-batch before the optimizer step
             self._geometry_step = None
-            step.__exit__(None, None, None)
+            try:
+                _count_absent_losses_as_zero(step)
+            except BaseException as exc:
+                step.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            close_step(step, scaler, model.parameters())
         return total
+
+    def _grad_scaler(self) -> Any:
+        return getattr(self.accelerator, "scaler", None)
 
     def prediction_step(
         self,
@@ -276,6 +410,25 @@ class GeomtraceTrainer(transformers.Trainer):
         inputs: dict[str, Any],
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
+        **kwargs: Any,
     ):
         inputs = {k: v for k, v in inputs.items() if k != self.task_column}
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        return super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs
+        )
+
+
+class GeomtraceTrainer(GeomtraceMixin, transformers.Trainer):
+    """The ready-made ``Trainer`` with :class:`GeomtraceMixin` (same arguments)."""
+
+
+def with_geometry(trainer_class: type) -> type:
+    """``trainer_class`` with :class:`GeomtraceMixin` in front, e.g. ``with_geometry(SFTTrainer)``
+    (the same as ``class T(GeomtraceMixin, trainer_class): pass``)."""
+    if not (isinstance(trainer_class, type) and issubclass(trainer_class, transformers.Trainer)):
+        raise InvalidInputError(
+            f"with_geometry needs a transformers.Trainer subclass, got {trainer_class!r}"
+        )
+    if issubclass(trainer_class, GeomtraceMixin):
+        return trainer_class
+    return type(f"Geomtrace{trainer_class.__name__}", (GeomtraceMixin, trainer_class), {})

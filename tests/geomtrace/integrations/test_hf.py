@@ -283,3 +283,162 @@ def test_causal_lm_dividing_by_num_items_matches_plain_trainer(tmp_path, multili
     Trainer(model=reference, args=args(tmp_path, **over), train_dataset=data).train()
     assert_same_parameters(model, reference)
     assert tracer.last_gram.shape == (1, 4, 4)
+
+
+def seq2seq_examples(strings: dict[str, list[str]]) -> list[dict]:
+    """Byte-level copying of each string's first 8 bytes (labels of one length: no padding)."""
+    data = []
+    for lang, texts in strings.items():
+        for text in texts:
+            ids = [b + OFFSET for b in text.encode()[:LENGTH]]
+            pad = LENGTH - len(ids)
+            data.append(
+                {
+                    "input_ids": ids + [PAD] * pad,
+                    "attention_mask": [1] * len(ids) + [0] * pad,
+                    "labels": [b + OFFSET for b in text.encode().ljust(8)[:8]] + [SEP],
+                    "task": lang,
+                }
+            )
+    return data
+
+
+def tiny_t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=256 + OFFSET, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        dropout_rate=0.0, pad_token_id=PAD, eos_token_id=SEP, decoder_start_token_id=PAD,
+    )  # fmt: skip
+    return T5ForConditionalGeneration(config)
+
+
+def test_seq2seq_trainer_keeps_its_generation_through_the_mixin(tmp_path, multilingual):
+    """A Seq2SeqTrainer user adds geomtrace with the mixin: training equals the plain
+    Seq2SeqTrainer's, and evaluation still generates (predict_with_generate)."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from geomtrace.integrations.hf import GeomtraceMixin, with_geometry
+
+    class GeometrySeq2Seq(GeomtraceMixin, Seq2SeqTrainer):
+        pass
+
+    data = seq2seq_examples(multilingual)
+    langs = list(multilingual)
+
+    def seq2seq_args():
+        values = dict(
+            output_dir=str(tmp_path / "s2s"), per_device_train_batch_size=8, max_steps=3,
+            learning_rate=1e-2, seed=0, report_to="none", save_strategy="no",
+            logging_strategy="no", use_cpu=True, disable_tqdm=True, optim="adamw_torch",
+            predict_with_generate=True, generation_max_length=10,
+            per_device_eval_batch_size=8,
+        )  # fmt: skip
+        return Seq2SeqTrainingArguments(**values)
+
+    model = tiny_t5()
+    tracer = gt.Tracer(model, tasks=langs, groups="enc_dec", every=1, out=tmp_path / "run")
+    ours = GeometrySeq2Seq(
+        model=model,
+        args=seq2seq_args(),
+        train_dataset=data,
+        data_collator=TaskCollator(langs),
+        tracer=tracer,
+    )
+    ours.train()
+    tracer.close()
+    plain_model = tiny_t5()
+    plain = Seq2SeqTrainer(model=plain_model, args=seq2seq_args(), train_dataset=data)
+    plain.train()
+    assert_same_parameters(model, plain_model)
+
+    # Generation-based evaluation goes through the trainer's own prediction_step.
+    held_out = data[::4]
+    predicted = ours.predict(held_out).predictions
+    expected = plain.predict(held_out).predictions
+    assert predicted.shape[0] == len(held_out) and predicted.shape[1] > 2  # generated tokens
+    np.testing.assert_array_equal(predicted, expected)
+
+    trace = gt.open_trace(tmp_path / "run")
+    np.testing.assert_array_equal(trace.steps, [0, 1, 2])
+    assert {"encoder", "decoder"} <= set(trace.groups)
+    assert isinstance(ours, Seq2SeqTrainer)
+    # with_geometry builds the same composition for any Trainer subclass.
+    built = with_geometry(Seq2SeqTrainer)
+    assert built.__mro__[1:3] == (GeomtraceMixin, Seq2SeqTrainer)
+    assert with_geometry(built) is built
+    with pytest.raises(gt.InvalidInputError, match="Trainer subclass"):
+        with_geometry(torch.nn.Module)
+
+
+def test_trl_sft_trainer_through_the_mixin_matches_plain_sft(tmp_path, multilingual):
+    """TRL's SFTTrainer (its own loss, metrics and collator) with the mixin trains exactly as
+    the plain SFTTrainer does, on batches that mix languages."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from geomtrace.integrations.hf import with_geometry
+
+    langs = list(multilingual)
+    # Languages interleaved: each sequential batch of 8 holds two rows of every language.
+    rows = [
+        {"input_ids": [b + OFFSET for b in multilingual[lang][n].encode()[:LENGTH]], "task": lang}
+        for n in range(8)
+        for lang in langs
+    ]
+    dataset = Dataset.from_list(rows)
+    vocab = {f"<{i}>": i for i in range(256 + OFFSET)}  # byte ids: a tokenizer without files
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=f"<{MASK}>")),
+        pad_token=f"<{PAD}>", eos_token=f"<{SEP}>", unk_token=f"<{MASK}>",
+    )  # fmt: skip
+
+    def tiny_gpt2():
+        torch.manual_seed(0)
+        config = GPT2Config(
+            vocab_size=256 + OFFSET, n_positions=LENGTH + 2, n_embd=16, n_layer=2, n_head=2,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=CLS,
+            eos_token_id=SEP, pad_token_id=PAD,
+        )  # fmt: skip
+        return GPT2LMHeadModel(config)
+
+    def config():
+        return SFTConfig(
+            output_dir=str(tmp_path / "sft"), per_device_train_batch_size=8, max_steps=3,
+            optim="sgd", learning_rate=0.5, bf16=False, report_to="none", save_strategy="no", logging_strategy="no",
+            use_cpu=True, disable_tqdm=True, train_sampling_strategy="sequential",
+            max_length=LENGTH + 2, seed=0,
+        )  # fmt: skip
+
+    model = tiny_gpt2()
+    tracer = gt.Tracer(model, langs, every=1, out=tmp_path / "run")
+    collator = TaskCollator(langs, collator=DataCollatorForLanguageModeling(pad_token_id=PAD))
+    ours = with_geometry(SFTTrainer)(
+        model=model,
+        args=config(),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        tracer=tracer,
+    )
+    ours.train()
+    tracer.close()
+    reference = tiny_gpt2()
+    SFTTrainer(
+        model=reference, args=config(), train_dataset=dataset, processing_class=tokenizer
+    ).train()
+    assert ours._loss_divides_by_items is True  # SFT's loss divides by the token count
+    # fp32 (SFTConfig defaults to bf16 autocast, whose rounding differs between one batch and
+    # its per-language parts) and SGD (Adam's first steps are near sign(g), which turns the
+    # float rounding of gradients near 0 into differences of 2 lr).
+    assert_same_parameters(model, reference)
+    moved = model.transformer.h[0].mlp.c_proj.bias
+    assert not torch.allclose(moved, tiny_gpt2().transformer.h[0].mlp.c_proj.bias, atol=1e-2)
+    trace = gt.open_trace(tmp_path / "run")
+    np.testing.assert_array_equal(trace.steps, [0, 1, 2])
+    assert np.isfinite(trace.gram("whole_model")).all()  # every language in every batch

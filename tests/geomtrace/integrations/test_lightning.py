@@ -204,3 +204,60 @@ def test_geometry_set_in_init_is_used(tmp_path, multilingual):
     gram = module.geometry.last_gram  # step 3's Gram matrix [1, K, K]
     assert gram.shape == (1, len(langs), len(langs))
     assert torch.isfinite(gram).all() and (torch.diagonal(gram, dim1=1, dim2=2) > 0).all()
+
+
+def fp16(init_scale: float):
+    """Lightning's fp16 mixed precision with a GradScaler, on the CPU (autocast to float16)."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return MixedPrecision("16-mixed", "cpu", scaler=scaler)
+
+
+def test_fp16_multitask_unscales_and_skips_overflows_like_plain_lightning(tmp_path, multilingual):
+    """MultiTask(Sum) under fp16 + GradScaler equals Lightning's plain fp16 training, including
+    the updates the scaler skips: at scale 2^20 the first steps overflow in float16."""
+    langs = list(multilingual)
+    run = tmp_path / "run"
+
+    def geometry(module):
+        tracer = gt.Tracer(module, tasks=langs, groups="all_layer", every=1, out=run)
+        return MultiTask(module, langs, aggregator=Sum(), groups="all_layer", tracer=tracer)
+
+    ours, theirs = fp16(2.0**20), fp16(2.0**20)
+    traced = fit(Traced(geometry), multilingual, plugins=[ours], max_steps=6)
+    traced.geometry.tracer.close()
+    plain = fit(Plain(), multilingual, plugins=[theirs], max_steps=6)
+    assert_same_parameters(traced, plain)
+    # The scaler saw the same overflows: it lowered its scale by the same factor.
+    assert ours.scaler.get_scale() == theirs.scaler.get_scale() < 2.0**20
+    nonfinite = gt.open_trace(run).array("nonfinite")  # [S, K]: tasks whose gradient overflowed
+    assert nonfinite[0].any() and not nonfinite[-1].any()
+    assert not torch.allclose(traced.net.out.weight, NextByte().out.weight, atol=1e-4)
+
+
+def test_fp16_traces_unscaled_gradients(tmp_path, multilingual):
+    """The Gram matrices of an fp16 run are of the true gradients (not scale^2 times them):
+    step 0 matches the fp32 run's up to float16 rounding, for a Tracer and a GradVac MultiTask."""
+    langs = list(multilingual)
+
+    def tracer(module, name):
+        return gt.Tracer(module, tasks=langs, groups="all_layer", every=1, out=tmp_path / name)
+
+    fit(Traced(lambda m: tracer(m, "fp32")), multilingual, max_steps=1).geometry.close()
+    fit(
+        Traced(lambda m: tracer(m, "fp16")), multilingual, plugins=[fp16(2.0**14)], max_steps=1
+    ).geometry.close()
+    module = fit(
+        Traced(lambda m: MultiTask(m, langs, GradVac(beta=0.5), "all_layer", tracer(m, "gv"))),
+        multilingual,
+        plugins=[fp16(2.0**14)],
+        max_steps=1,
+    )
+    module.geometry.tracer.close()
+    reference = gt.open_trace(tmp_path / "fp32")
+    for name in ("fp16", "gv"):
+        trace = gt.open_trace(tmp_path / name)
+        for group in reference.groups:
+            exact, half = reference.gram(group)[0], trace.gram(group)[0]
+            np.testing.assert_allclose(half, exact, rtol=2e-2, atol=2e-2 * np.abs(exact).max())
