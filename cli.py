@@ -99,11 +99,17 @@ def _cmd_inspect(args) -> int:
     _check_output_file(args.json, "--json")
     trace = open_trace(args.run)
     sim = None
+    specific: dict[str, str] = {}  # task-specific group -> its one task (per-task heads)
+    note = None
     if len(trace.steps):
         result = analyse_run(trace, parts=["similarity"], n_bootstrap=200)
         if "similarity" in result.frames:
             sim = result.frames["similarity"].set_index("group")
         warnings = result.warnings
+        if "task_specific_groups" in result.frames:
+            frame = result.frames["task_specific_groups"]
+            specific = dict(zip(frame["group"], frame["task"], strict=True))
+            note = next(n for n in result.notes if "task-specific" in n)
     else:
         warnings = []
 
@@ -124,6 +130,7 @@ def _cmd_inspect(args) -> int:
             "ci_low": number(group, "ci_low"),
             "ci_high": number(group, "ci_high"),
             "reliability": number(group, "reliability"),
+            "task_specific": specific.get(group),
         }
         for group in ["all", *trace.groups]
     ]
@@ -136,6 +143,7 @@ def _cmd_inspect(args) -> int:
         "sources": sorted(set(trace.sources)),
         "halves": bool(getattr(trace, "has_halves", False)),
         "warnings": warnings,
+        "notes": [note] if note else [],
     }
     if args.json:
         _write_json(summary, args.json)
@@ -154,6 +162,8 @@ def _cmd_inspect(args) -> int:
     print("           mean similarity = mean over task pairs, snapshots after step 0, 95% CI")
     width = max(len(g["group"]) for g in groups)
     for g in groups:
+        if g["task_specific"] is not None:
+            continue  # said once below, not one row of dashes per head
         if g["mean_similarity"] is None:
             mean = "n/a (no snapshot after step 0)"
         else:
@@ -162,6 +172,8 @@ def _cmd_inspect(args) -> int:
             mean = f"{g['mean_similarity']:+.3f}{ci}"
         rel = "" if g["reliability"] is None else f"  reliability {g['reliability']:.2f}"
         print(f"  {g['group']:<{width}}  {g['numel']:>10,d} params  mean similarity {mean}{rel}")
+    if note:
+        print(f"note: {note}")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
