@@ -362,8 +362,9 @@ def _cmd_group(args) -> int:
     if args.json == "-":
         _write_json(grouping.to_dict(), "-")
         return 0
+    noun = "group" if grouping.k == 1 else "groups"
     print(
-        f"{grouping.k} groups by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
+        f"{grouping.k} {noun} by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
         f"{grouping.method} search; score {grouping.score:+.3f}"
     )
     tasks = grouping.affinity.tasks

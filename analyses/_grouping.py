@@ -464,6 +464,12 @@ def group_tasks(
     if len(keep) < len(tasks):
         dropped = [tasks[i] for i in range(len(tasks)) if i not in keep]
         notes.append(f"left out (missing affinity): {dropped}")
+    if not keep:
+        raise InvalidInputError(
+            f"no task of the run has a finite {aff.kind} affinity with the others (all of "
+            f"{tasks} have zero or missing gradients in group {group or 'all'!r}): there is "
+            "nothing to group"
+        )
     tasks = [tasks[i] for i in keep]
     A = _centred(aff.matrix[np.ix_(keep, keep)])
     K = len(tasks)
@@ -520,6 +526,9 @@ def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, n
         f"{(random_scores >= grad - 1e-12).mean():.1%} of {n_random} draws"
     )
     codes = {t: c for t, c in (getattr(trace, "iso_codes", {}) or {}).items() if c}
+    if len(tasks) < 2:  # one task: the one grouping there is, nothing to compare it with
+        notes.append("typology and family baselines need at least 2 tasks: not computed")
+        return rows
     if not all(t in codes for t in tasks):
         notes.append("typology and family baselines need ISO codes for every task: not computed")
         return rows
