@@ -747,9 +747,9 @@ def settling_with_interval(
     rng = np.random.default_rng(seed)
     rows = []
     for kind, part in frame.groupby("kind", sort=False):
-        wide = part.pivot_table(
-            index=["task_a", "task_b"], columns="step", values="cosine", dropna=False
-        )
+        # One row per pair of the run (unstack keeps NaN cells; pivot_table(dropna=False)
+        # built the cartesian product task_a x task_b: phantom all-NaN pairs)
+        wide = part.set_index(["task_a", "task_b", "step"])["cosine"].unstack("step")
         steps = wide.columns.to_numpy()
         values = wide.to_numpy(dtype=float)  # [pairs, S]
         settle, final = settling_step(steps, _nanmean_cols(values), tol=tol)

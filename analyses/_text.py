@@ -149,7 +149,9 @@ def results_text(res) -> str:
                     "interval: bootstrap over pairs"]  # fmt: skip
             rows = [
                 [r.kind, with_interval(r.final_value, r.final_ci_low, r.final_ci_high),
-                 "still moving" if not np.isfinite(r.settle_step) else str(int(r.settle_step)),
+                 "– (last snapshot not finite)" if not np.isfinite(r.final_value)
+                 else "still moving" if not np.isfinite(r.settle_step)
+                 else str(int(r.settle_step)),
                  f"[{_f(r.settle_ci_low, 0)}, {_f(r.settle_ci_high, 0)}]", str(r.last_step)]
                 for r in f[name].itertuples()
             ]  # fmt: skip
