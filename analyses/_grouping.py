@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from analyses._inputs import ALL, Window, is_trace, window_mask
+from analyses._iso import usable_iso_codes
 from analyses._measures import group_gram
 from analyses._similarity import windowed
 from analyses._uncertainty import block_bootstrap
@@ -525,7 +526,9 @@ def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, n
         f"random partitions with the same sizes reach the gradient grouping's score in "
         f"{(random_scores >= grad - 1e-12).mean():.1%} of {n_random} draws"
     )
-    codes = {t: c for t, c in (getattr(trace, "iso_codes", {}) or {}).items() if c}
+    codes, unknown = usable_iso_codes(getattr(trace, "iso_codes", None))
+    if unknown:
+        notes.append(unknown)
     if len(tasks) < 2:  # one task: the one grouping there is, nothing to compare it with
         notes.append("typology and family baselines need at least 2 tasks: not computed")
         return rows

@@ -38,6 +38,7 @@ from analyses._evolution import (
 )
 from analyses._flat_clusters import tree_dict
 from analyses._inputs import ALL, Window, part_of, tasks_with_nan, window_mask
+from analyses._iso import usable_iso_codes
 from analyses._mantel import typology_correlation
 from analyses._measures import check_measure, has_halves
 from analyses._optimizers import gradvac_target_trajectories
@@ -440,7 +441,9 @@ def analyse_run(
     complete = [t for t in sim.tasks if t not in tasks_with_nan(matrix.to_numpy(), sim.tasks)]
     result.settings["complete_tasks"] = complete
 
-    codes = {t: str(c).lower() for t, c in (trace.iso_codes or {}).items() if c}
+    codes, unknown = usable_iso_codes(trace.iso_codes)
+    if unknown:
+        result.notes.append(unknown)
     if codes:
         families = _families_frame(codes, cache)
         result.frames["families"] = families
@@ -561,7 +564,7 @@ def _languages_for_typology(trace, group, measure, window, codes) -> list[str]:
 
 def _typology(result, trace, codes, parts, measure, window, n_permutations, boot, cache) -> None:
     kw = {"measure": measure, "window": window, "n_permutations": n_permutations,
-          "cache": cache, **boot}  # fmt: skip
+          "cache": cache, "iso_codes": codes, **boot}  # fmt: skip
     usable = _languages_for_typology(trace, result.group, measure, window, codes)
     if "typology" in parts:
         if len(usable) < 4:

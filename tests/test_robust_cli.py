@@ -61,3 +61,36 @@ def test_a_diverged_run_has_no_final_value_and_no_settle_step(tmp_path, capsys):
     out = capsys.readouterr().out
     settling = out[out.index("== settling") :].splitlines()[2]
     assert "+0.9" not in settling and "not finite" in settling, settling
+
+
+def test_group_on_an_all_zero_trace_says_there_is_nothing_to_group(tmp_path, capsys):
+    tasks = ["a", "b", "c"]
+    with gt.TraceWriter(tmp_path, tasks, [("body", 4, ["w"])]) as w:
+        for step in (0, 10, 20):
+            w.write_snapshot(step, np.zeros((1, 3, 3)), None)
+    err = _error(capsys, ["group", str(tmp_path), "--k", "2"])
+    assert "nothing to group" in err and "between 1 and 0" not in err
+
+
+def test_every_0_is_refused_as_every_not_as_a_window(capsys):
+    err = _error(capsys, ["trace", "--every", "0"])
+    assert "every=0: must be >= 1" in err and "window" not in err
+
+
+def test_one_unknown_iso_code_leaves_that_task_out_of_typology_only(tmp_path, capsys):
+    codes = {"es": "spa", "fr": "fra", "de": "deu", "ru": "rus", "xx": "qqq"}
+    run = _run(tmp_path / "iso", list(codes), iso=codes)
+    assert main(["analyze", str(run), "--permutations", "19", "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "xx ('qqq'); left out of the typology" in out and "== typology" in out
+    assert main(["group", str(run), "--k", "2", "--bootstrap", "5"]) == 0
+    assert "xx ('qqq')" in capsys.readouterr().out
+
+
+def test_group_on_a_one_task_run_is_the_one_group(tmp_path, capsys):
+    run = _run(tmp_path / "one", ["es"])
+    assert main(["group", str(run), "--k", "1", "--bootstrap", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "1 group by cosine" in out and "group 1: es" in out
+    err = _error(capsys, ["group", str(run), "--k", "2"])
+    assert "between 1 and 1" in err

@@ -111,6 +111,10 @@ class RecipeConfig:
         Called before any work (``run``, the CLI), so a bad value costs nothing.
         """
         _check_field_types(self)
+        # counts first: `--every 0` is about `every`, not about the windows that depend on it
+        for key in ("steps", "every", "batch_per_lang", "d_model", "nhead", "max_bytes"):
+            if getattr(self, key) < 1:
+                raise InvalidInputError(f"{key}={getattr(self, key)}: must be >= 1")
         _check_ranges(self)
         check_snapshot_fields(self)
         if self.direction not in DIRECTIONS:
@@ -119,9 +123,6 @@ class RecipeConfig:
             )
         if self.method not in METHODS:
             raise InvalidInputError(f"method={self.method!r}; allowed: {', '.join(METHODS)}")
-        for key in ("steps", "every", "batch_per_lang", "d_model", "nhead", "max_bytes"):
-            if getattr(self, key) < 1:
-                raise InvalidInputError(f"{key}={getattr(self, key)}: must be >= 1")
         if self.d_model % self.nhead:
             raise InvalidInputError(
                 f"d_model={self.d_model} must be a multiple of nhead={self.nhead}"
