@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from geomtrace import GeomtraceError, InvalidInputError
+from geomtrace import GeomtraceError, InvalidInputError, StorageError
 
 DESCRIPTION = """\
 geomtrace: the geometry of per-task gradients in multilingual (multi-task) training.
@@ -33,9 +33,15 @@ def _json_argument(p, what: str) -> None:
 
 
 def _check_output_file(path: str | None, flag: str) -> None:
-    """Refuse an output file that cannot be written, before any work is done."""
+    """Refuse an output file that cannot be written, before any work is done.
+
+    Its folder must exist (an output file does not create folders) and take a new file: a
+    probe file is created and removed there, which catches read-only media, permissions and
+    pseudo file systems (/proc) that ``os.access`` reports writable.
+    """
     if path in (None, "-"):
         return
+    import tempfile
     from pathlib import Path
 
     target = Path(path)
@@ -44,15 +50,25 @@ def _check_output_file(path: str | None, flag: str) -> None:
     parent = target.parent if str(target.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise InvalidInputError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not writable")
+    if not parent.exists():
+        raise InvalidInputError(
+            f"{flag} {path!r}: the folder {str(parent)!r} does not exist; create it first"
+        )
+    if target.exists() and not target.is_file():
+        return  # a device or pipe (/dev/stdout): its write errors are reported when written
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".geomtrace-probe-"):
+            pass
+    except OSError as err:
+        raise InvalidInputError(
+            f"{flag} {path!r}: cannot write in {str(parent)!r} ({err.strerror or err})"
+        ) from None
 
 
 def _check_output_dir(path: str, flag: str) -> None:
-    """Refuse an output directory that is a file or cannot be created, before any work."""
+    """Refuse an output directory that is a file or cannot be created, before any work: it is
+    created now (with its parents) and a probe file written in it."""
+    import tempfile
     from pathlib import Path
 
     target = Path(path)
@@ -63,18 +79,27 @@ def _check_output_dir(path: str, flag: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not a directory")
-    if not os.access(existing, os.W_OK):
-        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not writable")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".geomtrace-probe-"):
+            pass
+    except OSError as err:
+        raise InvalidInputError(
+            f"{flag} {path!r}: cannot create or write it ({err.strerror or err})"
+        ) from None
 
 
 def _write_json(payload, target: str) -> None:
     text = json.dumps(payload, indent=2)
     if target == "-":
         print(text)
-    else:
+        return
+    try:
         with open(target, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        print(f"wrote {target}", file=sys.stderr)
+    except OSError as err:  # a full disk, /dev/full: the results are lost, say where and why
+        raise StorageError(f"cannot write --json {target!r}: {err.strerror or err}") from None
+    print(f"wrote {target}", file=sys.stderr)
 
 
 def _add_inspect_parser(sub) -> None:
@@ -550,7 +575,7 @@ def _add_reproduce_parser(sub) -> None:
         "a reproduction's sum runs, ~20 min without)",
     )  # fmt: skip
     p.add_argument(
-        "--k", type=int, default=3, help="with --grouping: the number of groups (default 3)"
+        "--k", type=int, default=None, help="with --grouping: the number of groups (default 3)"
     )
     p.set_defaults(func=_cmd_reproduce)
 
@@ -560,6 +585,8 @@ def _cmd_reproduce(args) -> int:
     from reproduce import reproduce
 
     figures.parse_formats(args.format)
+    if args.k is not None and not args.grouping:
+        raise InvalidInputError(f"--k {args.k} applies only with --grouping (the number of groups)")
     _check_output_dir(args.out, "--out")
     if args.grouping:
         from reproduce import reproduce_grouping
@@ -567,7 +594,7 @@ def _cmd_reproduce(args) -> int:
         if args.bootstrap < 0:
             raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
         grouped = reproduce_grouping(
-            args.out, k=args.k, seeds=args.seeds if args.seeds is not None else 2,
+            args.out, k=3 if args.k is None else args.k, seeds=args.seeds if args.seeds is not None else 2,
             quick=args.quick, n_bootstrap=args.bootstrap, formats=args.format, seed=args.seed,
             workers=args.workers, force=args.force,
         )  # fmt: skip

@@ -5,6 +5,8 @@ os:system), 12 (settling n_pairs), 13 (misleading output). Small seeded traces w
 the public TraceWriter; every command goes through ``cli.main`` like a user's shell.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,41 @@ def test_group_on_a_one_task_run_is_the_one_group(tmp_path, capsys):
     assert "1 group by cosine" in out and "group 1: es" in out
     err = _error(capsys, ["group", str(run), "--k", "2"])
     assert "between 1 and 1" in err
+
+
+# -- defect 9: checked before the work, not after ----------------------------------------
+
+
+def test_output_paths_and_options_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import reproduce
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the arguments were checked")
+
+    monkeypatch.setattr("analyses.analyse_run", no_work)
+    monkeypatch.setattr("analyses.analyse_runs", no_work)
+    monkeypatch.setattr(reproduce, "_schedule", no_work)
+    run = _run(tmp_path / "run", ["a", "b", "c"])
+    missing = tmp_path / "missing" / "d"
+    cases = [
+        (["analyze", str(run), "--json", str(missing / "x.json")], "does not exist"),
+        (["report", str(run), "--out", str(missing / "r.html")], "does not exist"),
+        (["plot", str(run), "--out", "/proc/p"], "cannot create or write"),
+        (["reproduce", "--out", "/proc/r"], "cannot create or write"),
+        (["reproduce", "--out", str(tmp_path / "r"), "--k", "3"], "only with --grouping"),
+        (["reproduce", "--out", str(tmp_path / "g"), "--grouping", "--quick", "--k", "100"],
+         "give k between 1 and 8"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        err = _error(capsys, argv)
+        assert message in err, (argv, err)
+    assert not missing.parent.exists()  # no folder created for an output file
+
+
+def test_a_json_file_that_cannot_be_written_is_a_storage_error(tmp_path, capsys):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    run = _run(tmp_path / "run", ["a", "b", "c"])
+    argv = ["analyze", str(run), "--json", "/dev/full", "--permutations", "19", "--bootstrap", "20"]
+    err = _error(capsys, argv)
+    assert "cannot write --json '/dev/full'" in err and "No space left" in err
