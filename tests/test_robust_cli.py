@@ -134,3 +134,49 @@ def test_a_json_file_that_cannot_be_written_is_a_storage_error(tmp_path, capsys)
     argv = ["analyze", str(run), "--json", "/dev/full", "--permutations", "19", "--bootstrap", "20"]
     err = _error(capsys, argv)
     assert "cannot write --json '/dev/full'" in err and "No space left" in err
+
+
+# -- defect 11: a recipe is resolved and checked before it is called --------------------
+
+USER_MODULE = """
+from pathlib import Path
+from geomtrace.recipe import RecipeConfig
+
+MARK = Path(__file__).with_name("called")
+
+def wrong_parameter(path: str):
+    MARK.write_text("wrong_parameter")
+
+def wrong_return(config: RecipeConfig) -> int:
+    MARK.write_text("wrong_return")
+
+def two_arguments(config, other):
+    MARK.write_text("two_arguments")
+
+class NotAFunction:
+    def __init__(self, config):
+        MARK.write_text("NotAFunction")
+"""
+
+
+def test_a_recipe_that_is_not_a_recipe_function_is_refused_before_it_is_called(
+    tmp_path, capfd, monkeypatch
+):
+    (tmp_path / "user_recipes.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = [
+        ("os:system", "standard library"),
+        ("builtins:print", "built-in"),
+        ("shutil:rmtree", "standard library"),
+        ("user_recipes:wrong_parameter", "annotated"),
+        ("user_recipes:wrong_return", "returns"),
+        ("user_recipes:two_arguments", "not a recipe function"),
+        ("user_recipes:NotAFunction", "not a function"),
+    ]
+    for spec, message in cases:
+        argv = ["trace", "--recipe", spec, "--runs-dir", str(tmp_path / "runs"), "--steps", "1"]
+        assert main(argv) == 2, spec
+        captured = capfd.readouterr()
+        assert message in captured.err and "Traceback" not in captured.err, (spec, captured.err)
+        assert "sh:" not in captured.out + captured.err and "RecipeConfig(" not in captured.out
+    assert not (tmp_path / "called").exists()
