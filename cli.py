@@ -287,7 +287,18 @@ def _add_analysis_options(p, *, permutations: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
 
 
+#: numpy's default_rng takes seeds >= 0, torch's manual_seed < 2**64: 32 bits fit both
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"--seed {seed}: give a seed from 0 to {MAX_SEED}")
+    return seed
+
+
 def _analysis_kwargs(args) -> dict:
+    _check_seed(args.seed)
     if args.permutations < 1:
         raise InvalidInputError(
             f"--permutations {args.permutations}: give at least 1 (999 or more for p < .001)"
@@ -377,6 +388,7 @@ def _cmd_group(args) -> int:
     from analyses import group_tasks
 
     _check_output_file(args.json, "--json")
+    _check_seed(args.seed)
     if args.bootstrap < 0:
         raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
     grouping = group_tasks(
@@ -585,6 +597,7 @@ def _cmd_reproduce(args) -> int:
     from reproduce import reproduce
 
     figures.parse_formats(args.format)
+    _check_seed(args.seed)
     if args.k is not None and not args.grouping:
         raise InvalidInputError(f"--k {args.k} applies only with --grouping (the number of groups)")
     _check_output_dir(args.out, "--out")

@@ -180,3 +180,44 @@ def test_a_recipe_that_is_not_a_recipe_function_is_refused_before_it_is_called(
         assert message in captured.err and "Traceback" not in captured.err, (spec, captured.err)
         assert "sh:" not in captured.out + captured.err and "RecipeConfig(" not in captured.out
     assert not (tmp_path / "called").exists()
+
+
+# -- defect 10: what is configurable is bounded by what the machine can do ---------------
+
+
+def test_negative_seeds_are_refused_by_name(tmp_path, capsys):
+    run = _run(tmp_path / "run", ["a", "b", "c"])
+    for argv in (["analyze", str(run)], ["group", str(run), "--k", "2"],
+                 ["report", str(run), "--out", str(tmp_path / "r.html")]):  # fmt: skip
+        err = _error(capsys, [*argv, "--seed", "-1"])
+        assert "--seed -1" in err and "4294967295" in err, err
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("d_model=1000000000", "memory"),
+        ("batch_per_lang=100000000", "memory"),
+        ("eval_batch=1000000000", "memory"),
+        ("threads=100000", "CPU"),
+        ("seed=12345678901234567890", "seed=12345678901234567890"),
+    ],
+)
+def test_config_values_beyond_the_machine_are_refused_before_any_work(
+    tmp_path, capsys, setting, message
+):
+    out = tmp_path / "runs"
+    err = _error(capsys, ["trace", "--runs-dir", str(out), "--langs", "es", "--set", setting])
+    key = setting.split("=")[0]
+    assert message in err and f"{key}=" in err, err
+    assert not out.exists()
+
+
+def test_the_default_and_full_presets_fit_a_machine_like_this_one():
+    from geomtrace.recipe import preset
+    from geomtrace.recipe.config import memory_estimate
+
+    default = memory_estimate(preset("default"))
+    # 0.7M parameters x (4 + 24 task copies) x 4 bytes plus activations: ~0.1 GiB
+    assert 2**26 < default < 2**31
+    assert memory_estimate(preset("full")) > default
