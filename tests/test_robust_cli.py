@@ -5,6 +5,7 @@ os:system), 12 (settling n_pairs), 13 (misleading output). Small seeded traces w
 the public TraceWriter; every command goes through ``cli.main`` like a user's shell.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,7 @@ def test_a_json_file_that_cannot_be_written_is_a_storage_error(tmp_path, capsys)
 # -- defect 11: a recipe is resolved and checked before it is called --------------------
 
 USER_MODULE = """
+import os
 from pathlib import Path
 from geomtrace.recipe import RecipeConfig
 
@@ -221,3 +223,25 @@ def test_the_default_and_full_presets_fit_a_machine_like_this_one():
     # 0.7M parameters x (4 + 24 task copies) x 4 bytes plus activations: ~0.1 GiB
     assert 2**26 < default < 2**31
     assert memory_estimate(preset("full")) > default
+
+
+def test_sigterm_stops_after_the_step_like_ctrl_c(tmp_path, monkeypatch):
+    import signal
+
+    from geomtrace.recipe import run
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(step, loss):
+        if step == 12:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    config = {"recipe": "examples.multi_head_regression:make_recipe", "steps": 30, "every": 10,
+              "out": str(tmp_path), "name": "t", "snapshot_rows": 8}  # fmt: skip
+    run_dir = run(config, on_step=terminate)
+    trace = gt.open_trace(run_dir)
+    assert trace.steps.tolist() == [0, 10] and trace.meta("interrupted_at_step") == 13
+    assert (run_dir / "model.safetensors").exists()  # the model is kept
+    assert not (run_dir / "trace.sqlite-wal").exists()  # the trace was closed cleanly
+    assert signal.getsignal(signal.SIGTERM) is before
