@@ -9,8 +9,10 @@ similarity tables (the whole model ``all`` still contains them: it is the whole 
 Definition, for a group g with diagonal n_j(s) = G_jj(s) = |g_j(s)|^2 over snapshots s and
 K >= 2 tasks: g is *specific to task i* when n_i(s) > 0 on at least one snapshot and, for every
 other task j, n_j(s) = 0 exactly on every snapshot where it is recorded (NaN: the task was
-absent from that snapshot) and on at least one. Exact zeros are what the capture stores for a
-parameter no backward pass reached, so the test needs no tolerance.
+absent from that snapshot) and on at least one, while j's gradient is non-zero in some other
+group (a task with no gradient anywhere, e.g. a zero loss, is a fault, not a head). Exact
+zeros are what the capture stores for a parameter no backward pass reached, so the test needs
+no tolerance.
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ def task_specific_groups(trace: Any, groups: Sequence[str] | None = None) -> pd.
     rows: list[tuple[str, str, int]] = []
     if len(tasks) < 2 or len(trace.steps) == 0:
         return pd.DataFrame(rows, columns=TASK_SPECIFIC_COLUMNS)
-    for g in list(trace.groups) if groups is None else groups:
-        gram = np.asarray(trace.gram(g), dtype=np.float64)
-        norms = np.diagonal(gram, axis1=-2, axis2=-1)  # [S, K]
-        recorded = np.isfinite(norms)
-        nonzero = recorded & (norms != 0)
+    names = list(trace.groups)
+    norms = {
+        g: np.diagonal(np.asarray(trace.gram(g), dtype=np.float64), axis1=-2, axis2=-1)
+        for g in names
+    }  # group -> [S, K]
+    reached = {g: (np.isfinite(n) & (n != 0)).any(axis=0) for g, n in norms.items()}  # [K]
+    for g in names if groups is None else groups:
+        recorded = np.isfinite(norms[g])
+        nonzero = recorded & (norms[g] != 0)
         with_gradient = np.flatnonzero(nonzero.any(axis=0))
         if len(with_gradient) != 1:
             continue
@@ -46,6 +52,11 @@ def task_specific_groups(trace: Any, groups: Sequence[str] | None = None) -> pd.
         others = np.delete(np.arange(len(tasks)), i)
         if not recorded[:, others].any(axis=0).all():
             continue  # a task never recorded: no evidence that its gradient there is zero
+        elsewhere = (
+            np.any([reached[h] for h in names if h != g], axis=0) if len(names) > 1 else None
+        )
+        if elsewhere is None or not elsewhere[others].all():
+            continue  # a task with no gradient in any other group: a fault, not a head
         rows.append((str(g), tasks[i], int(nonzero[:, i].sum())))
     return pd.DataFrame(rows, columns=TASK_SPECIFIC_COLUMNS)
 

@@ -516,14 +516,21 @@ class Tracer(StepPolicy):
 
     def _follow_task_specific(self, diag: np.ndarray) -> None:
         """Update which groups are task-specific (one task with a gradient, every other task's
-        exactly zero or absent, on every snapshot so far); log newly found ones in one line."""
+        exactly zero or absent, on every snapshot so far); log newly found ones in one line.
+
+        A zero task counts only when its gradient is non-zero in another group: a task with no
+        gradient anywhere (a zero or unrelated loss) is a fault and keeps its warning."""
         if len(self.tasks) < 2:
             return
         found = []
+        reached = np.isfinite(diag) & (diag != 0)  # [G, K]
+        elsewhere = reached.any(axis=0)
         for k, norms in enumerate(diag):
             name = self.groups[k].name
-            nonzero = np.flatnonzero(np.isfinite(norms) & (norms != 0))
-            one = int(nonzero[0]) if len(nonzero) == 1 and (norms == 0).any() else None
+            nonzero = np.flatnonzero(reached[k])
+            zero = norms == 0
+            heads = len(nonzero) == 1 and zero.any() and elsewhere[zero].all()
+            one = int(nonzero[0]) if heads else None
             if name not in self._specific:
                 self._specific[name] = one
                 if one is not None:

@@ -149,3 +149,15 @@ def test_a_six_head_model_goes_through_every_command(tmp_path, capsys, caplog, o
     assert {"f1_similarity_heatmap.png", "f4_layers.png"} <= {
         p.name for p in (tmp_path / "figs").iterdir()
     }
+
+
+def test_a_task_without_gradient_anywhere_is_not_a_head(tmp_path):
+    # c's gradient is zero in both groups (a zero loss): a fault to warn about, not a head
+    rng = np.random.default_rng(1)
+    with gt.TraceWriter(tmp_path, ["a", "b", "c"], [("g1", 4, ["x"]), ("g2", 4, ["y"])]) as w:
+        for step in (0, 10):
+            x, y = rng.normal(size=(3, 4)), np.zeros((3, 4))
+            x[2] = 0.0
+            y[0] = rng.normal(size=4)
+            w.write_snapshot(step, np.stack([x @ x.T, y @ y.T]), None)
+    assert task_specific_groups(gt.open_trace(tmp_path)).empty
