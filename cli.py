@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from geomtrace import GeomtraceError, InvalidInputError
+from geomtrace import GeomtraceError, InvalidInputError, StorageError
 
 DESCRIPTION = """\
 geomtrace: the geometry of per-task gradients in multilingual (multi-task) training.
@@ -33,9 +33,15 @@ def _json_argument(p, what: str) -> None:
 
 
 def _check_output_file(path: str | None, flag: str) -> None:
-    """Refuse an output file that cannot be written, before any work is done."""
+    """Refuse an output file that cannot be written, before any work is done.
+
+    Its folder must exist (an output file does not create folders) and take a new file: a
+    probe file is created and removed there, which catches read-only media, permissions and
+    pseudo file systems (/proc) that ``os.access`` reports writable.
+    """
     if path in (None, "-"):
         return
+    import tempfile
     from pathlib import Path
 
     target = Path(path)
@@ -44,15 +50,25 @@ def _check_output_file(path: str | None, flag: str) -> None:
     parent = target.parent if str(target.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise InvalidInputError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not writable")
+    if not parent.exists():
+        raise InvalidInputError(
+            f"{flag} {path!r}: the folder {str(parent)!r} does not exist; create it first"
+        )
+    if target.exists() and not target.is_file():
+        return  # a device or pipe (/dev/stdout): its write errors are reported when written
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".geomtrace-probe-"):
+            pass
+    except OSError as err:
+        raise InvalidInputError(
+            f"{flag} {path!r}: cannot write in {str(parent)!r} ({err.strerror or err})"
+        ) from None
 
 
 def _check_output_dir(path: str, flag: str) -> None:
-    """Refuse an output directory that is a file or cannot be created, before any work."""
+    """Refuse an output directory that is a file or cannot be created, before any work: it is
+    created now (with its parents) and a probe file written in it."""
+    import tempfile
     from pathlib import Path
 
     target = Path(path)
@@ -63,18 +79,27 @@ def _check_output_dir(path: str, flag: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not a directory")
-    if not os.access(existing, os.W_OK):
-        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not writable")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".geomtrace-probe-"):
+            pass
+    except OSError as err:
+        raise InvalidInputError(
+            f"{flag} {path!r}: cannot create or write it ({err.strerror or err})"
+        ) from None
 
 
 def _write_json(payload, target: str) -> None:
     text = json.dumps(payload, indent=2)
     if target == "-":
         print(text)
-    else:
+        return
+    try:
         with open(target, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        print(f"wrote {target}", file=sys.stderr)
+    except OSError as err:  # a full disk, /dev/full: the results are lost, say where and why
+        raise StorageError(f"cannot write --json {target!r}: {err.strerror or err}") from None
+    print(f"wrote {target}", file=sys.stderr)
 
 
 def _add_inspect_parser(sub) -> None:
@@ -99,11 +124,17 @@ def _cmd_inspect(args) -> int:
     _check_output_file(args.json, "--json")
     trace = open_trace(args.run)
     sim = None
+    specific: dict[str, str] = {}  # task-specific group -> its one task (per-task heads)
+    note = None
     if len(trace.steps):
         result = analyse_run(trace, parts=["similarity"], n_bootstrap=200)
         if "similarity" in result.frames:
             sim = result.frames["similarity"].set_index("group")
         warnings = result.warnings
+        if "task_specific_groups" in result.frames:
+            frame = result.frames["task_specific_groups"]
+            specific = dict(zip(frame["group"], frame["task"], strict=True))
+            note = next(n for n in result.notes if "task-specific" in n)
     else:
         warnings = []
 
@@ -124,6 +155,7 @@ def _cmd_inspect(args) -> int:
             "ci_low": number(group, "ci_low"),
             "ci_high": number(group, "ci_high"),
             "reliability": number(group, "reliability"),
+            "task_specific": specific.get(group),
         }
         for group in ["all", *trace.groups]
     ]
@@ -136,6 +168,7 @@ def _cmd_inspect(args) -> int:
         "sources": sorted(set(trace.sources)),
         "halves": bool(getattr(trace, "has_halves", False)),
         "warnings": warnings,
+        "notes": [note] if note else [],
     }
     if args.json:
         _write_json(summary, args.json)
@@ -154,6 +187,8 @@ def _cmd_inspect(args) -> int:
     print("           mean similarity = mean over task pairs, snapshots after step 0, 95% CI")
     width = max(len(g["group"]) for g in groups)
     for g in groups:
+        if g["task_specific"] is not None:
+            continue  # said once below, not one row of dashes per head
         if g["mean_similarity"] is None:
             mean = "n/a (no snapshot after step 0)"
         else:
@@ -162,6 +197,8 @@ def _cmd_inspect(args) -> int:
             mean = f"{g['mean_similarity']:+.3f}{ci}"
         rel = "" if g["reliability"] is None else f"  reliability {g['reliability']:.2f}"
         print(f"  {g['group']:<{width}}  {g['numel']:>10,d} params  mean similarity {mean}{rel}")
+    if note:
+        print(f"note: {note}")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -250,7 +287,18 @@ def _add_analysis_options(p, *, permutations: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
 
 
+#: numpy's default_rng takes seeds >= 0, torch's manual_seed < 2**64: 32 bits fit both
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"--seed {seed}: give a seed from 0 to {MAX_SEED}")
+    return seed
+
+
 def _analysis_kwargs(args) -> dict:
+    _check_seed(args.seed)
     if args.permutations < 1:
         raise InvalidInputError(
             f"--permutations {args.permutations}: give at least 1 (999 or more for p < .001)"
@@ -340,6 +388,7 @@ def _cmd_group(args) -> int:
     from analyses import group_tasks
 
     _check_output_file(args.json, "--json")
+    _check_seed(args.seed)
     if args.bootstrap < 0:
         raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
     grouping = group_tasks(
@@ -350,8 +399,9 @@ def _cmd_group(args) -> int:
     if args.json == "-":
         _write_json(grouping.to_dict(), "-")
         return 0
+    noun = "group" if grouping.k == 1 else "groups"
     print(
-        f"{grouping.k} groups by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
+        f"{grouping.k} {noun} by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
         f"{grouping.method} search; score {grouping.score:+.3f}"
     )
     tasks = grouping.affinity.tasks
@@ -537,7 +587,7 @@ def _add_reproduce_parser(sub) -> None:
         "a reproduction's sum runs, ~20 min without)",
     )  # fmt: skip
     p.add_argument(
-        "--k", type=int, default=3, help="with --grouping: the number of groups (default 3)"
+        "--k", type=int, default=None, help="with --grouping: the number of groups (default 3)"
     )
     p.set_defaults(func=_cmd_reproduce)
 
@@ -547,6 +597,9 @@ def _cmd_reproduce(args) -> int:
     from reproduce import reproduce
 
     figures.parse_formats(args.format)
+    _check_seed(args.seed)
+    if args.k is not None and not args.grouping:
+        raise InvalidInputError(f"--k {args.k} applies only with --grouping (the number of groups)")
     _check_output_dir(args.out, "--out")
     if args.grouping:
         from reproduce import reproduce_grouping
@@ -554,7 +607,7 @@ def _cmd_reproduce(args) -> int:
         if args.bootstrap < 0:
             raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
         grouped = reproduce_grouping(
-            args.out, k=args.k, seeds=args.seeds if args.seeds is not None else 2,
+            args.out, k=3 if args.k is None else args.k, seeds=args.seeds if args.seeds is not None else 2,
             quick=args.quick, n_bootstrap=args.bootstrap, formats=args.format, seed=args.seed,
             workers=args.workers, force=args.force,
         )  # fmt: skip

@@ -432,6 +432,12 @@ def reproduce_grouping(
     if workers < 1:
         raise InvalidInputError(f"--workers {workers}: give at least 1")
     base_values = preset(mode).to_dict() | dict(overrides or {})
+    n_langs = len(base_values["langs"])
+    if k > n_langs:  # before any training: the baselines alone take minutes
+        raise InvalidInputError(
+            f"k={k}: the {mode} grouping experiment has {n_langs} languages; give k between 1 "
+            f"and {n_langs}"
+        )
     if workers > 1 and "threads" not in (overrides or {}):
         base_values["threads"] = 1
     seed_list = [seed + n for n in range(seeds)]

@@ -239,7 +239,9 @@ def settling_step(
     final_value = mean of the last ceil(final_fraction * S) finite values (at least one);
     settle_step = the first step s such that every finite value at steps >= s lies within
     [final_value - tol, final_value + tol]. None when the last value is outside the band
-    (still moving) or there is no finite value.
+    (still moving) or there is no finite value. A trajectory whose *last* snapshot is not
+    finite (a diverged run: NaN from some step on) has no final value: ``(None, nan)``; a
+    non-finite value before the last finite one (a task absent once) is skipped.
     """
     if tol < 0 or not 0 < final_fraction <= 1:
         raise InvalidInputError(
@@ -247,6 +249,8 @@ def settling_step(
         )
     steps = np.asarray(steps)
     values = np.asarray(values, dtype=np.float64)
+    if len(values) and not np.isfinite(values[np.argmax(steps)]):
+        return None, float("nan")
     ok = np.isfinite(values)
     steps, values = steps[ok], values[ok]
     if not len(values):

@@ -44,6 +44,7 @@ import pandas as pd
 
 import geomtrace as gt
 from analyses._inputs import ALL, Window, is_trace, window_mask
+from analyses._iso import usable_iso_codes
 from analyses._measures import group_gram
 from analyses._similarity import windowed
 from analyses._uncertainty import block_bootstrap
@@ -463,6 +464,12 @@ def group_tasks(
     if len(keep) < len(tasks):
         dropped = [tasks[i] for i in range(len(tasks)) if i not in keep]
         notes.append(f"left out (missing affinity): {dropped}")
+    if not keep:
+        raise InvalidInputError(
+            f"no task of the run has a finite {aff.kind} affinity with the others (all of "
+            f"{tasks} have zero or missing gradients in group {group or 'all'!r}): there is "
+            "nothing to group"
+        )
     tasks = [tasks[i] for i in keep]
     A = _centred(aff.matrix[np.ix_(keep, keep)])
     K = len(tasks)
@@ -518,7 +525,12 @@ def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, n
         f"random partitions with the same sizes reach the gradient grouping's score in "
         f"{(random_scores >= grad - 1e-12).mean():.1%} of {n_random} draws"
     )
-    codes = {t: c for t, c in (getattr(trace, "iso_codes", {}) or {}).items() if c}
+    codes, unknown = usable_iso_codes(getattr(trace, "iso_codes", None))
+    if unknown:
+        notes.append(unknown)
+    if len(tasks) < 2:  # one task: the one grouping there is, nothing to compare it with
+        notes.append("typology and family baselines need at least 2 tasks: not computed")
+        return rows
     if not all(t in codes for t in tasks):
         notes.append("typology and family baselines need ISO codes for every task: not computed")
         return rows

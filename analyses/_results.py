@@ -37,7 +37,9 @@ from analyses._evolution import (
     pair_trajectories,
     settling_step,
 )
+from analyses._flat_clusters import tree_dict
 from analyses._inputs import ALL, Window, part_of, tasks_with_nan, window_mask
+from analyses._iso import usable_iso_codes
 from analyses._mantel import typology_correlation
 from analyses._measures import check_measure, has_halves
 from analyses._optimizers import gradvac_target_trajectories
@@ -49,6 +51,7 @@ from analyses._similarity import (
     task_alignment,
     windowed,
 )
+from analyses._task_specific import task_specific_groups, task_specific_note
 from analyses._typology import DISTANCES, language_families, typological_distances
 from analyses._uncertainty import LEVEL, N_BOOTSTRAP, holm, interval
 from geomtrace import InvalidInputError, TraceError, open_trace
@@ -84,6 +87,7 @@ FRAMES: dict[str, str] = {
     "gradvac_targets": "gradvac_target_trajectories",
     "gradvac_tracking": "targets vs (corrected) similarity",
     "tests": "every test with its Holm adjustment",
+    "task_specific_groups": "task_specific_groups (groups one task's gradient alone reaches)",
 }
 
 
@@ -161,6 +165,8 @@ class RunResults:
     scripts: dict[str, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the tree as JSON with its flat clusters (``analyses._flat_clusters.tree_dict``)
+    clusters: dict[str, Any] | None = None
 
     def frame(self, name: str) -> pd.DataFrame | NotApplicable:
         """The frame ``name``, or a :class:`NotApplicable` saying why it is missing."""
@@ -219,6 +225,7 @@ class RunResults:
             "warnings": self.warnings,
             "notes": self.notes,
             "results": frames,
+            "clustering_tree": self.clusters,
             "not_applicable": self.not_applicable,
         }
 
@@ -315,6 +322,7 @@ def analyse_run(
     parts: Sequence[str] | None = None,
     label: str | None = None,
     cache: str | os.PathLike | None = None,
+    keep_task_specific: bool = False,
 ) -> RunResults:
     """Analyse one run (a trace, or a run directory / trace.sqlite path) with every analysis.
 
@@ -322,6 +330,9 @@ def analyse_run(
     halves, ``centred``) are the headline matrix of the per-task analyses; the similarity
     summary, reliability and the layer table cover every group. ``metric``: the headline
     quality metric (default: the first recorded). ``parts``: a subset of :data:`PARTS`.
+    Task-specific groups (``analyses._task_specific``: per-task heads) are reported once in
+    ``frames["task_specific_groups"]`` and a note, and left out of the per-group tables
+    unless ``keep_task_specific``.
     """
     if (
         isinstance(n_permutations, bool)
@@ -381,6 +392,14 @@ def analyse_run(
         else {},
     )
     boot = {"n_bootstrap": n_bootstrap, "block": block, "seed": seed, "level": level}
+    specific = task_specific_groups(trace)
+    if len(specific):
+        result.frames["task_specific_groups"] = specific
+        result.notes.append(task_specific_note(specific, description.tasks_noun))
+    hidden = set() if keep_task_specific else set(specific["group"])
+    shared = [g for g in trace.groups if g not in hidden]
+    result.settings["groups"] = shared if ALL in trace.groups else [ALL, *shared]
+    tables = result.settings["groups"] if hidden else None  # None: every group, as before
     later = window_mask(np.asarray(trace.steps), window)
     if not later.any():
         reason = (
@@ -395,9 +414,11 @@ def analyse_run(
         return result
 
     # Similarity, reliability, the headline matrix.
-    result.frames["similarity"] = similarity_summary(trace, measure=measure, window=window, **boot)
+    result.frames["similarity"] = similarity_summary(
+        trace, tables, measure=measure, window=window, **boot
+    )
     if description.halves:
-        result.frames["reliability"] = reliability_table(trace, window=window)
+        result.frames["reliability"] = reliability_table(trace, tables, window=window)
     else:
         result.not_applicable["reliability"] = (
             "the trace has no split halves (Tracer(..., halves=True)): reliability unknown"
@@ -420,15 +441,17 @@ def analyse_run(
     complete = [t for t in sim.tasks if t not in tasks_with_nan(matrix.to_numpy(), sim.tasks)]
     result.settings["complete_tasks"] = complete
 
-    codes = {t: str(c).lower() for t, c in (trace.iso_codes or {}).items() if c}
+    codes, unknown = usable_iso_codes(trace.iso_codes)
+    if unknown:
+        result.notes.append(unknown)
     if codes:
         families = _families_frame(codes, cache)
         result.frames["families"] = families
         result.families = dict(zip(families["task"], families["family"], strict=True))
         result.genera = dict(zip(families["task"], families["genus"], strict=True))
     no_iso = (
-        f"the {description.tasks_noun} have no ISO 639-3 codes (pass iso_codes to the Tracer "
-        "when tasks are languages): typological distances and families need them"
+        f"the {description.tasks_noun} have no ISO 639-3 codes: typological distances and "
+        "families need them (Tracer(..., iso_codes=...))"
     )
     if "clustering" in parts:
         _clustering(result, sim, complete, n_permutations, boot)
@@ -445,6 +468,13 @@ def analyse_run(
         _optimizer(result, trace)
     _tests_table(result)
     return result
+
+
+def _table_groups(result: RunResults, trace) -> list[str]:
+    """The groups of the per-group tables: ``all`` and every group but task-specific ones."""
+    return result.settings.get("groups") or (
+        [ALL, *trace.groups] if ALL not in trace.groups else list(trace.groups)
+    )
 
 
 def _reliability_warnings(result: RunResults) -> None:
@@ -490,6 +520,7 @@ def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None
     index = [sim.tasks.index(t) for t in complete]
     matrix = sim.matrix()[np.ix_(index, index)]
     result.tree = cluster_tasks(matrix, complete)
+    result.clusters = tree_dict(result.tree, matrix)
     labelled = [t for t in complete if t in result.families]
     if len(labelled) < 4 or not result.families:
         noun = result.description.tasks_noun
@@ -533,7 +564,7 @@ def _languages_for_typology(trace, group, measure, window, codes) -> list[str]:
 
 def _typology(result, trace, codes, parts, measure, window, n_permutations, boot, cache) -> None:
     kw = {"measure": measure, "window": window, "n_permutations": n_permutations,
-          "cache": cache, **boot}  # fmt: skip
+          "cache": cache, "iso_codes": codes, **boot}  # fmt: skip
     usable = _languages_for_typology(trace, result.group, measure, window, codes)
     if "typology" in parts:
         if len(usable) < 4:
@@ -555,7 +586,7 @@ def _typology(result, trace, codes, parts, measure, window, n_permutations, boot
             }  # fmt: skip
     if "layers" not in parts:
         return
-    groups = [ALL, *trace.groups] if ALL not in trace.groups else list(trace.groups)
+    groups = _table_groups(result, trace)
     if len(groups) < 3:  # "all" and one group: the same numbers twice
         result.not_applicable["layers"] = (
             f"the trace has one parameter group ({list(trace.groups)}): no layer table"
@@ -654,7 +685,7 @@ def _evolution(result: RunResults, trace, tol: float) -> None:
             result.not_applicable[name] = reason
         return
     measure = result.measure
-    traj = group_trajectories(trace, measure=measure)
+    traj = group_trajectories(trace, _table_groups(result, trace), measure=measure)
     result.frames["group_trajectories"] = traj
     pairs = pair_trajectories(
         trace, result.group, families=result.families or None, measure=measure
@@ -677,7 +708,7 @@ def _evolution(result: RunResults, trace, tol: float) -> None:
         ).assign(group=result.group)
         if len(trace.groups) >= 2:
             result.frames["by_family"] = family_means_by_group(
-                trace, result.families, measure=measure
+                trace, result.families, _table_groups(result, trace), measure=measure
             )
     else:
         result.not_applicable["family_trajectories"] = (
@@ -719,9 +750,9 @@ def settling_with_interval(
     rng = np.random.default_rng(seed)
     rows = []
     for kind, part in frame.groupby("kind", sort=False):
-        wide = part.pivot_table(
-            index=["task_a", "task_b"], columns="step", values="cosine", dropna=False
-        )
+        # One row per pair of the run (unstack keeps NaN cells; pivot_table(dropna=False)
+        # built the cartesian product task_a x task_b: phantom all-NaN pairs)
+        wide = part.set_index(["task_a", "task_b", "step"])["cosine"].unstack("step")
         steps = wide.columns.to_numpy()
         values = wide.to_numpy(dtype=float)  # [pairs, S]
         settle, final = settling_step(steps, gt.nanmean(values), tol=tol)

@@ -110,6 +110,8 @@ def results_text(res) -> str:
     elif res.tree is not None:
         out += ["", f"== clustering: tree over {len(res.tree.tasks)} {d.tasks_noun} "
                 f"(cophenetic r {res.tree.cophenetic_correlation:.2f}); no family labels"]  # fmt: skip
+    if res.clusters is not None:
+        out.append(clusters_line(res.clusters, d.tasks_noun))
     if "typology" in f:
         test = f["typology"]["test"].iloc[0] if len(f["typology"]) else "spatial"
         p_is = (
@@ -171,7 +173,9 @@ def results_text(res) -> str:
                     "interval: bootstrap over pairs"]  # fmt: skip
             rows = [
                 [r.kind, with_interval(r.final_value, r.final_ci_low, r.final_ci_high),
-                 "still moving" if not np.isfinite(r.settle_step) else str(int(r.settle_step)),
+                 "– (last snapshot not finite)" if not np.isfinite(r.final_value)
+                 else "still moving" if not np.isfinite(r.settle_step)
+                 else str(int(r.settle_step)),
                  f"[{_f(r.settle_ci_low, 0)}, {_f(r.settle_ci_high, 0)}]", str(r.last_step)]
                 for r in f[name].itertuples()
             ]  # fmt: skip
@@ -198,6 +202,21 @@ def results_text(res) -> str:
     if res.not_applicable:
         out += ["", "== not applicable"] + [f"  {k}: {v}" for k, v in res.not_applicable.items()]
     return "\n".join(out)
+
+
+def clusters_line(clusters: dict[str, Any], tasks_noun: str = "tasks") -> str:
+    """ "flat clusters (2, silhouette 0.41): {a b c} {d e}" from ``RunResults.clusters``."""
+    flat = clusters["flat"]
+    groups = " ".join("{" + " ".join(c) + "}" for c in flat["clusters"])
+    if flat["n_clusters"] == 1:
+        return (
+            f"flat clusters: one cluster of {len(flat['clusters'][0])} {tasks_noun} (no cut of "
+            "the tree has a positive mean silhouette)"
+        )
+    return (
+        f"flat clusters ({flat['n_clusters']}, cut with the best mean silhouette "
+        f"{flat['silhouette']:.2f}): {groups}"
+    )
 
 
 def _first_control(layers: pd.DataFrame) -> str:
@@ -232,7 +251,10 @@ def summary_text(res) -> str:
     quality = res.frames.get("task_quality")
     align = res.frames.get("task_alignment")
     metrics = d.metrics
-    header = [d.task_noun, "iso"] + (["train", "test"] if counts else []) + metrics
+    # an ISO column only where tasks are languages (a head or a regression target has none)
+    with_iso = "families" in res.frames
+    header = [d.task_noun] + (["iso"] if with_iso else []) + (["train", "test"] if counts else [])
+    header += metrics
     header += ["alignment [CI]", "reliability"]
     rows = []
     iso = dict(zip(res.frames["families"]["task"], res.frames["families"]["language"],
@@ -240,7 +262,7 @@ def summary_text(res) -> str:
     by_task = quality.set_index("task") if quality is not None else None
     by_align = align.set_index("task") if align is not None else None
     for task in res.tasks:
-        row = [task, iso.get(task, "-")]
+        row = [task] + ([iso.get(task, "-")] if with_iso else [])
         if counts:
             row += [str(counts.get(task, {}).get("train", "-")),
                     str(counts.get(task, {}).get("test", "-"))]  # fmt: skip

@@ -269,6 +269,11 @@ def _run_tables(result: analyses.RunResults, key: str) -> str:
         out = ""
         if "similarity_matrix" in f:
             out += _details("similarity matrix", _table(f["similarity_matrix"], index=True))
+        if result.clusters is not None:
+            flat = result.clusters["flat"]
+            groups = " ".join("{" + " ".join(c) + "}" for c in flat["clusters"])
+            out += f"<p>Which {plural} cluster together ({html.escape(flat['criterion'])}): "
+            out += f"{html.escape(groups)}</p>"
         if "clustering" in f:
             out += "<p>Do the clusters recover the families?</p>" + _table(f["clustering"])
         if "families" in f:
@@ -288,6 +293,9 @@ def _run_tables(result: analyses.RunResults, key: str) -> str:
         return out
     if key == "f4":
         out = _table(f["similarity"]) if "similarity" in f else ""
+        if "task_specific_groups" in f:  # per-task heads: one line, not a row of dashes each
+            note = next((n for n in result.notes if "task-specific" in n), "")
+            out += f"<p>{html.escape(note)}</p>"
         if "reliability" in f:
             out += _details("reliability per group and task", _table(f["reliability"]))
         if "by_family" in f:

@@ -78,6 +78,8 @@ def figure(result) -> object:
 def _settle_text(row: pd.Series) -> str:
     step, lo, hi = (float(row[c]) for c in ("settle_step", "settle_ci_low", "settle_ci_high"))
     last = float(row["last_step"])
+    if not np.isfinite(float(row["final_value"])):
+        return "no final value (last snapshot not finite)"
     if not np.isfinite(step):
         return "does not settle"
     upper = "not settled" if np.isfinite(hi) and hi > last else f"{hi:.0f}"

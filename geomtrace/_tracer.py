@@ -66,7 +66,10 @@ Gram matrix of every step and refuses a windowed tracer; probe mode, sketches an
 torch.distributed refuse ``window > 1`` too.
 
 Logging: warnings (a task with a zero gradient in a group, reported once per (task, group) with
-a summary count at ``close()``; a non-finite gradient or loss, once per task; a missing split
+a summary count at ``close()``, except in *task-specific* groups: a group that exactly one
+task's gradient reaches while every other task's is exactly zero, snapshot after snapshot (a
+per-task head), is expected, not a fault, and is reported once, in one info line for all such
+groups; a non-finite gradient or loss, once per task; a missing split
 half, once per task) go to the ``geomtrace`` logger. Silence them with
 ``logging.getLogger("geomtrace").setLevel(logging.ERROR)``.
 """
@@ -310,6 +313,10 @@ class Tracer(StepPolicy):
         self.zero_norm_warnings = 0
         self._zero_norms: Counter[tuple[str, str]] = Counter()
         self._warned: set[tuple[str, str]] = set()  # (kind, task): warned once
+        # group -> the one task with a gradient there on every snapshot so far (a per-task
+        # head), or None once the group broke that pattern
+        self._specific: dict[str, int | None] = {}
+        self._zero_warned: set[tuple[str, str]] = set()  # (task, group): warned once
         self._listeners: list[Callable[..., None]] = []
         self._active_step: Step | None = None
         self._window: _Window | None = None
@@ -571,13 +578,47 @@ class Tracer(StepPolicy):
             self._warned.add((kind, task))
             log.warning(message, *args)
 
+    def _follow_task_specific(self, diag: np.ndarray) -> None:
+        """Update which groups are task-specific (one task with a gradient, every other task's
+        exactly zero or absent, on every snapshot so far); log newly found ones in one line.
+
+        A zero task counts only when its gradient is non-zero in another group: a task with no
+        gradient anywhere (a zero or unrelated loss) is a fault and keeps its warning."""
+        if len(self.tasks) < 2:
+            return
+        found = []
+        reached = np.isfinite(diag) & (diag != 0)  # [G, K]
+        elsewhere = reached.any(axis=0)
+        for k, norms in enumerate(diag):
+            name = self.groups[k].name
+            nonzero = np.flatnonzero(reached[k])
+            zero = norms == 0
+            heads = len(nonzero) == 1 and zero.any() and elsewhere[zero].all()
+            one = int(nonzero[0]) if heads else None
+            if name not in self._specific:
+                self._specific[name] = one
+                if one is not None:
+                    found.append(f"{name!r} <- {self.tasks[one]!r}")
+            elif self._specific[name] != one:
+                self._specific[name] = None
+        if found:
+            more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+            log.info(
+                "%d task-specific group(s), each reached by one task's gradient only (the other "
+                "tasks' are exactly zero there, e.g. per-task heads): %s%s; expected, not a "
+                "fault: their cosines are undefined and the analyses leave them out",
+                len(found), ", ".join(found[:6]), more,
+            )  # fmt: skip
+
     def _warn(self, gram: torch.Tensor, arrays: Mapping[str, np.ndarray]) -> None:
         diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+        self._follow_task_specific(diag.numpy())
         for k, i in (diag == 0).nonzero().tolist():
             self.zero_norm_warnings += 1
             key = (self.tasks[i], self.groups[k].name)
             self._zero_norms[key] += 1
-            if self._zero_norms[key] == 1:
+            if self._specific.get(key[1]) is None and key not in self._zero_warned:
+                self._zero_warned.add(key)
                 log.warning(
                     "task %r has a zero gradient in group %r: its cosines there are NaN "
                     "(reported once per task and group; counted in a summary at close)",
@@ -608,9 +649,12 @@ class Tracer(StepPolicy):
                 )
 
     def _summarise_zero_norms(self) -> None:
-        if not self._zero_norms:
+        # zero gradients in groups that stayed task-specific were reported as such
+        counts = {k: n for k, n in self._zero_norms.items() if self._specific.get(k[1]) is None}
+        if not counts:
+            self._zero_norms.clear()
             return
-        items = sorted(self._zero_norms.items(), key=lambda kv: (-kv[1], kv[0]))
+        items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{t!r} in {g!r} x{n}" for (t, g), n in items[:10])
         more = f" and {len(items) - 10} more" if len(items) > 10 else ""
         log.warning(

@@ -228,7 +228,7 @@ def command(args: argparse.Namespace):
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         if step == config.steps:
-            bar.set_description("train done; evaluating (greedy decoding of the test split)")
+            bar.set_description("train done; evaluating on the test split")
 
     try:
         run_dir = run(config, force=args.force, on_start=on_start, on_step=on_step)

@@ -113,6 +113,10 @@ class RecipeConfig:
         Called before any work (``run``, the CLI), so a bad value costs nothing.
         """
         _check_field_types(self)
+        # counts first: `--every 0` is about `every`, not about the windows that depend on it
+        for key in ("steps", "every", "batch_per_lang", "d_model", "nhead", "max_bytes"):
+            if getattr(self, key) < 1:
+                raise InvalidInputError(f"{key}={getattr(self, key)}: must be >= 1")
         _check_ranges(self)
         check_snapshot_fields(self)
         if self.direction not in DIRECTIONS:
@@ -121,9 +125,6 @@ class RecipeConfig:
             )
         if self.method not in METHODS:
             raise InvalidInputError(f"method={self.method!r}; allowed: {', '.join(METHODS)}")
-        for key in ("steps", "every", "batch_per_lang", "d_model", "nhead", "max_bytes"):
-            if getattr(self, key) < 1:
-                raise InvalidInputError(f"{key}={getattr(self, key)}: must be >= 1")
         if self.d_model % self.nhead:
             raise InvalidInputError(
                 f"d_model={self.d_model} must be a multiple of nhead={self.nhead}"
@@ -150,6 +151,7 @@ class RecipeConfig:
             raise InvalidInputError(
                 f"sampling_temperature={self.sampling_temperature}: must be >= 0 (0 = equal rows)"
             )
+        check_machine(self)
         return self
 
     @property
@@ -477,3 +479,96 @@ def _check_name(name: str, out: str) -> None:
             f"name={name!r} leads to {str(target)!r}, outside --out {str(base)!r}: the run "
             "directory must be inside --out (no '..' in --name)"
         )
+
+
+#: Seeds go to numpy (``default_rng``: >= 0) and torch (``manual_seed``: < 2**64), offset by
+#: small counts (a run's snapshot stream, a reproduction's seeds): 32 bits fit both with room.
+MAX_SEED = 2**32 - 1
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _device_memory(device: str) -> tuple[int | None, str]:
+    """(bytes, description) of the memory a run on ``device`` allocates from."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        props = torch.cuda.get_device_properties(index)
+        return int(props.total_memory), f"{props.name} ({device})"
+    return _physical_memory(), "RAM"
+
+
+def memory_estimate(config: RecipeConfig) -> int:
+    """Bytes the embedded recipe needs at least (a lower bound, in exact integers).
+
+    P parameters of the byte-level Transformer (vocabulary V = 259 + K, positions
+    L = max_bytes + 2, width d, feed-forward f, E + D layers: V d + L d + E (4 d^2 + 2 d f) +
+    D (8 d^2 + 2 d f) + V d) held as parameter, gradient, two AdamW moments and K task
+    gradient copies; plus activations at the shortest possible rows (T = 3 tokens: a tag,
+    one byte, EOS; real rows are longer): for the backward of the largest training batch at
+    once (the K sub-batches of an untraced step, or a snapshot batch) each layer's input,
+    attention output and feed-forward state, T (2 d + f) per row and layer, and T V logits;
+    for an evaluation batch one layer's T (d + f) and the logits. float32: 4 bytes each.
+    Everything left out (attention maps, longer rows, allocator slack) comes on top, so a
+    config this bound refuses cannot run.
+    """
+    K = max(1, len(config.langs))
+    d, f = config.d_model, config.d_ff
+    L, V, T = config.max_bytes + 2, 259 + K, 3
+    layers = config.enc_layers + config.dec_layers
+    params = 2 * V * d + L * d + config.enc_layers * (4 * d * d + 2 * d * f)
+    params += config.dec_layers * (8 * d * d + 2 * d * f)
+    train_rows = max(config.batch_per_lang * K, config.snapshot_rows)
+    train = train_rows * T * (layers * (2 * d + f) + V)
+    evaluation = config.eval_batch * T * (d + f + V)
+    return 4 * (params * (4 + K) + max(train, evaluation))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**60 else f"about 2^{n.bit_length() - 1} bytes"
+
+
+def check_machine(config: RecipeConfig) -> RecipeConfig:
+    """Bound what is configurable by what this machine can do, before any allocation.
+
+    Integers fit 64 bits (torch and numpy take no more); ``seed`` in [0, :data:`MAX_SEED`];
+    ``threads`` at most the CPUs of this machine; the embedded recipe's model and batches
+    (:func:`memory_estimate`) within the memory of the device they run on. A user recipe
+    (``recipe = "module:function"``) sizes its own model: only seed and threads apply.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise InvalidInputError(
+                f"config {f.name}={value}: larger than a 64-bit integer (torch and numpy take "
+                "no more)"
+            )
+    if not 0 <= config.seed <= MAX_SEED:
+        raise InvalidInputError(f"seed={config.seed}: give a seed from 0 to {MAX_SEED}")
+    cpus = os.cpu_count() or 1
+    if config.threads > cpus:
+        raise InvalidInputError(
+            f"threads={config.threads}: this machine has {cpus} CPU(s); give 0 (torch's "
+            f"default) to {cpus}"
+        )
+    if config.recipe:
+        return config
+    need = memory_estimate(config)
+    have, where = _device_memory(config.device)
+    if have is not None and need > have:
+        raise InvalidInputError(
+            f"config d_model={config.d_model}, d_ff={config.d_ff}, layers "
+            f"{config.enc_layers}+{config.dec_layers}, batch_per_lang={config.batch_per_lang} x "
+            f"{len(config.langs)} languages, snapshot_rows={config.snapshot_rows}, "
+            f"eval_batch={config.eval_batch}: the model and its batches need at least "
+            f"{_gib(need)} of memory, and this machine has {_gib(have)} of {where}; make them "
+            "smaller"
+        )
+    return config

@@ -80,14 +80,27 @@ def check_output_directory(out: str | os.PathLike) -> None:
 
 
 def load_recipe_function(spec: str) -> Callable[[RecipeConfig], Any]:
-    """``"package.module:function"`` -> the function (an error names what is missing).
+    """``"package.module:function"`` -> the function, checked before anything calls it.
 
-    The function must accept one argument (the run's :class:`RecipeConfig`); its result is
-    checked by :func:`run` before anything is trained.
+    A recipe is a Python function of the user's own: it takes the run's :class:`RecipeConfig`
+    (one positional argument; an annotation, if any, must be ``RecipeConfig``) and returns a
+    :class:`~geomtrace.recipe.Recipe` (a return annotation, if any, must say so). Built-ins,
+    classes and other callables, and functions of the Python standard library (``os:system``
+    would run the config as a shell command) are refused without being called; the result
+    is checked by :func:`run` before anything is trained.
     """
+    import sys
+
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InvalidInputError(f"--recipe {spec!r}: expected 'module:function'")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        raise InvalidInputError(
+            f"--recipe {spec!r}: {module_name} is part of the Python standard library (a "
+            "built-in or library function, not a recipe); give a function of your own that "
+            "takes the run's RecipeConfig and returns a geomtrace.recipe.Recipe"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -95,18 +108,58 @@ def load_recipe_function(spec: str) -> Callable[[RecipeConfig], Any]:
             f"--recipe {spec!r}: cannot import {module_name!r} ({err})"
         ) from None
     fn = getattr(module, attr, None)
-    if not callable(fn):
+    if fn is None or not callable(fn):
         raise InvalidInputError(f"--recipe {spec!r}: {module_name} has no function {attr!r}")
+    what = f"--recipe {spec!r}: {module_name}.{attr}"
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+        kind = "a built-in" if inspect.isbuiltin(fn) else f"a {type(fn).__name__}"
+        raise InvalidInputError(
+            f"{what} is {kind}, not a function: a recipe is a Python function taking the "
+            "run's RecipeConfig and returning a geomtrace.recipe.Recipe"
+        )
+    origin = (getattr(fn, "__module__", None) or "").split(".")[0]
+    if origin in sys.stdlib_module_names:
+        raise InvalidInputError(
+            f"{what} comes from the Python standard library ({fn.__module__}), not a recipe"
+        )
+    signature = inspect.signature(fn)
     try:
-        inspect.signature(fn).bind(RecipeConfig())
+        bound = signature.bind(RecipeConfig())
     except TypeError as err:
         raise InvalidInputError(
-            f"--recipe {spec!r}: {module_name}.{attr} is not a recipe function ({err}): a "
-            "recipe takes the run's RecipeConfig and returns a geomtrace.recipe.Recipe"
+            f"{what} is not a recipe function ({err}): a recipe takes the run's RecipeConfig "
+            "and returns a geomtrace.recipe.Recipe"
         ) from None
-    except ValueError:  # no signature to inspect (some builtins): the result is checked
-        pass
+    name = next(iter(bound.arguments))
+    hint = signature.parameters[name].annotation
+    if not _names(hint, "RecipeConfig"):
+        raise InvalidInputError(
+            f"{what}: its parameter {name!r} is annotated {_shown(hint)}, not RecipeConfig: "
+            "a recipe takes the run's RecipeConfig"
+        )
+    if not _names(signature.return_annotation, "Recipe"):
+        raise InvalidInputError(
+            f"{what} returns {_shown(signature.return_annotation)} by its annotation, not a "
+            "geomtrace.recipe.Recipe"
+        )
     return fn
+
+
+def _names(annotation: Any, name: str) -> bool:
+    """Whether an annotation is absent, ``Any``, or names ``name`` (class or string form)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    if isinstance(annotation, str):
+        return annotation in ("Any", "typing.Any") or annotation.split(".")[-1] == name
+    return getattr(annotation, "__name__", None) == name
+
+
+def _shown(annotation: Any) -> str:
+    return (
+        annotation
+        if isinstance(annotation, str)
+        else getattr(annotation, "__name__", repr(annotation))
+    )
 
 
 def _build_recipe(config: RecipeConfig):

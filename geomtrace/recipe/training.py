@@ -124,26 +124,34 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, then stop cleanly. Second: the usual
-    KeyboardInterrupt (the default handler is back after the first)."""
+    """First Ctrl-C (SIGINT) or SIGTERM (``kill``, a job scheduler's stop): finish the current
+    step, then stop cleanly (trace closed, model saved and evaluated). Second: the usual
+    behaviour (each signal's previous handler is back after the first)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.stop = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         self.stop = True
-        log.warning("interrupted: stopping after the current step (Ctrl-C again to abort)")
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        log.warning("%s: stopping after the current step (%s again to abort)", name, name)
+        for sig, previous in self._previous.items():
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous if previous is not None else default)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
 
 
 def _aggregator(config: RecipeConfig):
