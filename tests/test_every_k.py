@@ -20,28 +20,10 @@ TOY = [
 ]  # fmt: skip
 QUICK = ["--permutations", "19", "--bootstrap", "20"]
 
-# Defect 1 of issue 19 (fixed in geomtrace/_capture.py and analyses/_stats.py on another
-# branch): the float32 Gram B @ B.T is not bit-symmetric for some K and the Mantel input
-# check refuses the averaged cosine ("x is not symmetric"). Drop these marks at that merge.
-DEFECT_1 = {5, 6, 7, 9, 10, 11}
-
-
+# Every K from 1 to 12, including 5, 6, 7, 9, 10 and 11 where the float32 Gram B @ B.T was not
+# bit-symmetric before issue 19's defect 1 was fixed (symmetrised where the Gram is formed).
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "k",
-    [
-        pytest.param(
-            k,
-            marks=pytest.mark.xfail(
-                reason="issue 19 defect 1: float32 Gram asymmetry ('x is not symmetric')",
-                strict=False,
-            ),
-        )
-        if k in DEFECT_1
-        else k
-        for k in range(1, 13)
-    ],
-)
+@pytest.mark.parametrize("k", range(1, 13))
 def test_trace_analyze_report_group_for_every_task_count(k, tmp_path, capsys):
     run = tmp_path / f"k{k}"
     argv = ["trace", "--langs", ",".join(LANGS[:k]), "--runs-dir", str(tmp_path)]
