@@ -172,8 +172,8 @@ class Similarity:
         take = (lambda a: a) if index is None else (lambda a: a[index])  # noqa: E731
         values = take(self.per_snapshot)
         if self.ratio_of_means:
-            reliability = None
-            if self.signal is not None and self.power is not None:
+            reliability = None  # the floor is the corrected measure's (module docstring)
+            if self.measure == "corrected" and self.signal is not None and self.power is not None:
                 reliability = gt.reliability_of_means(take(self.signal), take(self.power))
             return gt.corrected_of_means(values, take(self.denominator), reliability=reliability)
         out = gt.nanmean(values).copy()

@@ -28,6 +28,7 @@ SUMMARY_COLUMNS = [
     "group", "position", "part", "measure", "n_steps", "step_first", "step_last",
     "mean_cosine", "ci_low", "ci_high", "std_over_steps", "conflict_rate", "reliability",
     "mean_corrected", "corrected_ci_low", "corrected_ci_high", "n_pairs", "n_missing",
+    "not_estimable",
 ]  # fmt: skip
 ALIGNMENT_COLUMNS = [
     "group", "task", "mean_alignment", "ci_low", "ci_high", "std_over_steps", "conflict_rate",
@@ -129,7 +130,9 @@ def similarity_summary(
     "conflicting gradients"); n_missing = NaN (pair, snapshot) cells. When the trace has split
     halves: reliability = mean over tasks of R_i (the signal fraction of the snapshot
     gradients, see :mod:`analyses._measures`) and mean_corrected (+ interval) = the mean pair
-    similarity of the noise-corrected matrix; NaN otherwise. For a trace and ``group=None``:
+    similarity of the noise-corrected matrix over the estimable tasks, with not_estimable
+    naming the tasks whose window reliability is below ``gt.RELIABILITY_FLOOR``; NaN
+    otherwise. For a trace and ``group=None``:
     the whole model (``all``) then every group in model order (position -1 for ``all``).
     """
     rows = []
@@ -163,6 +166,7 @@ def similarity_summary(
             "corrected_ci_high": np.nan,
             "n_pairs": values.shape[1],
             "n_missing": int((~finite).sum()),
+            "not_estimable": "",
         }
         if sim.signal is not None:
             reliability = sim.reliability()
@@ -175,9 +179,13 @@ def similarity_summary(
                 else windowed(source, g, "corrected", window=window, tasks=tasks, steps=steps)
             )
             boot = mean_pair_similarity_rows(np.stack([corrected.matrix(r) for r in index]))
-            mean = mean_pair_similarity(corrected.matrix())
+            matrix = corrected.matrix()
+            mean = mean_pair_similarity(matrix)
             lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE)
+            present = np.isfinite(np.diagonal(sim.matrix()))
+            dropped = present & ~np.isfinite(np.diagonal(matrix))
             row.update(
+                not_estimable="; ".join(t for t, d in zip(sim.tasks, dropped, strict=True) if d),
                 mean_corrected=mean,
                 corrected_ci_low=lo,
                 corrected_ci_high=hi,

@@ -215,6 +215,21 @@ def relation_vr(sim, dist, control=None):
 
 def truth_value(ctx: Context, row: pd.Series, stat: IntervalStat, truth: str) -> float:
     """The value of ``truth`` for the quantity ``stat`` estimates on this row (NaN: none)."""
+    dropped = str(row.get("not_estimable", "") or "")
+    if stat.quantity == "mean" and stat.estimate == "mean_corrected" and dropped:
+        # The estimate averages the estimable tasks' pairs (reliability >= the floor): so
+        # does its truth.
+        keep = [k for k, t in enumerate(ctx.planted.tasks) if t not in dropped.split("; ")]
+        if truth == "process":
+            M = ctx.planted.process
+        elif truth == "run":
+            M = analyses.similarity_matrix(
+                gt.open_trace(ctx.planted.free_run), row.get("group", analyses.ALL),
+                measure="corrected",
+            ).to_numpy()  # fmt: skip
+        else:
+            return float("nan")
+        return analyses.mean_pair_similarity(M[np.ix_(keep, keep)])
     if truth == "run" and stat.quantity == "mean":
         # The same column of the same row, from the same analysis of the noise-free trace.
         free = ctx.free_frames[stat.frame]

@@ -47,8 +47,9 @@ snapshots from being drowned by early ones without changing any single-snapshot 
 
 ``C_ij`` is bounded: a ratio of noisy means can leave [-1, 1]; it is clipped to [-1, 1], and
 reported as not estimable (NaN) when either task's window reliability is below
-:data:`RELIABILITY_FLOOR` (with R < 0.1 the denominator is mostly noise and the ratio is not
-an estimate of anything).
+:data:`RELIABILITY_FLOOR` = 0.2 (below it the denominator is mostly noise: at 0.1 the ratio is not
+an estimate of anything, and with tasks between 0.1 and 0.2 the bootstrap interval of the mean
+corrected similarity covered 82% instead of 95% in the calibration harness; 88-93% at 0.2).
 
 Centring with unequal noise. Sampling noise adds only to the diagonal of a snapshot's Gram
 (E G = 4 S + diag(N), N_i = E|n_a - n_b|^2 for task i), so centring G itself,
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 #: Window reliability below which a corrected similarity is "not estimable" (NaN).
-RELIABILITY_FLOOR = 0.1
+RELIABILITY_FLOOR = 0.2
 
 
 def _split(split_half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -201,7 +201,8 @@ def test_planted_reliability_and_corrected_cosine_are_recovered(tmp_path, seed):
     np.testing.assert_allclose(reliability, R_TRUE, atol=0.04)
     # The per-snapshot estimates are noisy but centred on R_TRUE too.
     np.testing.assert_allclose(np.mean(trace.reliability("all"), 0), R_TRUE, atol=0.05)
-    corrected = gt.window_corrected_cosine(gram, split)
+    # R_TRUE sits at the default floor (0.2): estimates straddle it, so ask for a lower floor.
+    corrected = gt.window_corrected_cosine(gram, split, floor=0.1)
     off = ~np.eye(K, dtype=bool)
     np.testing.assert_allclose(corrected[off], PLANTED[off], atol=0.12)
     raw = gt.cosine_from_gram(mean_gram)
