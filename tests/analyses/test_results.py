@@ -30,7 +30,12 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
         f"{c}-en": f for c, f in planted_families.items()
     }
 
-    assert result.frames["clustering"]["level"].tolist() == ["family"] * 3 + ["genus"] * 3
+    # Script beside family and genus (a named confound), and genus within the largest script.
+    assert result.frames["clustering"]["level"].tolist() == (
+        ["family"] * 3 + ["genus"] * 3 + ["script"] * 3 + ["genus within Latn"] * 3
+    )
+    within = result.frames["clustering"].query("level == 'genus within Latn'")
+    assert (within["n_tasks"] == 10).all()  # the 10 Latin-script planted languages
     # Every statistic has its interval, and it contains the point estimate.
     for name in ("clustering", "typology", "quality"):
         frame = result.frames[name]
@@ -123,7 +128,9 @@ def test_results_exclude_a_task_that_was_never_traced(tmp_path, planted_trace):
     result = analyse_run(gt.open_trace(tmp_path / "run"), n_permutations=99, n_bootstrap=50)
     assert np.isnan(result.frames["similarity_matrix"].loc["hun-en", "fin-en"])
     clustering = result.frames["clustering"]
-    assert (clustering["n_tasks"] == 11).all()
+    whole = ~clustering["level"].str.startswith("genus within")
+    assert (clustering["n_tasks"][whole] == 11).all()
+    assert (clustering["n_tasks"][~whole] == 9).all()  # the Latin-script ones, hun-en left out
     assert all("left out (missing similarity or family): hun-en" in n for n in clustering["note"])
     typ = result.frames["typology"]
     assert (typ["n_languages"] == 11).all()
