@@ -168,6 +168,12 @@ def worker(out: Path, scenarios: list[str]) -> None:
     for scenario in scenarios:
         params = train(scenario, out, world)
         torch.save(params, out / f"{scenario}_params_rank{rank}.pt")
+    # Tear the process group down before the interpreter exits: a gloo group left alive at
+    # exit can abort a rank ("terminate called without an active exception"), seen once in a
+    # loaded CI rehearsal.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
