@@ -74,6 +74,25 @@ def accumulate_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tenso
         torch._foreach_add_(existing, added)
 
 
+class LossWithoutGradient(InvalidInputError):
+    """A task's loss reaches none of the traced parameters (raised by the captures; the step
+    names the task)."""
+
+
+def check_reaches_params(grads: Sequence[torch.Tensor | None]) -> None:
+    """Refuse a backward that gave no gradient to any traced parameter.
+
+    ``autograd.grad(..., allow_unused=True)`` returns None for every parameter the loss does
+    not depend on; all None means the loss was computed by another model (or from detached
+    tensors), and accepting it would record a task with no gradient anywhere.
+    """
+    if all(g is None for g in grads):
+        raise LossWithoutGradient(
+            "its loss reaches none of the traced model's trainable parameters (computed by "
+            "another model, or from detached tensors): there is no gradient to capture"
+        )
+
+
 class Capture(ABC):
     """The capture protocol: K task gradients of one step, reduced to per-group Gram matrices.
 
@@ -415,6 +434,7 @@ class TaskGradients(Capture):
     ) -> None:
         # autograd.grad costs the FLOPs of the loss.backward() it replaces.
         grads = torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+        check_reaches_params(grads)
         self.add(task_index, grads, half)
         if into_grad and self.process_group is None:
             accumulate_grads(self.params, grads)

@@ -49,7 +49,13 @@ from typing import Any
 import torch
 
 from geomtrace import _distributed
-from geomtrace._capture import Capture, TaskGradients, _split_like, accumulate_grads
+from geomtrace._capture import (
+    Capture,
+    TaskGradients,
+    _split_like,
+    accumulate_grads,
+    check_reaches_params,
+)
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup
 
@@ -271,6 +277,7 @@ class TaskSketches(Capture):
             grads = torch.autograd.grad(
                 loss, self.params, retain_graph=retain_graph, allow_unused=True
             )
+            check_reaches_params(grads)
             self.add(task_index, grads, half)
             return
         if half is not None:
@@ -452,6 +459,7 @@ class SketchedGram(TaskGradients):
         half: int | None = None,
     ) -> None:
         grads = torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+        check_reaches_params(grads)
         self.add(task_index, grads, half)
         if into_grad and self.process_group is None:
             accumulate_grads(self.params, grads)

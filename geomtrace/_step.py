@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from geomtrace import _distributed
-from geomtrace._capture import Capture
+from geomtrace._capture import Capture, LossWithoutGradient
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import ParameterGroup
 from geomtrace._trace import check_step
@@ -325,10 +325,13 @@ class Step:
             loss.backward(retain_graph=retain_graph)
             return
         half = self._policy._half(self, index, half)
+        try:
+            self.capture.backward(
+                index, loss, retain_graph, into_grad=self._policy.sums_into_grad, half=half
+            )
+        except LossWithoutGradient as err:
+            raise InvalidInputError(f"task {task!r}: {err}") from None
         self._backwards[index] += 1
-        self.capture.backward(
-            index, loss, retain_graph, into_grad=self._policy.sums_into_grad, half=half
-        )
 
     def backward_shared(self, losses: Mapping[str, torch.Tensor], half: int | None = None) -> None:
         """Backward of several tasks' losses computed from one shared forward pass."""

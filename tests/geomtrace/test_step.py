@@ -280,3 +280,27 @@ def test_trainable_parameters_changed_after_construction_are_refused_at_the_step
                 s.backward(t, model(x).sum())
     # The refusal happened on entering the step: nothing was computed, no .grad was set.
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["tracer", "multitask", "sketch"])
+def test_a_loss_from_another_model_is_refused_by_task(tmp_path, kind):
+    """Issue 19, defect 13: a loss that reaches none of the traced parameters (computed by
+    another model) was accepted, recording a task with no gradient anywhere."""
+    import geomtrace as gt
+
+    torch.manual_seed(0)
+    model, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    if kind == "tracer":
+        owner = gt.Tracer(model, ["a", "b"], every=1, out=tmp_path / "run")
+    elif kind == "multitask":
+        owner = gt.MultiTask(model, ["a", "b"], gt.Sum())
+    else:
+        owner = gt.MultiTask(model, ["a", "b"], gt.Sum(), gram="sketch", sketch=16)
+    with pytest.raises(gt.InvalidInputError, match="task 'b'.*another model"):
+        with owner.step(0) as s:
+            s.backward("a", model(x).sum())
+            s.backward("b", other(x).sum())
+    if kind == "tracer":
+        owner.close()
+        assert list(gt.open_trace(tmp_path / "run").steps) == []  # the step wrote nothing
