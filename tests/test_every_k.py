@@ -20,6 +20,7 @@ TOY = [
 ]  # fmt: skip
 QUICK = ["--permutations", "19", "--bootstrap", "20"]
 
+
 # Every K from 1 to 12, including 5, 6, 7, 9, 10 and 11 where the float32 Gram B @ B.T was not
 # bit-symmetric before issue 19's defect 1 was fixed (symmetrised where the Gram is formed).
 @pytest.mark.slow
