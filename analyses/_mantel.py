@@ -113,6 +113,8 @@ def typology_correlation(
     Tasks without an ISO code, or with NaN similarity (absent from the window), are excluded
     and listed in ``excluded``. Needs >= 4 languages. Columns: see ``CORRELATION_COLUMNS``.
     """
+    if test not in TESTS:  # before any work
+        raise InvalidInputError(f"test={test!r}; allowed: {', '.join(TESTS)}")
     full = similarity(source, group, measure, tasks=tasks, steps=steps)
     windowed = full.select(select_window_mask(full.steps, window))
     sim = windowed.matrix()
@@ -220,8 +222,9 @@ def typology_correlation(
         if np.ptp(y.to_numpy()[np.triu_indices(len(labels), 1)]) == 0:
             row_note.append(f"{kind} is constant over these languages")
         weights = spatial_weights(kind)
-        r_plain = mantel(x, y, **kw)
         r = test_of(x, y, None, weights)
+        # The exchangeable Mantel p, kept for reference (the same test when no spatial design).
+        r_plain = r if weights is None else mantel(x, y, **kw)
         r0 = test_of(x0, y, None, weights) if x0 is not None else None
         ctrl = [c for c in controls if c != kind] or [None]
         lo, hi = interval(r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE)
@@ -236,7 +239,9 @@ def typology_correlation(
         )
         for c in ctrl:
             pr = test_of(x, y, controls[c], weights) if c else None
-            pr_plain = partial_mantel(x, y, controls[c], **kw) if c else None
+            pr_plain = pr if weights is None else (
+                partial_mantel(x, y, controls[c], **kw) if c else None
+            )  # fmt: skip
             pr0 = test_of(x0, y, controls[c], weights) if c and x0 is not None else None
             p_lo = p_hi = pdis = pdis_lo = pdis_hi = np.nan
             if c:
@@ -332,8 +337,6 @@ def _spatial_design(test: str, codes: Sequence[str], cache, notes: list[str]):
     autocorrelation"). Languages without lang2vec geography fall back to the Mantel test with
     a note (its measured level under autocorrelation is in the same section).
     """
-    if test not in TESTS:
-        raise InvalidInputError(f"test={test!r}; allowed: {', '.join(TESTS)}")
     if test == "mantel":
         notes.append(
             "p: Mantel permutation test (assumes exchangeable languages; measured level 54-96% "
