@@ -112,6 +112,7 @@ from analyses._spatial import (
     proximity,
     proximity_candidates,
     simulate_pair,
+    spatial_correlation,
     spatial_mantel,
     spatial_null_level,
     spatial_surrogates,
@@ -155,6 +156,7 @@ __all__ = [
     "similarity_matrix", "similarity_summary", "task_alignment", "task_families",
     "task_quality", "typological_distance", "typological_distances", "typology_correlation",
     "LEVEL_COLUMNS", "MoranBasis", "fitted_proximity", "language_proximity", "moran_basis",
-    "null_covariances", "proximity", "proximity_candidates", "simulate_pair", "spatial_mantel",
+    "null_covariances", "proximity", "proximity_candidates", "simulate_pair",
+    "spatial_correlation", "spatial_mantel",
     "spatial_null_level", "spatial_surrogates",
 ]  # fmt: skip

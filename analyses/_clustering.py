@@ -106,6 +106,7 @@ def family_agreement(
     seed: int = 0,
     replicates: np.ndarray | None = None,
     level: float = LEVEL,
+    df: int | None = None,
 ) -> pd.DataFrame:
     """Does the similarity structure recover the language families?
 
@@ -119,7 +120,8 @@ def family_agreement(
     ``replicates`` ([B, K, K] bootstrap matrices over the same tasks, e.g.
     ``Similarity.replicates``): ci_low, ci_high = the ``level`` basic bootstrap interval of the
     statistic recomputed (tree, cut, nearest neighbours) on each replicate, reflected about
-    the estimate (basic interval, ``analyses._uncertainty``); NaN without.
+    the estimate (basic interval, ``analyses._uncertainty``; widened for the bootstrap's ``df``,
+    ``Similarity.bootstrap_df``, when given); NaN without.
     Columns: statistic, value, ci_low, ci_high, p_value, null_mean, n_tasks, n_families,
     n_clusters, n_permutations, note. Needs at least 4 tasks.
     """
@@ -163,7 +165,7 @@ def family_agreement(
         p, null_mean = p_value(null, ari, "greater"), float(np.nanmean(null))
     boot_ari, boot_nn, boot_coph = _replicate_statistics(replicates, labels, f, n_fam)
     rows.append(
-        ("ari", ari, *interval(boot_ari, level, estimate=ari, bounds=(-1.0, 1.0)), p, null_mean, K, n_fam, n_clusters,
+        ("ari", ari, *interval(boot_ari, level, estimate=ari, bounds=(-1.0, 1.0), df=df), p, null_mean, K, n_fam, n_clusters,
          n_permutations, note)
     )  # fmt: skip
 
@@ -176,7 +178,7 @@ def family_agreement(
     rows.append(
         (
             "nn_same_family", observed,
-            *interval(boot_nn, level, estimate=observed, bounds=(0.0, 1.0)),
+            *interval(boot_nn, level, estimate=observed, bounds=(0.0, 1.0), df=df),
             p_value(null, observed, "greater"), float(null.mean()), K, n_fam, np.nan,
             n_permutations, note,
         )
@@ -184,7 +186,8 @@ def family_agreement(
     rows.append(
         (
             "cophenetic_correlation", tree.cophenetic_correlation,
-            *interval(boot_coph, level, estimate=tree.cophenetic_correlation, bounds=(-1.0, 1.0)),
+            *interval(boot_coph, level, estimate=tree.cophenetic_correlation, bounds=(-1.0, 1.0),
+                      df=df),
             np.nan, np.nan, K, n_fam, np.nan, 0, "fit of the tree to 1 - cosine; not a test",
         )
     )  # fmt: skip

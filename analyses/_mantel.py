@@ -120,6 +120,7 @@ def typology_correlation(
     sim = windowed.matrix()
     index = windowed.bootstrap_index(n_bootstrap, block=block, seed=seed)
     replicates = np.stack([windowed.matrix(row) for row in index])
+    df = windowed.bootstrap_df(block)
     # Half-window matrices (even / odd snapshots): the matrix's own split-half reliability,
     # for the disattenuated rho.
     n_snap = len(windowed)
@@ -227,7 +228,7 @@ def typology_correlation(
         r_plain = r if weights is None else mantel(x, y, **kw)
         r0 = test_of(x0, y, None, weights) if x0 is not None else None
         ctrl = [c for c in controls if c != kind] or [None]
-        lo, hi = interval(r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE)
+        lo, hi = interval(r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE, df=df)
         y_mat = y.to_numpy()
         # Disattenuation on the Pearson scale of the similarity values (module docstring of
         # analyses._language_level): r(X, rank Y) and its replicates.
@@ -252,7 +253,7 @@ def typology_correlation(
                 rxz = correlation_rows(x_boot, z_rank, row_method)
                 partial = partial_from_r(r_boot, rxz, ryz)
                 p_lo, p_hi = interval(
-                    partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE
+                    partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE, df=df
                 )
                 v_xz = float(value_rank_correlation(x_up_values[None], z_up)[0])
                 v_yz = float(rank_correlation(y_up[None], z_up)[0])

@@ -45,7 +45,7 @@ import numpy as np
 
 import geomtrace as gt
 from analyses._inputs import ALL, is_trace
-from analyses._uncertainty import N_BOOTSTRAP, block_bootstrap
+from analyses._uncertainty import N_BOOTSTRAP, block_bootstrap, default_block, snapshot_df
 from geomtrace import InvalidInputError, cosine_from_gram
 
 MEASURES = ("raw", "corrected", "centred")
@@ -183,13 +183,26 @@ class Similarity:
         out[:, ~present] = np.nan
         return out
 
+    def block_length(self, block: int | None = None) -> int:
+        """``block``, or the default block length of the bootstrap over these snapshots: it
+        follows the autocorrelation of the per-snapshot mean pair value."""
+        if block is not None:
+            return block
+        series = gt.mean_pair_similarity(self.per_snapshot) if len(self) else None
+        return default_block(len(self), series)
+
+    def bootstrap_df(self, block: int | None = None) -> int:
+        """Degrees of freedom of the bootstrap's spread (``snapshot_df``: blocks - 1), which
+        widens the intervals (``analyses._uncertainty.interval``)."""
+        return snapshot_df(len(self), self.block_length(block))
+
     def bootstrap_index(
         self, n_bootstrap: int = N_BOOTSTRAP, *, block: int | None = None, seed: int = 0
     ) -> np.ndarray:
-        """[B, S] snapshot indices of circular block bootstrap replicates; the default block
-        length follows the autocorrelation of the per-snapshot mean pair value."""
-        series = gt.mean_pair_similarity(self.per_snapshot) if len(self) else None
-        return block_bootstrap(len(self), n_bootstrap, block=block, seed=seed, series=series)
+        """[B, S] snapshot indices of circular block bootstrap replicates (block length:
+        :meth:`block_length`)."""
+        length = self.block_length(block) if len(self) else block
+        return block_bootstrap(len(self), n_bootstrap, block=length, seed=seed)
 
     def replicates(
         self, n_bootstrap: int = N_BOOTSTRAP, *, block: int | None = None, seed: int = 0

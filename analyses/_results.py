@@ -461,7 +461,7 @@ def analyse_run(
         else:
             _typology(result, trace, codes, parts, measure, window, n_permutations, boot, cache)
     if "quality" in parts:
-        _quality(result, trace, measure, window, n_permutations, boot)
+        _quality(result, trace, measure, window, n_permutations, boot, codes, cache)
     if "evolution" in parts:
         _evolution(result, trace, tol)
     if "optimizer" in parts:
@@ -555,6 +555,7 @@ def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None
             sub.loc[tasks, tasks], {t: labels[t] for t in tasks},
             n_permutations=n_permutations, seed=boot["seed"],
             replicates=replicates[:, pick][:, :, pick], level=boot["level"],
+            df=sim.bootstrap_df(boot["block"]),
         )  # fmt: skip
         parts.append(frame.assign(level=level, group=result.group))
     out = pd.concat(parts, ignore_index=True)
@@ -660,14 +661,14 @@ def _group_agreement(result, trace, g, measure, window, n_permutations, boot):
         frame = family_agreement(
             pd.DataFrame(matrix[np.ix_(index, index)], index=labelled, columns=labelled),
             {t: labels[t] for t in labelled}, n_permutations=n_permutations, seed=boot["seed"],
-            replicates=replicates, level=boot["level"],
+            replicates=replicates, level=boot["level"], df=sim.bootstrap_df(boot["block"]),
         )  # fmt: skip
         frames.append(frame[frame["statistic"] != "cophenetic_correlation"].assign(level=level))
     out = pd.concat(frames, ignore_index=True).assign(group=g)
     return out[["group", "level", *[c for c in out.columns if c not in ("group", "level")]]]
 
 
-def _quality(result, trace, measure, window, n_permutations, boot) -> None:
+def _quality(result, trace, measure, window, n_permutations, boot, codes, cache) -> None:
     quality = trace.quality() if hasattr(trace, "quality") else pd.DataFrame()
     if quality.empty:
         reason = "the run recorded no quality measurements (Tracer.record_quality)"
@@ -685,9 +686,10 @@ def _quality(result, trace, measure, window, n_permutations, boot) -> None:
             f"similarities, got {len(complete)}"
         )
         return
+    # The spatial test where every task has a usable ISO code (else permutations, noted).
     result.frames["quality"] = quality_correlation(
         trace, result.group, quality=quality, measure=measure, window=window,
-        n_permutations=n_permutations, **boot,
+        n_permutations=n_permutations, iso_codes=codes, cache=cache, **boot,
     )  # fmt: skip
 
 

@@ -146,7 +146,8 @@ def similarity_summary(
         per_step = per_step[np.isfinite(per_step)]
         boot = mean_pair_similarity_rows(np.stack([sim.matrix(row) for row in index]))
         mean = mean_pair_similarity(sim.matrix())
-        lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE)
+        df = sim.bootstrap_df(block)
+        lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE, df=df)
         row = {
             "group": sim.group,
             "position": source.groups.index(g) if is_trace(source) and g in source.groups else -1,
@@ -181,7 +182,7 @@ def similarity_summary(
             boot = mean_pair_similarity_rows(np.stack([corrected.matrix(r) for r in index]))
             matrix = corrected.matrix()
             mean = mean_pair_similarity(matrix)
-            lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE)
+            lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE, df=df)
             present = np.isfinite(np.diagonal(sim.matrix()))
             dropped = present & ~np.isfinite(np.diagonal(matrix))
             row.update(
@@ -217,6 +218,7 @@ def task_alignment(
     """
     sim = windowed(source, group, measure, window=window, tasks=tasks, steps=steps)
     index = sim.bootstrap_index(n_bootstrap, block=block, seed=seed)
+    df = sim.bootstrap_df(block)
     boot = alignment_rows(np.stack([sim.matrix(row) for row in index]))  # [B, K]
     point = alignment_rows(sim.matrix())
     per_step = alignment_rows(sim.snapshot_matrices())  # [S, K]
@@ -228,7 +230,7 @@ def task_alignment(
         a = per_step[:, k][np.isfinite(per_step[:, k])]
         others = snap[:, k, :][:, off[k]]
         others = others[np.isfinite(others)]
-        lo, hi = interval(boot[:, k], level, estimate=point[k], bounds=CORRELATION_RANGE)
+        lo, hi = interval(boot[:, k], level, estimate=point[k], bounds=CORRELATION_RANGE, df=df)
         rows.append(
             {
                 "group": sim.group,

@@ -25,6 +25,15 @@ that second uncertainty:
   coverage of nominal 95% for the mean corrected similarity) while the reflection removes it
   to first order (92.5-95.5%; ``analyses/README.md``, Calibration). NaN replicates (an
   undefined correlation) are dropped; fewer than 10 finite replicates gives NaN.
+- **Few snapshots, few blocks** (``df``): the bootstrap's spread is itself estimated from
+  ``ceil(S / L)`` blocks, so the interval inherits the uncertainty of a variance estimated
+  from few units, as a normal interval with an estimated standard error does; its
+  deviations ``theta - (2 theta - q_hi)`` and ``(2 theta - q_lo) - theta`` are widened by
+  ``t_{df}(1 - a/2) / z(1 - a/2)`` with ``df = ceil(S / L) - 1`` (:func:`snapshot_df`; the
+  studentisation a t interval makes, applied to the bootstrap quantiles). Measured on planted
+  traces (20 snapshots, mostly L = 1, so a factor ~1.08): 89% -> 93% coverage of this run's
+  mean corrected similarity, where the reflected interval alone fell short although its
+  spread matched the true error's (0.0077 vs 0.0075).
 - **Language jackknife** (Snijders & Borgatti 1999): claims about languages are claims about a
   sample of languages; :func:`jackknife_se` is the node-jackknife standard error of a pairwise
   statistic (each language left out in turn, with all its pairs).
@@ -109,19 +118,26 @@ def block_bootstrap(
 CORRELATION_RANGE = (-1.0, 1.0)
 
 
+def snapshot_df(n_snapshots: int, block: int) -> int:
+    """Degrees of freedom of a block bootstrap's spread: ``ceil(S / L) - 1`` blocks, >= 1."""
+    return max(1, math.ceil(n_snapshots / max(1, block)) - 1)
+
+
 def interval(
     values: np.ndarray,
     level: float = LEVEL,
     *,
     estimate: float | None = None,
     bounds: tuple[float, float] | None = None,
+    df: int | None = None,
 ) -> tuple[float, float]:
     """Bootstrap interval of replicates ``values`` (NaN ones dropped); (nan, nan) if < 10 finite.
 
     With ``estimate``: the basic (reflected) interval ``[2 theta - q_hi, 2 theta - q_lo]``
-    (see the module docstring), clipped to ``bounds``; without: the percentile interval
-    ``[q_lo, q_hi]`` (for statistics the harness shows unbiased, e.g. a pair bootstrap of
-    settling steps).
+    (see the module docstring), its two deviations from theta widened by ``t_df / z`` when
+    ``df`` (the bootstrap's degrees of freedom, :func:`snapshot_df`) is given, clipped to
+    ``bounds``; without: the percentile interval ``[q_lo, q_hi]`` (for statistics the harness
+    shows unbiased, e.g. a pair bootstrap of settling steps).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
@@ -133,6 +149,11 @@ def interval(
         if not np.isfinite(estimate):
             return float("nan"), float("nan")
         lo, hi = 2 * estimate - hi, 2 * estimate - lo
+        if df is not None:
+            from scipy.stats import norm, t
+
+            widen = float(t.ppf(1 - alpha, df) / norm.ppf(1 - alpha))
+            lo, hi = estimate - widen * (estimate - lo), estimate + widen * (hi - estimate)
         if bounds is not None:
             lo, hi = np.clip([lo, hi], *bounds)
     return float(lo), float(hi)

@@ -51,9 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from planted_traces import (  # noqa: E402
     PlantedRun,
     Scenario,
+    partial,
     population_truth,
     relation,
     simulate,
+    spearman_vectors,
 )
 
 import analyses  # noqa: E402
@@ -68,7 +70,7 @@ N_BOOTSTRAP = 200
 MEASURES = ("raw", "corrected")
 #: What each repetition runs: the similarity summary, the typology table, and the Mantel
 #: tests on the noise-free planted similarity (trait scenarios).
-PARTS = ("similarity", "typology", "direct")
+PARTS = ("similarity", "typology", "direct", "quality", "clustering")
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -130,6 +132,14 @@ SCENARIOS: dict[str, Scenario] = {
             mode="traits",
             space="geographic",
             effect=0.5,
+            distances=(),
+        ),
+        Scenario(
+            "power_quality",
+            "quality = sqrt(0.3) z(alignment) + sqrt(0.7) z(geographic trait)",
+            mode="traits",
+            space="geographic",
+            quality_effect=0.3,
             distances=(),
         ),
     ]
@@ -213,6 +223,38 @@ def relation_vr(sim, dist, control=None):
     return (rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2))
 
 
+def _same_row(ctx: Context, row: pd.Series, stat: IntervalStat) -> float:
+    """The same column of the same row from the same analysis of the noise-free trace."""
+    free = ctx.free_frames.get(stat.frame)
+    if free is None:
+        return float("nan")
+    match = free[(free[list(stat.key)] == row[list(stat.key)]).all(axis=1)]
+    return float(match[stat.estimate].iloc[0]) if len(match) else float("nan")
+
+
+def _quality_or_agreement_truth(ctx: Context, row: pd.Series, stat: IntervalStat, truth: str):
+    """Truths of the quality correlation (``quality``, ``quality_partial``) and of the
+    clustering agreement (``agreement``): ``run`` = the same number on the noise-free trace;
+    ``process`` = Spearman(process alignment, quality) (partial given the planted covariate);
+    ``population`` = 0 where the planted quality never sees the similarity (e_q = 0)."""
+    if truth == "run":
+        return _same_row(ctx, row, stat)
+    if stat.quantity == "agreement":
+        return float("nan")
+    if truth == "population":
+        return 0.0 if ctx.scenario.quality_effect == 0.0 else float("nan")
+    if truth != "process":
+        return float("nan")
+    tasks = ctx.planted.tasks
+    q = np.array([ctx.planted.quality[t] for t in tasks])
+    align = analyses.alignment_rows(ctx.planted.process)
+    rxy = spearman_vectors(align, q)
+    if stat.quantity == "quality":
+        return rxy
+    z = np.array([ctx.planted.quality_control[t] for t in tasks])
+    return partial(rxy, spearman_vectors(align, z), spearman_vectors(q, z))
+
+
 def truth_value(ctx: Context, row: pd.Series, stat: IntervalStat, truth: str) -> float:
     """The value of ``truth`` for the quantity ``stat`` estimates on this row (NaN: none)."""
     dropped = str(row.get("not_estimable", "") or "")
@@ -230,6 +272,13 @@ def truth_value(ctx: Context, row: pd.Series, stat: IntervalStat, truth: str) ->
         else:
             return float("nan")
         return analyses.mean_pair_similarity(M[np.ix_(keep, keep)])
+    if stat.quantity == "alignment":
+        if truth != "noisy":
+            return float("nan")
+        k = ctx.planted.tasks.index(row["task"])
+        return float(analyses.alignment_rows(ctx.planted.noisy_expectation)[k])
+    if stat.quantity in ("quality", "quality_partial", "agreement"):
+        return _quality_or_agreement_truth(ctx, row, stat, truth)
     if truth == "run" and stat.quantity == "mean":
         # The same column of the same row, from the same analysis of the noise-free trace.
         free = ctx.free_frames[stat.frame]
@@ -288,6 +337,29 @@ INTERVALS: list[IntervalStat] = [
         "partial_lang_ci_high", "partial_vr", ("run", "process"),
         ("measure", "distance", "control"),
     ),
+    # Similarity vs quality (quality_correlation, as analyze calls it; planted quality and
+    # covariate): the snapshot interval claims this run's rho, the task jackknife the relation.
+    IntervalStat(
+        "quality_rho", "quality", "rho", "ci_low", "ci_high", "quality", ("run",), ("metric",),
+    ),
+    IntervalStat(
+        "quality_rho_tasks", "quality", "rho", "lang_ci_low", "lang_ci_high", "quality",
+        ("run", "process", "population"), ("metric",),
+    ),
+    IntervalStat(
+        "quality_partial", "quality", "partial_rho", "partial_ci_low", "partial_ci_high",
+        "quality_partial", ("run",), ("metric",),
+    ),
+    # Raw, so its own estimand is the noisy expectation (three tasks scored per repetition).
+    IntervalStat(
+        "alignment", "alignment", "mean_alignment", "ci_low", "ci_high", "alignment",
+        ("noisy",), ("task",),
+    ),
+    # Clusters vs the languages' real families and genera (family_agreement, as analyze).
+    IntervalStat(
+        "agreement", "clustering", "value", "ci_low", "ci_high", "agreement", ("run",),
+        ("level", "statistic"),
+    ),
 ]  # fmt: skip
 
 TESTS: list[TestStat] = [
@@ -305,6 +377,9 @@ TESTS: list[TestStat] = [
     TestStat("spatial_mantel_noise_free", "direct", "p_spatial", "rho", ("measure", "distance")),
     TestStat("spatial_partial_mantel_noise_free", "direct", "partial_p_spatial", "partial",
              ("measure", "distance", "control")),
+    TestStat("quality", "quality", "p_value", "quality", ("metric",)),
+    TestStat("quality_partial", "quality", "partial_p_value", "quality", ("metric",)),
+    TestStat("agreement", "clustering", "p_value", "agreement", ("level", "statistic")),
 ]  # fmt: skip
 
 
@@ -347,6 +422,19 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
             # Fewer than 4 estimable languages (e.g. the corrected measure below the
             # reliability floor): analyze reports the table as not applicable; nothing to score.
             continue
+    if "quality" in parts:
+        # As analyze: the headline measure (raw), group all, the run's quality and control.
+        kw = {"quality": {"chrf": planted.quality}, "control": planted.quality_control,
+              "measure": "raw", "n_permutations": settings["n_permutations"]}  # fmt: skip
+        frames["quality"] = analyses.quality_correlation(trace, analyses.ALL, **kw, **boot)
+        free_frames["quality"] = analyses.quality_correlation(
+            free, analyses.ALL, **kw, n_bootstrap=1
+        )
+        # each task's mean alignment with the others ("alignment [CI]" of analyze's summary)
+        frames["alignment"] = analyses.task_alignment(trace, analyses.ALL, **boot).iloc[:3]
+    if "clustering" in parts:
+        frames["clustering"] = _agreement(trace, planted, settings, settings["n_bootstrap"])
+        free_frames["clustering"] = _agreement(free, planted, settings, 1)
     if sims:
         frames["similarity"] = pd.concat(sims, ignore_index=True)
         free_frames["similarity"] = pd.concat(free_sims, ignore_index=True)
@@ -380,6 +468,26 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
     return frames, free_frames
 
 
+def _agreement(trace, planted: PlantedRun, settings: dict, n_bootstrap: int) -> pd.DataFrame:
+    """``family_agreement`` of the run's window matrix (raw, group all) with the languages'
+    real Glottolog families and genera, with snapshot replicates: as analyze calls it."""
+    sim = analyses.similarity(trace, analyses.ALL, "raw")
+    sim = sim.select(np.asarray(sim.steps) > 0)
+    matrix = pd.DataFrame(sim.matrix(), index=planted.tasks, columns=planted.tasks)
+    replicates = sim.replicates(n_bootstrap, seed=0)
+    parts = []
+    for level in ("family", "genus"):
+        labels = analyses.task_families(planted.iso_codes, level=level)
+        frame = analyses.family_agreement(
+            matrix, labels, n_permutations=settings["n_permutations"], seed=0,
+            replicates=replicates, df=sim.bootstrap_df(),
+        )  # fmt: skip
+        # The tree's cophenetic correlation is a fit, not an agreement: analyze's layer
+        # table leaves it out too.
+        parts.append(frame[frame["statistic"] != "cophenetic_correlation"].assign(level=level))
+    return pd.concat(parts, ignore_index=True)
+
+
 def score(ctx: Context, records: dict) -> None:
     """Append this repetition's coverage / bias / width and rejections to ``records``."""
     for stat in INTERVALS:
@@ -407,16 +515,41 @@ def score(ctx: Context, records: dict) -> None:
         for _, row in rows.iterrows():
             if test.quantity == "partial" and not isinstance(row.get("control"), str):
                 continue
-            control = row["control"] if test.quantity == "partial" else None
-            pop = ctx.population.get((row["distance"], control), float("nan"))
-            if pop == 0.0:
-                kind = "type-I"
-            elif abs(pop) >= POWER_MIN:
-                kind = "power"
-            else:
+            kind = test_kind(ctx, test, row)
+            if kind is None:
                 continue
             label = f"{test.name}[{'|'.join(str(row[k]) for k in test.key)}]"
             records["tests"][(label, kind)].append(bool(row[test.p] <= ALPHA))
+
+
+def test_kind(ctx: Context, test: TestStat, row: pd.Series) -> str | None:
+    """Whether a rejection of ``test`` on ``row`` is a type-I error, power, or neither here.
+
+    Typology tests: by the population relation (exactly 0: type-I; >= ``POWER_MIN``: power).
+    Quality tests: type-I where the planted quality never sees the similarity (e_q = 0),
+    power otherwise. Clustering agreement (labels permuted: "clusters agree with the families
+    more than a random labelling would"): type-I only where the similarity is independent of
+    the languages' identity (iid traits); power where it follows genealogy (planted genetic);
+    elsewhere (similarity following geography, which families also follow) the literal null
+    is false, and the rate is reported as ``via-space``: how often agreement that geography
+    alone produces is declared.
+    """
+    sc = ctx.scenario
+    if test.quantity == "quality":
+        return "type-I" if sc.quality_effect == 0.0 else "power"
+    if test.quantity == "agreement":
+        if sc.mode == "traits" and sc.space == "iid":
+            return "type-I"
+        if sc.mode == "planted" and sc.planted == "genetic":
+            return "power"
+        return "via-space"
+    control = row["control"] if test.quantity == "partial" else None
+    pop = ctx.population.get((row["distance"], control), float("nan"))
+    if pop == 0.0:
+        return "type-I"
+    if abs(pop) >= POWER_MIN:
+        return "power"
+    return None
 
 
 def run_scenario(sc: Scenario, reps: int, settings: dict, progress=None) -> dict:
@@ -539,10 +672,13 @@ def pivot_markdown(results: dict, baseline: dict | None = None) -> str:
                 rate = f"{100 * r['rejection']:.1f}"
                 if r["kind"] == "type-I":
                     rate = f"**{rate}**" if r["rejection"] > 0.06 else rate
+                elif r["kind"] == "via-space":
+                    rate = f"S {rate}"
                 else:
                     rate = f"P {rate}"
                 tcells[r["test"]][name] = was((name, "test", r["test"], r["kind"])) + rate
-        out += ["", f"Rejections % at alpha {ALPHA} (type-I; P = power), {mode} scenarios:", "",
+        out += ["", f"Rejections % at alpha {ALPHA} (type-I; P = power; S = agreement that only "
+                "geography produces), {mode} scenarios:", "",
                 "| test | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
         for test, row in tcells.items():
             out.append(f"| {test} | " + " | ".join(row.get(n, "") for n in names) + " |")

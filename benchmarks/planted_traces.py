@@ -93,6 +93,7 @@ class Scenario:
     trait_dims: int = 2
     effect: float = 0.0  # mode "traits": share of trait 2 in the similarity's latent position
     distances: tuple[str, ...] = ("geographic", "genetic")  # lang2vec rows of the typology frame
+    quality_effect: float = 0.0  # share of the process alignment in the planted quality
     seed: int = 0
 
     @property
@@ -116,16 +117,19 @@ class PlantedRun:
     covariates: dict[str, pd.DataFrame]  # overlap | trait, space: distances beyond lang2vec
     distances: dict[str, np.ndarray] = field(default_factory=dict)  # every distance by name
     reliability: np.ndarray | None = None  # [S + 1, K] planted R_i(t)
+    quality: dict[str, float] = field(default_factory=dict)  # planted quality per task
+    quality_control: dict[str, float] = field(default_factory=dict)  # its covariate per task
 
 
 # --------------------------------------------------------------------------- languages
 
 
 def default_codes() -> list[str]:
-    """ISO 639-3 codes of the recipe's 24 default languages, in the recipe's order."""
-    from geomtrace.recipe import DEFAULT_LANGUAGES, LANGUAGES
+    """ISO 639-3 codes of the 24 languages of the Django-only experiment (the default before
+    issue 21, ``DJANGO_LANGUAGES``), in the recipe's order: the harness tables use them."""
+    from geomtrace.recipe import DJANGO_LANGUAGES, LANGUAGES
 
-    return [LANGUAGES[loc].iso639_3 for loc in DEFAULT_LANGUAGES]
+    return [LANGUAGES[loc].iso639_3 for loc in DJANGO_LANGUAGES]
 
 
 def pool_codes() -> list[str]:
@@ -356,6 +360,8 @@ def simulate(
         draws.append(_raw_cosine(g_all[1:]).mean(axis=0))
     noisy = np.mean(draws, axis=0)
     np.fill_diagonal(noisy, 1.0)
+    process = process_matrix(C, w)
+    quality, quality_control = planted_quality(sc, rep, process, real)
     return PlantedRun(
         run=run,
         free_run=free,
@@ -363,12 +369,47 @@ def simulate(
         iso_codes=dict(zip(tasks, codes, strict=True)),
         steps=steps,
         C=C,
-        process=process_matrix(C, w),
+        process=process,
         noisy_expectation=noisy,
         covariates=covariates,
         distances=dists,
         reliability=R,
+        quality=dict(zip(tasks, quality, strict=True)),
+        quality_control=dict(zip(tasks, quality_control, strict=True)),
     )
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else x - x.mean()
+
+
+def planted_quality(
+    sc: Scenario, rep: int, process: np.ndarray, real: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A task quality and a covariate of it, [K] each, with a known relation to similarity.
+
+    q = sqrt(e_q) z(a) + sqrt(1 - e_q) z(t3), with a_i = mean_{j != i} P_ij the process
+    alignment, e_q = ``quality_effect`` and t3 a Gaussian process over the languages' real
+    geography (the scenario's ``space`` in trait mode; iid for ``space="iid"``): quality varies
+    by region for reasons of its own (data size, script support), so under e_q = 0 quality and
+    alignment are independent but both autocorrelated: the realistic null of a quality
+    correlation. The covariate (the analyses' control, like character overlap) is an
+    independent draw of the same process. Drawn from a stream of its own, so adding quality
+    changes none of the other draws of the repetition.
+    """
+    rng = np.random.default_rng([sc.seed, rep, _name_seed(sc.name), 7])
+    K = len(process)
+    space = sc.space if sc.mode == "traits" else "geographic"
+    D = None if space == "iid" else real[space]
+    length = LENGTH[space]
+    trait = gaussian_process(rng, D, K, 1, length)[:, 0]
+    control = gaussian_process(rng, D, K, 1, length)[:, 0]
+    align = (process.sum(1) - np.diag(process)) / (K - 1)
+    e = float(sc.quality_effect)
+    q = np.sqrt(e) * _standardised(align) + np.sqrt(1 - e) * _standardised(trait)
+    return q, control
 
 
 def _name_seed(name: str) -> int:
@@ -416,6 +457,14 @@ def upper(M: np.ndarray) -> np.ndarray:
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman r of two [K, K] matrices' upper triangles."""
     a, b = rankdata(upper(x)), rankdata(upper(y))
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float(a @ b / den) if den > 0 else float("nan")
+
+
+def spearman_vectors(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman r of two [K] vectors."""
+    a, b = rankdata(x), rankdata(y)
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float(a @ b / den) if den > 0 else float("nan")

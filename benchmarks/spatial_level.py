@@ -1,6 +1,6 @@
 """Level and power of the Mantel tests when languages are not exchangeable (issue 18, item 4).
 
-Languages: the recipe's 24 default languages (geomtrace.recipe.DEFAULT_LANGUAGES), with their
+Languages: the 24 languages of the pre-issue-21 default (geomtrace.recipe.DJANGO_LANGUAGES), with their
 real great-circle distances (km) and Glottolog genetic distances from lang2vec
 (``analyses.typological_distances``). Per scenario (``analyses.null_covariances``: iid,
 geographic Gaussian-process traits with ranges 300 / 1000 / 3000 km, genetic, geographic +
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 import analyses
-from geomtrace.recipe import DEFAULT_LANGUAGES
+from geomtrace.recipe import DJANGO_LANGUAGES
 from geomtrace.recipe.languages import LANGUAGES
 
 POWER_SCENARIOS = ("geographic 1000 km", "geographic+genetic")
@@ -54,7 +54,7 @@ EFFECTS = (0.25, 0.5, 1.0)
 
 
 def default_distances() -> tuple[list[str], np.ndarray, np.ndarray]:
-    codes = [LANGUAGES[loc].iso639_3 for loc in DEFAULT_LANGUAGES]
+    codes = [LANGUAGES[loc].iso639_3 for loc in DJANGO_LANGUAGES]
     typ = analyses.typological_distances(codes, ["geographic", "genetic"])
     return codes, typ["geographic"].to_numpy(), typ["genetic"].to_numpy()
 

@@ -69,13 +69,17 @@ def layer_typology(
     alpha: float = ALPHA,
     warnings: Sequence[str] = (),
 ):
-    """Heatmaps group x distance: left the Mantel rho, middle the partial rho given the
+    """Heatmaps group x distance: left the relation, middle the partial relation given the
     control (character overlap), each cell with its interval and ✓ where the test survives
     the table's Holm correction at ``alpha``; right (when ``clustering`` is given) the
     adjusted Rand index of each group's tree against the families and genera.
 
-    ``layers``: rows (group, position, distance, control, rho, ci_low, ci_high, p_holm,
-    partial_rho, partial_ci_low, partial_ci_high, partial_p_holm); ``clustering``: rows
+    The relation is the noise-removed one (``rho_disattenuated``, ``partial_disattenuated``)
+    with its language interval (``lang_ci_*``, ``partial_lang_ci_*``) when ``layers`` has
+    those columns (``analyses.typology_correlation`` gives them), else the run's rho with its
+    snapshot interval. ``layers``: rows (group, position, distance, control, rho, ci_low,
+    ci_high, p_holm, partial_rho, partial_ci_low, partial_ci_high, partial_p_holm, and the
+    noise-removed columns); ``clustering``: rows
     (group, level, statistic, value, ci_low, ci_high, p_holm) of ``family_agreement`` per
     group. ``warnings`` go in the footnote under the cell legend. Returns the Figure.
     """
@@ -86,14 +90,24 @@ def layer_typology(
     kinds = list(dict.fromkeys(layers["distance"]))
     controls = [c for c in layers["control"].dropna().unique() if isinstance(c, str)]
     control = CONTROL_NAMES.get(controls[0], controls[0]) if controls else None
-    rho, lo, hi, ph = _grid(layers, rows, kinds, ("rho", "ci_low", "ci_high", "p_holm"))
-    prho, plo, phi, pph = _grid(
-        layers, rows, kinds,
-        ("partial_rho", "partial_ci_low", "partial_ci_high", "partial_p_holm"),
-    )  # fmt: skip
-    panels = [("ρ (raw)", rho, lo, hi, ph)]
+    # The noise-removed relation with its language interval where the table has it (what a
+    # claim about languages reads; the run's rho is attenuated and its snapshot interval
+    # covers no truth about languages), else the run's rho and its snapshot interval.
+    removed = {"rho_disattenuated", "lang_ci_low", "partial_disattenuated"} <= set(layers)
+    if removed:
+        whole = ("rho_disattenuated", "lang_ci_low", "lang_ci_high", "p_holm")
+        part = ("partial_disattenuated", "partial_lang_ci_low", "partial_lang_ci_high",
+                "partial_p_holm")  # fmt: skip
+        names = ("noise-removed ρ", "noise-removed partial ρ")
+    else:
+        whole = ("rho", "ci_low", "ci_high", "p_holm")
+        part = ("partial_rho", "partial_ci_low", "partial_ci_high", "partial_p_holm")
+        names = ("ρ (raw)", "partial ρ")
+    rho, lo, hi, ph = _grid(layers, rows, kinds, whole)
+    prho, plo, phi, pph = _grid(layers, rows, kinds, part)
+    panels = [(names[0], rho, lo, hi, ph)]
     if control is not None:
-        panels.append((f"partial ρ | {control}", prho, plo, phi, pph))
+        panels.append((f"{names[1]} | {control}", prho, plo, phi, pph))
     ari = None
     if clustering is not None and not clustering.empty:
         hit = clustering[clustering["statistic"] == "ari"]
@@ -126,9 +140,15 @@ def layer_typology(
         fig.colorbar(mesh, ax=list(axes), shrink=0.8, pad=0.02,
                      label="Spearman ρ (cosine vs −distance) / ARI")  # fmt: skip
         set_titles(fig, title, subtitle)
+    what = (
+        f"noise-removed value (disattenuated by the matrix's split-half reliability) "
+        f"[{level:.0%} language-jackknife interval]"
+        if removed
+        else f"value [{level:.0%} bootstrap interval over snapshots]"
+    )
     notes = [
-        f"Cells: value [{level:.0%} bootstrap interval over snapshots]; bold ✓: survives Holm at "
-        f"{alpha:g} within the table (every rho and partial rho of it); blank: not computed."
+        f"Cells: {what}; bold ✓: the test of the run's rho survives Holm at {alpha:g} within "
+        "the table (every rho and partial rho of it); blank: not computed."
     ]
     add_footnote(fig, warnings, notes=notes)
     return fig

@@ -249,16 +249,25 @@ def _figure_html(
     return "\n".join(parts)
 
 
+#: Columns of the typology tables the report leaves out: the snapshot intervals of the run's
+#: attenuated rho (kept in results.json), which cover no truth about languages.
+SNAPSHOT_RHO_INTERVALS = ("ci_low", "ci_high", "partial_ci_low", "partial_ci_high")
+
+
 def _run_tables(result: analyses.RunResults, key: str) -> str:
     f = result.frames
     _, plural = nouns(result.description)
     if key == "f7":
         out = ""
         if "layers" in f:
+            # The run's rho with its test, and the noise-removed value with its language
+            # interval; the snapshot interval of rho is left to results.json (it covers no
+            # truth about languages: analyses/README.md, Calibration).
             cols = [
-                "group", "distance", "control", "rho", "ci_low", "ci_high", "p_value", "p_holm",
-                "partial_rho", "partial_ci_low", "partial_ci_high", "partial_p_value",
-                "partial_p_holm", "rho_step0", "n_languages",
+                "group", "distance", "control", "rho", "p_value", "p_holm", "partial_rho",
+                "partial_p_value", "partial_p_holm", "matrix_reliability", "rho_disattenuated",
+                "lang_ci_low", "lang_ci_high", "partial_disattenuated", "partial_lang_ci_low",
+                "partial_lang_ci_high", "rho_step0", "n_languages",
             ]  # fmt: skip
             table = f["layers"][[c for c in cols if c in f["layers"].columns]]
             out += "<p>Layer x distance table (Holm within the table):</p>" + _table(table)
@@ -283,7 +292,7 @@ def _run_tables(result: analyses.RunResults, key: str) -> str:
             )
         return out
     if key == "f2" and "typology" in f:
-        drop = ("group", "n_permutations", "excluded")
+        drop = ("group", "n_permutations", "excluded", *SNAPSHOT_RHO_INTERVALS)
         cols = [c for c in f["typology"].columns if c not in drop]
         return _table(f["typology"][cols])
     if key == "f3":

@@ -53,6 +53,14 @@ CONTROL_NAMES = {"char_overlap": "character overlap", "script": "script"}
 CONTROL_PREFERENCE = ("char_overlap", "script")
 
 
+def _language_ci(row, prefix: str) -> str:
+    """The noise-removed (disattenuated) value with its language-jackknife interval."""
+    value = row.get("rho_disattenuated" if not prefix else "partial_disattenuated", np.nan)
+    low = row.get(f"{prefix}lang_ci_low", np.nan)
+    high = row.get(f"{prefix}lang_ci_high", np.nan)
+    return f"{ci(value, low, high)} (languages)"
+
+
 def needs_languages(result):
     """NotApplicable for the typology figures (F2, F7) of a run whose tasks are not languages
     (worded without the analyses' language jargon), else None."""
@@ -189,19 +197,23 @@ def typology_scatter(
             row = _row(correlation, kind)
             lines = []
             if row is not None:
-                lines.append(f"ρ = {ci(row['rho'], row['ci_low'], row['ci_high'])}")
+                # The run's rho is attenuated by gradient noise and its snapshot interval
+                # covers no truth about languages (analyses/README.md, Calibration): the
+                # panel gives the rho with its test, then the noise-removed relation with its
+                # language interval, which is what a claim about languages reads.
+                test = "spatial" if row.get("test", "spatial") == "spatial" else "Mantel"
                 lines.append(
-                    f"   Mantel {short_p(row['p_value'])}{holm_mark(row.get('p_holm'), alpha)}"
+                    f"ρ = {fmt(row['rho'])}, {test} {short_p(row['p_value'])}"
+                    f"{holm_mark(row.get('p_holm'), alpha)}"
                 )
+                lines.append(f"   noise-removed {_language_ci(row, '')}")
                 if isinstance(row["control"], str):
                     lines.append(
                         f"partial | {CONTROL_NAMES.get(row['control'], row['control'])}: ρ = "
-                        f"{ci(row['partial_rho'], row['partial_ci_low'], row['partial_ci_high'])}"
-                    )
-                    lines.append(
-                        f"   {short_p(row['partial_p_value'])}"
+                        f"{fmt(row['partial_rho'])}, {short_p(row['partial_p_value'])}"
                         f"{holm_mark(row.get('partial_p_holm'), alpha)}"
                     )
+                    lines.append(f"   noise-removed {_language_ci(row, 'partial_')}")
                 lines.append(
                     f"step 0: ρ = {fmt(row['rho_step0'])}, {short_p(row['p_value_step0'])}"
                 )

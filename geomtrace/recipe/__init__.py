@@ -16,6 +16,7 @@ _EXPORTS = {
     "preset": "geomtrace.recipe.config",
     "LANGUAGES": "geomtrace.recipe.languages",
     "DEFAULT_LANGUAGES": "geomtrace.recipe.languages",
+    "DJANGO_LANGUAGES": "geomtrace.recipe.languages",
     "Language": "geomtrace.recipe.languages",
     "Corpus": "geomtrace.recipe.corpus",
     "build_corpus": "geomtrace.recipe.corpus",

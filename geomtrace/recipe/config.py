@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from geomtrace import InvalidInputError
-from geomtrace.recipe.languages import DEFAULT_LANGUAGES
+from geomtrace.recipe.languages import DEFAULT_LANGUAGES, DJANGO_LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,11 @@ class RecipeConfig:
     # data
     langs: list[str] = field(default_factory=lambda: list(DEFAULT_LANGUAGES))
     direction: str = "x2en"
-    domains: list[str] = field(default_factory=lambda: ["django"])
+    # every text domain (geomtrace/recipe/README.md, "Sources"): ~1,700-4,000 train pairs per
+    # default language, >= 200 test strings each
+    domains: list[str] = field(
+        default_factory=lambda: ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"]
+    )
     max_bytes: int = 40  # pairs longer than this (UTF-8 bytes, either side) are left out
     batch_per_lang: int = 12  # rows per language per step (one sub-batch per language)
     sampling_temperature: float = 0.0  # 0: equal rows per language; T > 0: rows ∝ n_l^(1/T)
@@ -78,7 +82,7 @@ class RecipeConfig:
     granularity: str = "all_layer"  # parameter groups of pcgrad/gradvac (and of their trace)
     beta: float = 0.01  # GradVac's EMA rate
     # tracing
-    every: int = 20
+    every: int = 40  # 11 snapshots (step 0 and 10 after it) of snapshot_rows fresh rows each
     groups: str = "all_layer"
     probe: bool = False
     probe_size: int = 16
@@ -92,8 +96,9 @@ class RecipeConfig:
     # rows per language of a separate snapshot batch on traced steps: fresh uniform rows, model
     # in eval mode (no dropout noise), halves = its two row halves, not used for the update
     # (benchmarks/snapshot_design.py: whole-model reliability 0.42 at 96 rows vs 0.03 for the
-    # 12-row training batch, for ~1.4x the run time); 0 = snapshot the training batch
-    snapshot_rows: int = 96
+    # 12-row training batch; 0.78 at 480 rows and 0.82 at 640 on the default corpus, issue
+    # 21); 0 = snapshot the training batch
+    snapshot_rows: int = 640
     # evaluation
     eval_batch: int = 512
 
@@ -268,6 +273,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "quick": {
         "langs": ["es", "fr", "de", "ru", "fi", "tr", "ar", "hi"],
+        "domains": ["django"],
         "steps": 120,
         "every": 10,
         "batch_per_lang": 8,
@@ -275,33 +281,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_ff": 384,
         "snapshot_rows": 48,  # 13 snapshots of 8 languages: 96 rows would double the run
     },
-    # Issue 21: every text domain (~1,700-4,000 train pairs per language), the 16 languages
-    # with >= 200 test strings of <= 40 bytes (620 shared train strings), 480 fresh snapshot
-    # rows per language every 40 steps (benchmarks/corpus_design.py: ~0.8 reliability; about
-    # the default's CPU time). geomtrace/recipe/README.md, "A bigger corpus".
-    "corpus": {
-        "langs": [
-            "es",
-            "fr",
-            "it",
-            "de",
-            "nl",
-            "ru",
-            "uk",
-            "pl",
-            "fi",
-            "hu",
-            "et",
-            "tr",
-            "he",
-            "ja",
-            "ko",
-            "zh_Hans",
-        ],
-        "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],
-        "every": 40,
-        "snapshot_rows": 480,
-    },  # fmt: skip
+    # The default before issue 21: Django catalogs only, 24 languages (kk, hi, mr with 30-32
+    # test strings), 96 snapshot rows every 20 steps (whole-model reliability ~0.42).
+    "django24": {
+        "langs": list(DJANGO_LANGUAGES),
+        "domains": ["django"],
+        "every": 20,
+        "snapshot_rows": 96,
+    },
     "full": {
         "langs": [],  # filled in by preset(): every base locale of the table
         "domains": ["django", "wagtail", "jupyterlab", "sphinx", "allauth", "drf"],

@@ -191,8 +191,17 @@ _ROWS: list[tuple[str, str, str, str, str, str, str]] = [
 #: locale -> :class:`Language`, for every non-English locale Django ships catalogs for.
 LANGUAGES: dict[str, Language] = {row[0]: Language(*row) for row in _ROWS}
 
-#: The default 24 languages: 7 scripts (Latn Cyrl Arab Hebr Deva Hans Jpan), 9 families.
+#: The default 16 languages (issue 21): every language with >= 200 test strings of <= 40
+#: bytes over all text domains; 6 scripts (Latn Cyrl Hebr Jpan Hang Hans), 7 families
+#: (Indo-European, Uralic, Turkic, Afro-Asiatic, Japonic, Koreanic, Sino-Tibetan).
 DEFAULT_LANGUAGES: tuple[str, ...] = (
+    "es", "fr", "it", "de", "nl", "ru", "uk", "pl",
+    "fi", "hu", "et", "tr", "he", "ja", "ko", "zh_Hans",
+)  # fmt: skip
+
+#: The previous default (Django catalogs only, ``--preset django24``): 24 languages, 7 scripts
+#: (Latn Cyrl Arab Hebr Deva Hans Jpan), 9 families; kk, hi, mr have 30-32 test strings.
+DJANGO_LANGUAGES: tuple[str, ...] = (
     "es", "fr", "it", "pt", "de", "nl", "sv", "ru", "uk", "bg", "pl", "cs",
     "fi", "hu", "et", "tr", "az", "kk", "ar", "he", "hi", "mr", "zh_Hans", "ja",
 )  # fmt: skip

@@ -158,8 +158,23 @@ def test_registry_scores_a_new_column_with_one_entry(tmp_path, monkeypatch):
         lo <= truth <= hi,
         pytest.approx(est - truth),
     )
-    # a test row under a non-null population relation counts as power, not type-I
-    assert all(kind == "power" for _, kind in records["tests"])
+    # a test row under a non-null population relation counts as power, not type-I; the
+    # quality test is a type-I row (the planted quality never sees the similarity here), and
+    # the clustering agreement with real families a power row (similarity follows genealogy)
+    kinds = {label.split("[")[0]: kind for label, kind in records["tests"]}
+    assert {kinds["mantel"], kinds["partial_mantel"]} == {"power"}
+    assert kinds["quality"] == kinds["quality_partial"] == "type-I"
+    assert kinds["agreement"] == "power"
+    # the quality truths: this run's rho is the noise-free trace's, the process one is
+    # Spearman(process alignment, planted quality)
+    q = frames["quality"].iloc[0]
+    free_q = free_frames["quality"].iloc[0]
+    assert got[("quality_rho[chrf]", "run")][0][1] == pytest.approx(q["rho"] - free_q["rho"])
+    quality = np.array([run.quality[t] for t in run.tasks])
+    process_rho = pt.spearman_vectors(analyses.alignment_rows(run.process), quality)
+    assert got[("quality_rho_tasks[chrf]", "process")][0][1] == pytest.approx(
+        q["rho"] - process_rho
+    )
 
 
 def test_summary_counts_and_standard_errors():
@@ -240,4 +255,6 @@ def test_scenarios_are_named_and_distinct():
     names = list(calibration.SCENARIOS)
     assert len(set(names)) == len(names) >= 12
     kinds = {n: calibration.SCENARIOS[n].is_null for n in names}
-    assert sum(kinds.values()) == 3
+    # three trait nulls, and the quality scenario, whose similarity ignores trait 2 as well
+    assert sum(kinds.values()) == 4 and kinds["power_quality"]
+    assert calibration.SCENARIOS["power_quality"].quality_effect > 0

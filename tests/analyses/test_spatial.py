@@ -172,3 +172,73 @@ def test_language_proximity_from_lang2vec():
     geo, gen = cands["geographic 1000 km"], cands["genetic"]
     assert geo.loc["fra", "spa"] > geo.loc["fra", "fin"]  # Paris-Madrid < Paris-Helsinki
     assert gen.loc["fra", "spa"] > gen.loc["fra", "deu"] > gen.loc["fra", "fin"] == 0.0
+
+
+def _field(geography, rng, n=1, range_km=1000.0):
+    """[n, K] Gaussian fields over the points with covariance exp(-d / range)."""
+    cov = np.exp(-geography / range_km)
+    return (np.linalg.cholesky(cov + 1e-9 * np.eye(K)) @ rng.normal(size=(K, n))).T
+
+
+def test_spatial_correlation_matches_the_permutation_statistic(geography):
+    rng = np.random.default_rng(5)
+    x, y, z = _field(geography, rng, 3)
+    w = analyses.proximity(geography)
+    for control in (None, z):
+        got = analyses.spatial_correlation(x, y, control, weights=w, n_surrogates=49, seed=1)
+        plain = analyses.permutation_correlation(x, y, control, n_permutations=49, seed=1)
+        assert got.statistic == pytest.approx(plain.statistic, abs=1e-12)
+        assert 0 < got.p_value <= 1 and got.n == K and got.n_permutations == 49
+    # a mapping of candidates is fitted to x's outer product; same statistic
+    cands = analyses.proximity_candidates(geography)
+    fitted = analyses.spatial_correlation(x, y, weights=cands, n_surrogates=49)
+    bare = analyses.permutation_correlation(x, y, n_permutations=9)
+    assert fitted.statistic == pytest.approx(bare.statistic, abs=1e-12)
+
+
+def test_spatial_correlation_surrogates_keep_the_moran_power(geography):
+    """x* = Q O Q^T x with random signs: same mean, norm and power per Moran eigenvector."""
+    rng = np.random.default_rng(6)
+    x = _field(geography, rng)[0]
+    basis = analyses.moran_basis(analyses.proximity(geography))
+    from analyses._spatial import _rotations
+
+    m = _rotations(basis, 30, np.random.default_rng(0))
+    star = m @ (basis.vectors.T @ x)
+    np.testing.assert_allclose(star.mean(1), x.mean(), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(star, axis=1), np.linalg.norm(x), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.abs(star @ basis.vectors), np.abs(x @ basis.vectors)[None].repeat(30, 0), atol=1e-10
+    )
+
+
+def test_spatial_correlation_holds_its_level_where_permutations_fail(geography):
+    """Two independent fields over the same geography: permuting rejects far above 5%, the
+    surrogates keeping x's autocorrelation near it (150 seeded repetitions)."""
+    rng = np.random.default_rng(8)
+    cands = analyses.proximity_candidates(geography)
+    spatial = plain = 0
+    reps = 150
+    for rep in range(reps):
+        x, y = _field(geography, rng, 2, range_km=1500.0)
+        kw = {"seed": rep}
+        test = analyses.spatial_correlation(x, y, weights=cands, n_surrogates=99, **kw)
+        spatial += test.p_value <= 0.05
+        plain += analyses.permutation_correlation(x, y, n_permutations=99, **kw).p_value <= 0.05
+    assert plain / reps > 0.15
+    assert spatial / reps <= 0.09
+
+
+def test_spatial_correlation_input_errors(geography):
+    w = analyses.proximity(geography)
+    x = np.arange(K, dtype=float)
+    with pytest.raises(InvalidInputError, match="equal length"):
+        analyses.spatial_correlation(x, x[:-1], weights=w)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        analyses.spatial_correlation(np.where(x > 3, x, np.nan), x, weights=w)
+    with pytest.raises(InvalidInputError, match="at least 4"):
+        analyses.spatial_correlation(x[:3], x[:3], weights=w[:3, :3])
+    with pytest.raises(InvalidInputError, match="one row per"):
+        analyses.spatial_correlation(x[:5], x[:5], weights=w)
+    with pytest.raises(InvalidInputError, match="n_surrogates"):
+        analyses.spatial_correlation(x, x, weights=w, n_surrogates=0)

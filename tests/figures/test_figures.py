@@ -94,12 +94,20 @@ def test_f2_boxes_show_interval_p_and_holm(analysed, drawn):
     row = corr[(corr["distance"] == "genetic") & (corr["control"] == "char_overlap")].iloc[0]
     panel = next(ax for ax in fig.axes if ax.get_title(loc="left").startswith("genetic"))
     box = panel.get_title(loc="left").split("\n")
-    assert box[1] == f"ρ = {row['rho']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
-    assert box[2].strip().startswith(f"Mantel p={row['p_value']:.3f}, Holm p={row['p_holm']:.3f}")
-    assert box[3] == (
-        f"partial | character overlap: ρ = {row['partial_rho']:+.2f} "
-        f"[{row['partial_ci_low']:+.2f}, {row['partial_ci_high']:+.2f}]"
+    # the run's rho with its (spatial) test, then the noise-removed value with its language
+    # interval: the snapshot interval of rho is not drawn (it covers no truth about languages)
+    assert box[1] == (
+        f"ρ = {row['rho']:+.2f}, spatial p={row['p_value']:.3f}, Holm p={row['p_holm']:.3f}"
     )
+    assert box[2].strip() == (
+        f"noise-removed {row['rho_disattenuated']:+.2f} [{row['lang_ci_low']:+.2f}, "
+        f"{row['lang_ci_high']:+.2f}] (languages)"
+    )
+    assert box[3].startswith(
+        f"partial | character overlap: ρ = {row['partial_rho']:+.2f}, "
+        f"p={row['partial_p_value']:.3f}"
+    )
+    assert box[4].strip().startswith(f"noise-removed {row['partial_disattenuated']:+.2f} [")
     assert box[5].startswith(f"step 0: ρ = {row['rho_step0']:+.2f}")
     # 36 pairs: 36 step-0 crosses, then 9 within- and 27 across-family points
     assert [len(c.get_offsets()) for c in panel.collections] == [36, 9, 27]
@@ -176,7 +184,8 @@ def test_f7_cells_are_the_layer_table(analysed, drawn):
     result, fig = analysed("sum"), drawn("sum")["f7"]
     layers = result.frames["layers"]
     raw, partial, ari = fig.axes[:3]
-    assert raw.get_title() == "ρ (raw)" and partial.get_title() == "partial ρ | character overlap"
+    assert raw.get_title() == "noise-removed ρ"
+    assert partial.get_title() == "noise-removed partial ρ | character overlap"
     rows = [t.get_text() for t in raw.get_yticklabels()]
     assert rows == ["whole model", *[g for g, _ in GROUPS]]
     kinds = [t.get_text() for t in raw.get_xticklabels()]
@@ -185,11 +194,11 @@ def test_f7_cells_are_the_layer_table(analysed, drawn):
     texts = {(round(t.get_position()[1] - 0.5), round(t.get_position()[0] - 0.5)): t.get_text()
              for t in partial.texts}  # fmt: skip
     assert texts[(5, 0)].split("\n") == [
-        f"{cell['partial_rho']:+.2f}",
-        f"[{cell['partial_ci_low']:+.2f}, {cell['partial_ci_high']:+.2f}]",
+        f"{cell['partial_disattenuated']:+.2f}",
+        f"[{cell['partial_lang_ci_low']:+.2f}, {cell['partial_lang_ci_high']:+.2f}]",
     ]
     assert [t.get_text() for t in ari.get_xticklabels()] == ["family ARI", "genus ARI"]
-    assert "Cells: value [95% bootstrap interval" in all_texts(fig)
+    assert "[95% language-jackknife interval]" in " ".join(all_texts(fig).split())
 
 
 def test_f7_marks_holm_survivors():

@@ -8,7 +8,7 @@ from cli import build_parser
 from geomtrace import InvalidInputError
 from geomtrace.recipe._cli import resolve_config
 from geomtrace.recipe.config import PRESETS, RecipeConfig, preset, to_toml
-from geomtrace.recipe.languages import DEFAULT_LANGUAGES
+from geomtrace.recipe.languages import DEFAULT_LANGUAGES, DJANGO_LANGUAGES
 
 
 def test_toml_round_trip(tmp_path):
@@ -32,7 +32,9 @@ def test_defaults():
     config = RecipeConfig()
     assert config.langs == list(DEFAULT_LANGUAGES)
     assert (config.direction, config.method, config.groups) == ("x2en", "sum", "all_layer")
-    assert config.every == 20
+    # the default experiment (issue 21): every text domain, 640 fresh snapshot rows every 40
+    assert config.every == 40 and config.snapshot_rows == 640
+    assert "jupyterlab" in config.domains and len(config.langs) == 16
     config.validate()
 
 
@@ -57,15 +59,16 @@ def test_validate(values, message):
 
 
 def test_presets():
-    assert set(PRESETS) == {"default", "quick", "corpus", "full"}
+    assert set(PRESETS) == {"default", "quick", "django24", "full"}
     quick = preset("quick")
     assert len(quick.langs) == 8 and quick.steps < RecipeConfig().steps
     full = preset("full")
     assert full.device == "cuda" and len(full.langs) > 80 and "pt_BR" not in full.langs
-    corpus = preset("corpus")
-    assert len(corpus.langs) == 16 and corpus.snapshot_rows == 480 and corpus.every == 40
-    assert "wagtail" in corpus.domains and corpus.steps == RecipeConfig().steps
-    with pytest.raises(InvalidInputError, match="available: default, quick, corpus, full"):
+    old = preset("django24")
+    assert old.langs == list(DJANGO_LANGUAGES) and old.domains == ["django"]
+    assert (old.snapshot_rows, old.every, old.steps) == (96, 20, RecipeConfig().steps)
+    assert preset("quick").domains == ["django"]
+    with pytest.raises(InvalidInputError, match="available: default, quick, django24, full"):
         preset("huge")
 
 

@@ -15,7 +15,7 @@ from geomtrace.recipe.corpus import (
     read_catalog,
     split_of,
 )
-from geomtrace.recipe.languages import DEFAULT_LANGUAGES, LANGUAGES
+from geomtrace.recipe.languages import DJANGO_LANGUAGES, LANGUAGES
 
 FIXTURE_PO = r"""
 msgid ""
@@ -146,12 +146,12 @@ def test_char_profile_by_hand():
 
 @pytest.fixture(scope="module")
 def django_corpus():
-    return build_corpus(list(DEFAULT_LANGUAGES))
+    return build_corpus(list(DJANGO_LANGUAGES))
 
 
 def test_django_counts(django_corpus):
     counts = django_corpus.counts()
-    assert set(counts) == set(DEFAULT_LANGUAGES)
+    assert set(counts) == set(DJANGO_LANGUAGES)
     for lang, c in counts.items():
         assert 400 <= c["total"] <= 900, (lang, c)
         assert c["total"] == c["train"] + c["dev"] + c["test"]
@@ -159,7 +159,7 @@ def test_django_counts(django_corpus):
         assert 0.06 < c["test"] / c["total"] < 0.14, (lang, c)
         assert 0.02 < c["dev"] / c["total"] < 0.09, (lang, c)
     assert counts["fr"]["total"] >= 750
-    for lang in DEFAULT_LANGUAGES:
+    for lang in DJANGO_LANGUAGES:
         pairs = django_corpus.pairs[lang]
         assert all(p.x.strip() and p.en for p in pairs)
         assert len({p.en for p in pairs}) == len(pairs)  # deduplicated
@@ -171,11 +171,9 @@ def test_django_counts(django_corpus):
 
 
 def test_django_split_identical_across_languages(django_corpus):
-    test_en = {
-        lang: {p.en for p in django_corpus.split(lang, "test")} for lang in DEFAULT_LANGUAGES
-    }
+    test_en = {lang: {p.en for p in django_corpus.split(lang, "test")} for lang in DJANGO_LANGUAGES}
     train_en = {
-        lang: {p.en for p in django_corpus.split(lang, "train")} for lang in DEFAULT_LANGUAGES
+        lang: {p.en for p in django_corpus.split(lang, "train")} for lang in DJANGO_LANGUAGES
     }
     every_train = set().union(*train_en.values())
     every_test = set().union(*test_en.values())
@@ -187,7 +185,7 @@ def test_django_split_identical_across_languages(django_corpus):
 def test_probe_strings_are_multiway_parallel(django_corpus):
     probe = probe_strings(django_corpus, "train", size=16)
     assert len(probe) == 16
-    for lang in DEFAULT_LANGUAGES:
+    for lang in DJANGO_LANGUAGES:
         ens = {p.en for p in django_corpus.split(lang, "train")}
         assert set(probe) <= ens
     # independent of the order of the languages

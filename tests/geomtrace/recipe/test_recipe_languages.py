@@ -9,6 +9,7 @@ from geomtrace import InvalidInputError
 from geomtrace.recipe.corpus import build_corpus
 from geomtrace.recipe.languages import (
     DEFAULT_LANGUAGES,
+    DJANGO_LANGUAGES,
     LANGUAGES,
     NOT_IN_URIEL,
     VARIANT_BASE,
@@ -73,11 +74,19 @@ def test_iso_codes_report_languages_outside_uriel():
     assert set(problems) == {"eo", "nn"} and "epo" in problems["eo"]
 
 
-def test_default_languages_span_seven_scripts_and_eight_families():
-    rows = [LANGUAGES[loc] for loc in DEFAULT_LANGUAGES]
+def test_django24_languages_span_seven_scripts_and_eight_families():
+    rows = [LANGUAGES[loc] for loc in DJANGO_LANGUAGES]
     assert len(rows) == 24
     assert {r.script for r in rows} == {"Latn", "Cyrl", "Arab", "Hebr", "Deva", "Hans", "Jpan"}
     assert len({r.family for r in rows}) >= 8
+    assert not any(r.iso639_3 in NOT_IN_URIEL for r in rows)
+
+
+def test_default_languages_span_six_scripts_and_seven_families():
+    rows = [LANGUAGES[loc] for loc in DEFAULT_LANGUAGES]
+    assert len(rows) == 16 and set(DEFAULT_LANGUAGES) < set(DJANGO_LANGUAGES) | {"ko"}
+    assert {r.script for r in rows} == {"Latn", "Cyrl", "Hebr", "Hans", "Jpan", "Kore"}
+    assert len({r.family for r in rows}) >= 7
     assert not any(r.iso639_3 in NOT_IN_URIEL for r in rows)
 
 
@@ -88,8 +97,8 @@ _UNICODE_SCRIPT = {
 
 
 def test_table_scripts_match_the_catalog_text():
-    corpus = build_corpus(list(DEFAULT_LANGUAGES))
-    for loc in DEFAULT_LANGUAGES:
+    corpus = build_corpus(list(DJANGO_LANGUAGES))
+    for loc in DJANGO_LANGUAGES:
         names = Counter(
             unicodedata.name(ch, "?").split()[0]
             for p in corpus.pairs[loc]

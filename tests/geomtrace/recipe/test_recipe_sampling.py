@@ -187,7 +187,7 @@ def test_old_bucket_true_config_loads_as_shared(tmp_path, caplog):
     [({"bucket": "wide"}, "bucket='wide'"), ({"window": 0}, "window=0"),
      ({"window": 30, "every": 20, "snapshot_rows": 0}, "window=30 > every=20"),
      ({"halves": 1}, "halves"), ({"snapshot_rows": 1}, "snapshot_rows=1"),
-     ({"window": 4}, "snapshot_rows=96 with window=4")],
+     ({"window": 4}, "snapshot_rows=640 with window=4")],
 )  # fmt: skip
 def test_check_snapshot_fields(values, message):
     config = RecipeConfig(**values)
@@ -219,7 +219,9 @@ def test_snapshot_options_refuse_what_the_tracer_cannot_do():
 
 
 def test_probe_rows_interleave_lengths_so_halves_match():
-    config = RecipeConfig(langs=["es", "ja"], d_model=32, d_ff=64, probe=True, probe_size=16)
+    config = RecipeConfig(
+        langs=["es", "ja"], domains=["django"], d_model=32, d_ff=64, probe=True, probe_size=16
+    )
     recipe, _ = make_recipe(config)
     src, tgt = recipe.probe["es"]
     lengths = (src != 256).sum(1) + (tgt != 256).sum(1)  # PAD = 256; rows sort by src + tgt

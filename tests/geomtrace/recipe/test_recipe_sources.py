@@ -196,13 +196,13 @@ def test_fresh_snapshot_rows_never_repeat_a_row():
     assert max(counts.values()) / min(counts.values()) < 1.25
 
 
-def test_corpus_preset_meets_the_data_criteria():
-    """The ``corpus`` preset: every language >= 200 test strings at its length cap, >= 400
-    train strings translated in all of them, >= 480 distinct training rows per language for
-    the fresh snapshot batch (no row twice within a snapshot)."""
+def test_default_experiment_meets_the_data_criteria():
+    """The default experiment (issue 21): every language >= 200 test strings at its length cap,
+    >= 400 train strings translated in all of them, >= ``snapshot_rows`` distinct training rows
+    per language for the fresh snapshot batch (no row twice within a snapshot)."""
     from geomtrace.recipe.config import preset
 
-    config = preset("corpus").validate()
+    config = preset("default").validate()
     corpus = build_corpus(config.langs, config.domains)
     counts = corpus.counts(config.max_bytes)
     assert min(counts[lg]["test"] for lg in config.langs) >= 200
