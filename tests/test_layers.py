@@ -160,7 +160,7 @@ def test_no_private_geomtrace_imports_outside_the_core():
 
 def test_the_contract_sees_imports_of_every_form(tmp_path):
     """The walker itself: relative, from-package and dotted imports all resolve."""
-    assert private_target("geomtrace._trace") == "geomtrace"
+    assert private_target("geomtrace._reader") == "geomtrace"
     assert private_target("geomtrace.integrations._extras") == "geomtrace.integrations"
     assert private_target("geomtrace.__version__") is None
     assert private_target("geomtrace.open_trace") is None
