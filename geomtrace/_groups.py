@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from geomtrace._errors import InvalidInputError
-from geomtrace._trace import ALL_GROUPS, check_group_name
+from geomtrace._format import ALL_GROUPS, check_group_name
 
 GRANULARITIES = ("whole_model", "enc_dec", "all_layer", "all_matrix")
 REST_GROUP = "rest"

@@ -29,8 +29,8 @@ from torch import nn
 from geomtrace import _distributed
 from geomtrace._capture import Capture, LossWithoutGradient
 from geomtrace._errors import InvalidInputError
+from geomtrace._format import check_step
 from geomtrace._groups import ParameterGroup
-from geomtrace._trace import check_step
 
 
 def validate_tasks(tasks: Sequence[str]) -> list[str]:

@@ -106,7 +106,7 @@ from geomtrace._step import (
     step_number,
     validate_tasks,
 )
-from geomtrace._trace import TraceWriter
+from geomtrace._writer import TraceWriter
 
 log = logging.getLogger(__name__)
 

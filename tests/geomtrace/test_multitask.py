@@ -11,7 +11,7 @@ from geomtrace._aggregators import GradVac, Mean, PCGrad, Sum
 from geomtrace._errors import InvalidInputError
 from geomtrace._groups import resolve_groups
 from geomtrace._multitask import MultiTask
-from geomtrace._trace import open_trace
+from geomtrace._reader import open_trace
 from geomtrace._tracer import Tracer
 
 TASKS = ["es", "fr", "de", "ru"]

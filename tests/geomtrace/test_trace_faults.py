@@ -19,7 +19,8 @@ import pytest
 
 import geomtrace as gt
 from geomtrace import InvalidInputError, StorageError, TraceError
-from geomtrace._trace import CHECKPOINT_EVERY, SCHEMA_VERSION
+from geomtrace._format import SCHEMA_VERSION
+from geomtrace._writer import CHECKPOINT_EVERY
 
 TASKS = ["es", "fr", "ja"]
 GROUPS = [("encoder", 10, ["enc.w"]), ("decoder", 6, ["dec.w"])]

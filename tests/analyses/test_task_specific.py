@@ -13,7 +13,7 @@ from analyses._flat_clusters import flat_clusters, silhouette
 from analyses._task_specific import task_specific_groups
 from cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _heads_trace(path, steps=(0, 10, 20)):
