@@ -28,6 +28,36 @@ PAIR_TRAJECTORY_COLUMNS = ["group", "step", "task_a", "task_b", "cosine", "same_
 SETTLING_COLUMNS = ["final_value", "settle_step", "last_step", "tol", "n_final"]
 FAMILY_GROUP_COLUMNS = ["group", "position", "part", "kind", "mean_cosine", "n_snapshots"]
 PAIR_SPREAD_COLUMNS = ["group", "step", "kind", "q25", "q75", "n_pairs"]
+RELIABILITY_TRAJECTORY_COLUMNS = ["group", "step", "reliability", "mean_cosine", "mean_corrected"]
+
+
+def reliability_trajectory(trace: Any, group: str = ALL) -> pd.DataFrame:
+    """Per snapshot of ``group``: the mean reliability over tasks, the raw and the
+    noise-corrected mean pair similarity (issue 22: a fall of the raw mean over training is
+    partly attenuation, as reliability falls).
+
+    reliability = mean_i R_i(t), R_i(t) = 4 a_i.b_i / |a_i + b_i|^2 (``Trace.reliability``);
+    mean_cosine = mean over pairs of the raw cosine at t; mean_corrected = mean over pairs of
+    the per-snapshot noise-corrected cosine (``Trace.cosine(corrected=True)``, clipped to
+    [-1, 1]; NaN where a task's signal estimate is <= 0). A per-snapshot corrected value is
+    noisy (its denominator is one snapshot's signal estimate); the window estimates of
+    ``similarity_summary`` average before dividing. Empty without split halves.
+    """
+    if not is_trace(trace) or not trace.has_halves:
+        return pd.DataFrame(columns=RELIABILITY_TRAJECTORY_COLUMNS)
+    raw = trace.cosine(group)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corrected = np.clip(trace.cosine(group, corrected=True), -1.0, 1.0)
+        reliability = trace.reliability(group)
+    return pd.DataFrame(
+        {
+            "group": group,
+            "step": np.asarray(trace.steps),
+            "reliability": gt.nanmean(reliability, axis=1),
+            "mean_cosine": gt.mean_pair_similarity(raw),
+            "mean_corrected": gt.mean_pair_similarity(corrected),
+        }
+    )[RELIABILITY_TRAJECTORY_COLUMNS]
 
 
 def _snapshots(source, group, measure="raw", tasks=None, steps=None) -> CosineStack:

@@ -35,6 +35,7 @@ from analyses._evolution import (
     group_trajectories,
     pair_spread,
     pair_trajectories,
+    reliability_trajectory,
     settling_step,
 )
 from analyses._flat_clusters import tree_dict
@@ -76,6 +77,7 @@ FRAMES: dict[str, str] = {
     "task_quality": "task_quality",
     "quality": "quality_correlation",
     "group_trajectories": "group_trajectories",
+    "reliability_trajectory": "reliability_trajectory (reliability, raw and corrected mean)",
     "group_settling": "settling (by group) + pair bootstrap",
     "family_trajectories": "family_trajectories",
     "family_settling": "settling (by kind) + pair bootstrap",
@@ -702,6 +704,9 @@ def _evolution(result: RunResults, trace, tol: float) -> None:
     measure = result.measure
     traj = group_trajectories(trace, _table_groups(result, trace), measure=measure)
     result.frames["group_trajectories"] = traj
+    rel = reliability_trajectory(trace, result.group)
+    if not rel.empty:
+        result.frames["reliability_trajectory"] = rel
     pairs = pair_trajectories(
         trace, result.group, families=result.families or None, measure=measure
     )

@@ -353,7 +353,7 @@ INTERVALS: list[IntervalStat] = [
     # Raw, so its own estimand is the noisy expectation (three tasks scored per repetition).
     IntervalStat(
         "alignment", "alignment", "mean_alignment", "ci_low", "ci_high", "alignment",
-        ("noisy",), ("task",),
+        ("noisy",), ("slot",),
     ),
     # Clusters vs the languages' real families and genera (family_agreement, as analyze).
     IntervalStat(
@@ -431,7 +431,10 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
             free, analyses.ALL, **kw, n_bootstrap=1
         )
         # each task's mean alignment with the others ("alignment [CI]" of analyze's summary)
-        frames["alignment"] = analyses.task_alignment(trace, analyses.ALL, **boot).iloc[:3]
+        # (the first three tasks, scored by position: a sampled scenario changes the names)
+        frames["alignment"] = (
+            analyses.task_alignment(trace, analyses.ALL, **boot).iloc[:3].assign(slot=[1, 2, 3])
+        )
     if "clustering" in parts:
         frames["clustering"] = _agreement(trace, planted, settings, settings["n_bootstrap"])
         free_frames["clustering"] = _agreement(free, planted, settings, 1)
@@ -678,7 +681,7 @@ def pivot_markdown(results: dict, baseline: dict | None = None) -> str:
                     rate = f"P {rate}"
                 tcells[r["test"]][name] = was((name, "test", r["test"], r["kind"])) + rate
         out += ["", f"Rejections % at alpha {ALPHA} (type-I; P = power; S = agreement that only "
-                "geography produces), {mode} scenarios:", "",
+                f"geography produces), {mode} scenarios:", "",
                 "| test | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
         for test, row in tcells.items():
             out.append(f"| {test} | " + " | ".join(row.get(n, "") for n in names) + " |")

@@ -70,6 +70,7 @@ def figure(result) -> object:
         title=f"Gradient similarity over training ({group_label(result.group)})",
         subtitle=context(result, window=f"{measure_label(result.measure)} per snapshot, {window}"),
         measure=measure_label(result.measure), task_noun=nouns(result.description)[0],
+        reliability=result.frames.get("reliability_trajectory"),
     )  # fmt: skip
     add_footnote(fig, result.warnings)
     return fig
@@ -97,10 +98,16 @@ def similarity_over_time(
     subtitle: str = "",
     measure: str = "gradient cosine",
     task_noun: str = "task",
+    reliability: pd.DataFrame | None = None,
 ):
     """Left: the mean similarity per snapshot by kind (within / across family, or ``all``)
     with the interquartile band over pairs and the settling step with its interval; right:
     the similarity of a few named pairs.
+
+    ``reliability``: rows (step, reliability, mean_corrected) of
+    ``analyses.reliability_trajectory``: the noise-corrected mean over all pairs (dashed) and
+    the mean reliability (grey, right axis, 0-1) are drawn on the left panel, so that a fall of
+    the raw mean can be read against the fall of reliability that attenuates it.
 
     ``trajectories``: rows (step, kind, mean_cosine[, n_pairs]); ``spread``: rows (step,
     kind, q25, q75) (``analyses.pair_spread``); ``pairs``: rows (step, task_a, task_b, cosine
@@ -151,12 +158,27 @@ def similarity_over_time(
                                           [max(0.0, float(row["final_ci_high"]) - float(row["final_value"]))]],
                                     fmt="_", color=color, capsize=3, lw=1.2, ms=8, zorder=5,
                                     clip_on=False)  # fmt: skip
+        if reliability is not None and not reliability.empty:
+            rel = reliability.sort_values("step")
+            ax.plot(rel["step"], rel["mean_corrected"], color=ALL_PAIRS, ls="--", lw=1.3,
+                    label="all pairs: noise-corrected mean")  # fmt: skip
+            twin = ax.twinx()
+            twin.plot(rel["step"], rel["reliability"], color="0.55", lw=1.0, marker=".",
+                      label="reliability (right axis)")  # fmt: skip
+            twin.set_ylim(0, 1.02)
+            twin.set_ylabel("reliability (signal fraction)", color="0.4")
+            twin.grid(False)
+            handles, labels = ax.get_legend_handles_labels()
+            more, more_labels = twin.get_legend_handles_labels()
+            ax.legend(handles + more, labels + more_labels, loc="best", fontsize=6.5,
+                      framealpha=0.9)  # fmt: skip
+        else:
+            ax.legend(loc="best", fontsize=6.5, framealpha=0.9)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xlabel("training step")
         ax.set_ylabel(measure)
         ax.set_title("mean over pairs, interquartile band; settle step [interval over pairs]",
                      fontsize=8)  # fmt: skip
-        ax.legend(loc="best", fontsize=6.5, framealpha=0.9)
         if named:
             ax = axes[1]
             keys = list(dict.fromkeys(zip(pairs["task_a"], pairs["task_b"], strict=True)))

@@ -178,3 +178,37 @@ def test_pair_spread_by_hand():
     assert unknown["q25"].iloc[0] == pytest.approx(np.quantile([0.2, 0, 0.4, 0.1, -0.2, 0.6], 0.25))
     with pytest.raises(InvalidInputError, match="pair_trajectories frame"):
         pair_spread(pairs.drop(columns="same_family"))
+
+
+def test_reliability_trajectory_by_hand(tmp_path):
+    """Two snapshots of 3 tasks with halves a, b: reliability 4 a.b / |a + b|^2 per task,
+    raw and noise-corrected mean pair cosine, computed by hand."""
+    from analyses import RELIABILITY_TRAJECTORY_COLUMNS, reliability_trajectory
+
+    rng = np.random.default_rng(0)
+    tasks = ["x", "y", "z"]
+    writer = gt.TraceWriter(tmp_path / "r", tasks, [("g", 4, ["g.w"])])
+    expected = []
+    for step in (0, 10):
+        signal_part = rng.normal(size=(3, 32)) / 2
+        a = signal_part + 0.3 * rng.normal(size=(3, 32))
+        b = signal_part + 0.3 * rng.normal(size=(3, 32))
+        g = a + b
+        split = np.stack([(a * a).sum(1), (b * b).sum(1), (a * b).sum(1)], axis=1)
+        writer.write_snapshot(step, (g @ g.T)[None], arrays={"split_half": split[None]})
+        gram = g @ g.T
+        cos = gram / np.sqrt(np.outer(np.diag(gram), np.diag(gram)))
+        signal = 4 * split[:, 2]
+        rel = signal / np.diag(gram)
+        assert (signal > 0).all()
+        corrected = np.clip(gram / np.sqrt(np.outer(signal, signal)), -1, 1)
+        iu = np.triu_indices(3, 1)
+        finite = np.isfinite(corrected[iu])
+        expected.append((rel.mean(), cos[iu].mean(), corrected[iu][finite].mean()))
+    writer.close()
+    trace = gt.open_trace(tmp_path / "r")
+    got = reliability_trajectory(trace, "g")
+    assert list(got.columns) == RELIABILITY_TRAJECTORY_COLUMNS and list(got.step) == [0, 10]
+    np.testing.assert_allclose(
+        got[["reliability", "mean_cosine", "mean_corrected"]].to_numpy(), expected, rtol=1e-5
+    )

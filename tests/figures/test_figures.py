@@ -162,6 +162,26 @@ def test_f4_of_a_non_language_run_names_tasks_and_no_other_part(drawn):
     assert len(errorbars(ax)) == 1
 
 
+def test_f5_draws_the_corrected_mean_and_reliability_beside_the_raw_mean():
+    """Issue 22: the raw mean's fall is read against reliability (right axis) and the
+    noise-corrected mean (dashed)."""
+    from figures import similarity_over_time
+
+    steps = [0, 10, 20, 30]
+    traj = pd.DataFrame({"step": steps, "kind": "all", "mean_cosine": [0.8, 0.5, 0.4, 0.3]})
+    rel = pd.DataFrame(
+        {"step": steps, "reliability": [0.95, 0.6, 0.5, 0.4],
+         "mean_corrected": [0.8, 0.75, 0.7, 0.72]}
+    )  # fmt: skip
+    fig = similarity_over_time(traj, reliability=rel)
+    left = fig.axes[0]
+    dashed = next(ln for ln in left.get_lines() if ln.get_label().endswith("noise-corrected mean"))
+    np.testing.assert_allclose(dashed.get_ydata(), rel["mean_corrected"])
+    twin = next(ax for ax in fig.axes[1:] if ax.get_ylabel().startswith("reliability"))
+    np.testing.assert_allclose(twin.get_lines()[0].get_ydata(), rel["reliability"])
+    assert twin.get_ylim() == (0, 1.02)
+
+
 def test_f5_counts_every_snapshot_and_draws_the_settling_interval(analysed, drawn):
     result, fig = analysed("sum"), drawn("sum")["f5"]
     left, right = fig.axes[:2]
