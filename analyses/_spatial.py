@@ -433,8 +433,9 @@ def spatial_correlation(
     a mapping of candidates is fitted (:func:`fitted_proximity`) to the centred outer product
     (x - mean)(x - mean)^T, i.e. to which languages have similar x. Spearman: x* is re-ranked.
     Why: a language's mean gradient similarity and its quality (chrF) both vary by region and
-    family for reasons of their own; the permutation null then rejects 7-15% at alpha 0.05
-    (analyses/README.md, Calibration). Needs n >= 4 finite values.
+    family for reasons of their own; the permutation null then rejects 5-15% at alpha 0.05
+    (analyses/README.md, Calibration). ``quality_correlation`` passes the quality as x (the
+    surrogates then held 2-8%). Needs n >= 4 finite values.
     """
     if method not in METHODS:
         raise InvalidInputError(f"method {method!r}; allowed: {METHODS}")
