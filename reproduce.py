@@ -235,6 +235,8 @@ def reproduce(
     tmp = result.results.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(result.results)
+    # The record's headline table (what figures/README.md quotes), from the same payload.
+    (out / "headline.md").write_text(figures.headline_table(payload) + "\n")
     _say(f"done in {result.timings['total']:.0f} s: {out / 'report.html'}")
     return result
 

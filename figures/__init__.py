@@ -10,6 +10,8 @@ figures/ only draws: every number comes from ``analyses`` (``analyse_run``, ``co
 - F5 ``similarity_over_time``: similarity over steps, settling step with its interval;
 - F6 ``optimizer_comparison``: sum vs PCGrad vs GradVac across seeds;
 - F7 ``layer_typology``: the layer x distance table of (partial) rho, the report's lead.
+- ``headline_table(results)``: the headline numbers of a reproduction's results.json as the
+  markdown table figures/README.md quotes (``figures._record``).
 - ``grouping_comparison`` (beyond the paper): one model per group vs the all-language model,
   per language and grouping scheme (``grouping_figure(experiment)``, ``grouping_markdown``).
 
@@ -38,6 +40,7 @@ _EXPORTS = {
     "grouping_comparison": "figures._grouping",
     "grouping_figure": "figures._grouping",
     "grouping_markdown": "figures._grouping",
+    "headline_table": "figures._record",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,152 @@
+"""The reproduction's record: the headline numbers of a ``results.json`` as one markdown table.
+
+figures/README.md quotes its numbers from this table, between the markers
+``<!-- headline:start -->`` and ``<!-- headline:end -->``; a test regenerates the table from
+the committed ``figures/gallery/results.json`` and checks that the README holds it verbatim,
+so every number there can be traced to the record. ``geomtrace reproduce`` writes the same
+table to ``OUT/headline.md``.
+
+Every row names its statistic, the question its interval answers and its correction:
+"[lang CI]" is the language (node) jackknife interval of the noise-removed relation (the
+claim about languages), "p" the test that keeps the languages' autocorrelation (spatial
+surrogates) unless the row says otherwise, "Holm" the adjustment within the run's layer
+table (every group x distance, rho and partial). Columns: the summed-gradient runs in seed
+order. Missing values (an older results.json, a table not computed) print as "–".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: Where the layer table's headline rows come from: (group, distance) pairs.
+HEADLINE_CELLS = (("all", "geographic"), ("all", "genetic"), ("encoder.layers.0", "geographic"),
+                  ("encoder.layers.0", "genetic"))  # fmt: skip
+START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def _num(value: Any, digits: int = 2, signed: bool = True) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _p(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return "<.001" if v < 0.001 else f"{v:.3f}".lstrip("0")
+
+
+def _ci(row: Mapping[str, Any], value: str, low: str, high: str) -> str:
+    return f"{_num(row.get(value))} [{_num(row.get(low))}, {_num(row.get(high))}]"
+
+
+def _rows(run: Mapping[str, Any], frame: str) -> list[dict[str, Any]]:
+    return list((run.get("results") or {}).get(frame) or [])
+
+
+def _find(rows: Sequence[Mapping[str, Any]], **match: Any) -> Mapping[str, Any]:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return {}
+
+
+def baseline_runs(results: Mapping[str, Any]) -> list[str]:
+    """The summed-gradient runs of a results dict, in seed order."""
+    runs = results.get("runs") or {}
+    return [name for name in runs if name.startswith("sum-")]
+
+
+def headline_table(results: Mapping[str, Any]) -> str:
+    """The headline numbers of a ``geomtrace reproduce`` results dict as a markdown table (one
+    column per summed-gradient seed), then the optimizer comparison."""
+    names = baseline_runs(results)
+    runs = [results["runs"][n] for n in names]
+    lines = ["| statistic | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def row(label: str, cell) -> None:
+        lines.append(f"| {label} | " + " | ".join(cell(r) for r in runs) + " |")
+
+    def similarity(r):
+        return _find(_rows(r, "similarity"), group="all")
+
+    row("languages", lambda r: str(len(r.get("tasks") or [])))
+    row(
+        "whole-model snapshot reliability",
+        lambda r: _num(similarity(r).get("reliability"), 2, False),
+    )
+    row("mean similarity, raw [CI: this run]",
+        lambda r: _ci(similarity(r), "mean_cosine", "ci_low", "ci_high"))  # fmt: skip
+    row("mean similarity, noise-corrected [CI: this run]",
+        lambda r: _ci(similarity(r), "mean_corrected", "corrected_ci_low", "corrected_ci_high"))  # fmt: skip
+
+    def chrf(r):
+        values = [q.get("chrf") for q in _rows(r, "task_quality") if q.get("chrf") is not None]
+        if not values:
+            return "–"
+        return f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+    row("chrF, mean over languages (min-max)", chrf)
+    for group, distance in HEADLINE_CELLS:
+        where = "whole model" if group == "all" else group
+
+        def cell(r, group=group, distance=distance):
+            return _find(_rows(r, "layers"), group=group, distance=distance)
+
+        row(f"{where}, {distance}: rho (p; Holm)",
+            lambda r, cell=cell: f"{_num(cell(r).get('rho'))} ({_p(cell(r).get('p_value'))}; "
+            f"{_p(cell(r).get('p_holm'))})")  # fmt: skip
+        row(f"{where}, {distance}: noise-removed rho [lang CI]",
+            lambda r, cell=cell: _ci(cell(r), "rho_disattenuated", "lang_ci_low", "lang_ci_high"))  # fmt: skip
+        row(f"{where}, {distance} given char. overlap: partial rho (p; Holm)",
+            lambda r, cell=cell: f"{_num(cell(r).get('partial_rho'))} "
+            f"({_p(cell(r).get('partial_p_value'))}; {_p(cell(r).get('partial_p_holm'))})")  # fmt: skip
+        row(f"{where}, {distance} given char. overlap: noise-removed partial [lang CI]",
+            lambda r, cell=cell: _ci(cell(r), "partial_disattenuated", "partial_lang_ci_low",
+                                     "partial_lang_ci_high"))  # fmt: skip
+    row("whole-model matrix split-half reliability",
+        lambda r: _num(_find(_rows(r, "layers"), group="all").get("matrix_reliability"), 2, False))  # fmt: skip
+    for metric in ("chrf", "heldout_loss"):
+
+        def q(r, metric=metric):
+            return _find(_rows(r, "quality"), metric=metric)
+
+        row(f"similarity vs {metric}: rho (p, test) [task CI]",
+            lambda r, q=q: f"{_num(q(r).get('rho'))} ({_p(q(r).get('p_value'))}, "
+            f"{q(r).get('test', 'permutation')}) [{_num(q(r).get('lang_ci_low'))}, "
+            f"{_num(q(r).get('lang_ci_high'))}]")  # fmt: skip
+        row(f"similarity vs {metric} given char. overlap: partial (p)",
+            lambda r, q=q: f"{_num(q(r).get('partial_rho'))} ({_p(q(r).get('partial_p_value'))})")  # fmt: skip
+    for level in ("family", "genus", "script"):
+
+        def agreement(r, level=level):
+            return _find(_rows(r, "clustering"), level=level, statistic="ari")
+
+        row(f"clusters vs {level}: ARI (p, labels permuted; chance)",
+            lambda r, a=agreement: f"{_num(a(r).get('value'))} ({_p(a(r).get('p_value'))}; "
+            f"{_num(a(r).get('null_mean'))})")  # fmt: skip
+    lines += ["", "| optimizer vs the same-seed baseline | chrF difference [t-interval over seeds] "
+              "| seeds | languages better |", "|---|---|---|---|"]  # fmt: skip
+    for m in (results.get("comparison") or {}).get("per_method") or []:
+        lines.append(
+            f"| {m.get('method')} | {_ci(m, 'mean_delta', 'ci_low', 'ci_high')} | "
+            f"{m.get('n_seeds')} | {m.get('n_better')} of {m.get('n_tasks')} |"
+        )
+    return "\n".join(lines)
+
+
+def readme_block(text: str) -> str:
+    """The part of a README between :data:`START` and :data:`END` (stripped); "" if absent."""
+    if START not in text or END not in text:
+        return ""
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
