@@ -140,14 +140,16 @@ def quality_scatter(
                 hit = correlation[correlation["metric"] == metric]
                 if not hit.empty:
                     r = hit.iloc[0]
-                    lines.append(f"Spearman ρ = {ci(r['rho'], r['ci_low'], r['ci_high'])}")
+                    # The task-jackknife interval (the relation in tasks like these: the one
+                    # the calibration harness shows covering); the snapshot interval of rho
+                    # covered 54-92% and is left to results.json.
+                    low, high = r.get("lang_ci_low", np.nan), r.get("lang_ci_high", np.nan)
+                    lines.append(f"Spearman ρ = {ci(r['rho'], low, high)} ({task_noun_plural})")
                     lines.append(f"   {short_p(r['p_value'])}{holm_mark(r.get('p_holm'), alpha)}")
                     lines.append(f"step 0: ρ = {fmt(r['rho_step0'])}")
                     if isinstance(r["control"], str):
-                        lines.append(
-                            f"partial | {r['control']}: ρ = "
-                            f"{ci(r['partial_rho'], r['partial_ci_low'], r['partial_ci_high'])}"
-                        )
+                        lines.append(f"partial | {r['control']}: ρ = {fmt(r['partial_rho'])}, "
+                                     f"{short_p(r['partial_p_value'])}")  # fmt: skip
                     if r["note"]:
                         lines.append(str(r["note"])[:60])
             stats_title(ax, metric_label(metric), lines)

@@ -272,7 +272,8 @@ def _run_tables(result: analyses.RunResults, key: str) -> str:
             table = f["layers"][[c for c in cols if c in f["layers"].columns]]
             out += "<p>Layer x distance table (Holm within the table):</p>" + _table(table)
         if "layer_clustering" in f:
-            out += _details("family / genus agreement per group", _table(f["layer_clustering"]))
+            table = f["layer_clustering"].drop(columns=["ci_low", "ci_high"], errors="ignore")
+            out += _details("family / genus agreement per group", _table(table))
         return out
     if key == "f1":
         out = ""
@@ -284,7 +285,9 @@ def _run_tables(result: analyses.RunResults, key: str) -> str:
             out += f"<p>Which {plural} cluster together ({html.escape(flat['criterion'])}): "
             out += f"{html.escape(groups)}</p>"
         if "clustering" in f:
-            out += "<p>Do the clusters recover the families?</p>" + _table(f["clustering"])
+            # without the bootstrap interval of the agreement (not calibrated: results.json)
+            table = f["clustering"].drop(columns=["ci_low", "ci_high"], errors="ignore")
+            out += "<p>Do the clusters recover the families?</p>" + _table(table)
         if "families" in f:
             out += _details(
                 "families (Glottolog via lang2vec)",
@@ -296,7 +299,12 @@ def _run_tables(result: analyses.RunResults, key: str) -> str:
         cols = [c for c in f["typology"].columns if c not in drop]
         return _table(f["typology"][cols])
     if key == "f3":
-        out = _table(f["quality"]) if "quality" in f else ""
+        # the snapshot intervals of rho are left to results.json (not calibrated)
+        out = (
+            _table(f["quality"].drop(columns=list(SNAPSHOT_RHO_INTERVALS), errors="ignore"))
+            if "quality" in f
+            else ""
+        )
         if "task_quality" in f:
             out += _details("similarity and quality per task", _table(f["task_quality"]))
         return out

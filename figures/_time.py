@@ -77,15 +77,14 @@ def figure(result) -> object:
 
 
 def _settle_text(row: pd.Series) -> str:
-    step, lo, hi = (float(row[c]) for c in ("settle_step", "settle_ci_low", "settle_ci_high"))
-    last = float(row["last_step"])
+    """The settle step, without its pair-bootstrap interval: the calibration harness does not
+    score that interval yet (analyses/README.md), so only the point is drawn."""
+    step = float(row["settle_step"])
     if not np.isfinite(float(row["final_value"])):
         return "no final value (last snapshot not finite)"
     if not np.isfinite(step):
         return "does not settle"
-    upper = "not settled" if np.isfinite(hi) and hi > last else f"{hi:.0f}"
-    interval = f" [{lo:.0f}, {upper}]" if np.isfinite(lo) else ""
-    return f"settles at step {step:.0f}{interval}"
+    return f"settles at step {step:.0f} (exploratory)"
 
 
 def similarity_over_time(
@@ -102,7 +101,8 @@ def similarity_over_time(
 ):
     """Left: the mean similarity per snapshot by kind (within / across family, or ``all``)
     with the interquartile band over pairs and the settling step with its interval; right:
-    the similarity of a few named pairs.
+    the similarity of a few named pairs. (``settling``'s intervals are not drawn: the
+    calibration harness does not score them yet.)
 
     ``reliability``: rows (step, reliability, mean_corrected) of
     ``analyses.reliability_trajectory``: the noise-corrected mean over all pairs (dashed) and
@@ -127,7 +127,6 @@ def similarity_over_time(
         fig = new_figure(11.0 if named else 6.2, 4.6)
         axes = fig.subplots(1, 2 if named else 1, sharey=True, squeeze=False).ravel()
         ax = axes[0]
-        last_step = float(trajectories["step"].max())
         for kind, part in trajectories.groupby("kind", sort=False):
             part = part.sort_values("step")
             color = _KIND_COLORS.get(kind, ALL_PAIRS)
@@ -145,19 +144,8 @@ def similarity_over_time(
                 if not hit.empty:
                     row = hit.iloc[0]
                     if np.isfinite(float(row["settle_step"])):
-                        step = float(row["settle_step"])
-                        lo = float(row.get("settle_ci_low", np.nan))
-                        hi = min(float(row.get("settle_ci_high", np.nan)), last_step)
-                        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
-                            ax.axvspan(lo, hi, color=color, alpha=0.07, lw=0, zorder=0)
-                        ax.axvline(step, color=color, ls=":", lw=1.1,
+                        ax.axvline(float(row["settle_step"]), color=color, ls=":", lw=1.1,
                                    label=f"{kind}: {_settle_text(row)}")  # fmt: skip
-                    if "final_ci_low" in row and np.isfinite(float(row["final_ci_low"])):
-                        ax.errorbar([last_step], [float(row["final_value"])],
-                                    yerr=[[max(0.0, float(row["final_value"]) - float(row["final_ci_low"]))],
-                                          [max(0.0, float(row["final_ci_high"]) - float(row["final_value"]))]],
-                                    fmt="_", color=color, capsize=3, lw=1.2, ms=8, zorder=5,
-                                    clip_on=False)  # fmt: skip
         if reliability is not None and not reliability.empty:
             rel = reliability.sort_values("step")
             ax.plot(rel["step"], rel["mean_corrected"], color=ALL_PAIRS, ls="--", lw=1.3,
@@ -177,7 +165,7 @@ def similarity_over_time(
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xlabel("training step")
         ax.set_ylabel(measure)
-        ax.set_title("mean over pairs, interquartile band; settle step [interval over pairs]",
+        ax.set_title("mean over pairs, interquartile band; settle step (exploratory)",
                      fontsize=8)  # fmt: skip
         if named:
             ax = axes[1]
