@@ -114,11 +114,11 @@ from analyses._spatial import (
     proximity,
     proximity_candidates,
     simulate_pair,
-    spatial_correlation,
     spatial_mantel,
     spatial_null_level,
     spatial_surrogates,
 )
+from analyses._spatial_correlation import spatial_correlation
 from analyses._stats import PermutationResult, mantel, partial_mantel, permutation_correlation
 from analyses._typology import (
     DISTANCES,

@@ -13,7 +13,8 @@ from analyses._inputs import Window, is_trace
 from analyses._language_level import language_interval
 from analyses._measures import similarity
 from analyses._similarity import alignment_rows, task_alignment, windowed
-from analyses._spatial import language_proximity, spatial_correlation
+from analyses._spatial import language_proximity
+from analyses._spatial_correlation import spatial_correlation
 from analyses._stats import permutation_correlation
 from analyses._uncertainty import (
     CORRELATION_RANGE,
