@@ -329,6 +329,24 @@ def _prepared(values: np.ndarray, method: str) -> np.ndarray:
         return values / norm
 
 
+def observed_statistic(
+    xs: np.ndarray, ys: np.ndarray, zs: np.ndarray | None
+) -> tuple[float, float] | None:
+    """(r_xy or r_xy.z, r_yz) of standardised rows (:func:`_prepared`); None when a value is
+    not finite, y and z are collinear, or the partial is undefined (the test is then NaN)."""
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        return None
+    if zs is None:
+        return float(xs @ ys), float("nan")
+    if not np.isfinite(zs).all():
+        return None
+    ryz = float(ys @ zs)
+    if abs(ryz) >= 1 - 1e-12:
+        return None
+    observed = float(_partial(xs @ ys, xs @ zs, ryz))
+    return (observed, ryz) if np.isfinite(observed) else None
+
+
 def spatial_mantel(
     x,
     y,
@@ -374,19 +392,10 @@ def spatial_mantel(
     nan = PermutationResult(float("nan"), float("nan"), k, n_surrogates, method, alternative)
     xs, ys = _prepared(xm[iu], method), _prepared(arrays[1][iu], method)
     zs = None if control is None else _prepared(arrays[2][iu], method)
-    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+    stat = observed_statistic(xs, ys, zs)
+    if stat is None:
         return nan
-    if zs is not None and not np.isfinite(zs).all():
-        return nan
-    if zs is None:
-        observed = float(xs @ ys)
-    else:
-        ryz = float(ys @ zs)
-        if abs(ryz) >= 1 - 1e-12:
-            return nan
-        observed = float(_partial(xs @ ys, xs @ zs, ryz))
-        if not np.isfinite(observed):
-            return nan
+    observed, ryz = stat
     rng = np.random.default_rng(seed)
     centred, effects = _split(xm)
     b = basis.vectors.T @ centred @ basis.vectors

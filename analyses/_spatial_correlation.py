@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyses._spatial import _basis_for, _prepared, _rotations
+from analyses._spatial import _basis_for, _prepared, _rotations, observed_statistic
 from analyses._stats import ALTERNATIVES, METHODS, PermutationResult, _partial, p_value
 from geomtrace import InvalidInputError
 
@@ -58,20 +58,10 @@ def spatial_correlation(
     basis = _basis_for(weights, np.outer(xc, xc), 1)
     ys = _prepared(vecs[1], method)
     zs = None if z is None else _prepared(vecs[2], method)
-    xs = _prepared(vecs[0], method)
-    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+    stat = observed_statistic(_prepared(vecs[0], method), ys, zs)
+    if stat is None:
         return nan
-    if zs is None:
-        observed = float(xs @ ys)
-    else:
-        if not np.isfinite(zs).all():
-            return nan
-        ryz = float(ys @ zs)
-        if abs(ryz) >= 1 - 1e-12:
-            return nan
-        observed = float(_partial(xs @ ys, xs @ zs, ryz))
-        if not np.isfinite(observed):
-            return nan
+    observed, ryz = stat
     rng = np.random.default_rng(seed)
     rotations = _rotations(basis, n_surrogates, rng)  # [n, K, K] = Q O
     coefficients = basis.vectors.T @ vecs[0]  # x in the Moran basis
