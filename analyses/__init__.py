@@ -81,6 +81,7 @@ from analyses._results import (
     ALPHA,
     FRAMES,
     PARTS,
+    PRIMARY_TESTS,
     NotApplicable,
     RunDescription,
     RunResults,
@@ -130,7 +131,7 @@ from analyses._typology import (
     typological_distance,
     typological_distances,
 )
-from analyses._uncertainty import block_bootstrap, holm, interval
+from analyses._uncertainty import benjamini_hochberg, block_bootstrap, holm, interval
 
 __all__ = [
     "ALPHA", "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
@@ -141,13 +142,14 @@ __all__ = [
     "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
     "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
     "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",
+    "benjamini_hochberg",
     "analyse_runs", "block_bootstrap", "centred_gram", "describe", "has_halves", "holm",
     "interval", "mean_pair_similarity", "open_run", "pick_pairs", "reliability_table",
     "run_label", "settling_with_interval", "similarity",
     "AGREEMENT_COLUMNS", "ALIGNMENT_COLUMNS", "ALL", "CORRELATION_COLUMNS", "COVARIATES",
     "DISTANCES", "FAMILY_GROUP_COLUMNS", "FAMILY_TRAJECTORY_COLUMNS", "GRADVAC_TARGET_COLUMNS",
     "GROUP_TRAJECTORY_COLUMNS", "MACROLANGUAGE_FALLBACK", "PAIR_SPREAD_COLUMNS",
-    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "RELIABILITY_TRAJECTORY_COLUMNS",
+    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "PRIMARY_TESTS", "RELIABILITY_TRAJECTORY_COLUMNS",
     "reliability_trajectory", "QUALITY_CORRELATION_COLUMNS",
     "QUALITY_DIFFERENCE_COLUMNS", "SETTLING_COLUMNS", "SUMMARY_COLUMNS", "ClusterTree",
     "PermutationResult", "adjusted_rand_index", "cache_dir", "char_overlap_distance",

@@ -54,7 +54,7 @@ from analyses._similarity import (
 )
 from analyses._task_specific import task_specific_groups, task_specific_note
 from analyses._typology import DISTANCES, language_families, typological_distances
-from analyses._uncertainty import LEVEL, N_BOOTSTRAP, holm, interval
+from analyses._uncertainty import LEVEL, N_BOOTSTRAP, benjamini_hochberg, holm, interval
 from geomtrace import InvalidInputError, TraceError, open_trace
 
 log = logging.getLogger(__name__)
@@ -852,8 +852,18 @@ def _optimizer(result: RunResults, trace) -> None:
 
 TESTS_COLUMNS = [
     "table", "test", "value", "ci_low", "ci_high", "p_value", "n_tests", "p_holm",
-    "survives_holm",
+    "survives_holm", "role", "p_primary", "q_fdr",
 ]  # fmt: skip
+
+#: The declared primary tests (issue 22): the paper's findings that one run can test, fixed
+#: before any result is seen, with Holm's family-wise control across them (``p_primary``).
+#: Every other test is exploratory: Benjamini-Hochberg q over all of them, each test counted
+#: once (``q_fdr``). (table, test name as in ``frames["tests"]``.)
+PRIMARY_TESTS = (
+    ("typology", "all genetic | char_overlap: partial rho"),
+    ("typology", "all geographic | char_overlap: partial rho"),
+    ("quality", "chrf: rho"),
+)
 
 
 def _tests_table(result: RunResults) -> None:
@@ -870,7 +880,8 @@ def _tests_table(result: RunResults) -> None:
         m = int(np.isfinite(p).sum())
         for (name, value, lo, hi, pv), ph in zip(entries, adjusted, strict=True):
             if np.isfinite(pv):
-                rows.append((table, name, value, lo, hi, pv, m, ph, bool(ph < ALPHA)))
+                rows.append((table, name, value, lo, hi, pv, m, ph, bool(ph < ALPHA), "", np.nan,
+                             np.nan))  # fmt: skip
         return adjusted
 
     for name in ("typology", "layers"):
@@ -929,7 +940,7 @@ def _tests_table(result: RunResults) -> None:
         quality["p_holm"] = adjusted[: len(quality)]
         quality["partial_p_holm"] = adjusted[len(quality) :]
         result.frames["quality"] = quality
-    result.frames["tests"] = pd.DataFrame(rows, columns=TESTS_COLUMNS)
+    result.frames["tests"] = _roles(pd.DataFrame(rows, columns=TESTS_COLUMNS))
     # A permutation p is at least 1 / (P + 1): with m tests, Holm's smallest adjusted p is
     # m / (P + 1), so a table with more tests than that cannot have a survivor at all.
     floor = 1.0 / (result.settings["n_permutations"] + 1)
@@ -942,6 +953,24 @@ def _tests_table(result: RunResults) -> None:
                 f"permutations no test can survive Holm's correction at {ALPHA} (smallest "
                 f"adjusted p {m * floor:.2f}); use at least {need} permutations"
             )
+
+
+def _roles(tests: pd.DataFrame) -> pd.DataFrame:
+    """Mark the declared primary tests (:data:`PRIMARY_TESTS`) with Holm across them
+    (``p_primary``) and give every other test a Benjamini-Hochberg q over the run's exploratory
+    tests (``q_fdr``), each test counted once: the layer table repeats the typology table's
+    whole-model rows, which keep their typology-table entry."""
+    tests = tests.copy()
+    key = list(zip(tests["table"], tests["test"], strict=True))
+    primary = np.array([k in PRIMARY_TESTS for k in key], dtype=bool)
+    tests["role"] = np.where(primary, "primary", "exploratory")
+    tests.loc[primary, "p_primary"] = holm(tests.loc[primary, "p_value"].to_numpy())
+    typology_names = set(tests.loc[tests["table"] == "typology", "test"])
+    repeat = (tests["table"] == "layers") & tests["test"].isin(typology_names)
+    tests.loc[repeat, "role"] = "repeat"
+    explore = tests["role"] == "exploratory"
+    tests.loc[explore, "q_fdr"] = benjamini_hochberg(tests.loc[explore, "p_value"].to_numpy())
+    return tests
 
 
 def analyse_runs(runs: Sequence[Any], *, progress=None, **kwargs: Any) -> list[RunResults]:
@@ -959,7 +988,7 @@ def analyse_runs(runs: Sequence[Any], *, progress=None, **kwargs: Any) -> list[R
 
 
 __all__ = [
-    "ALPHA", "FRAMES", "NotApplicable", "PARTS", "RunDescription", "RunResults",
+    "ALPHA", "FRAMES", "NotApplicable", "PARTS", "PRIMARY_TESTS", "RunDescription", "RunResults",
     "analyse_run", "analyse_runs", "describe", "open_run", "pick_pairs", "run_label",
     "settling_with_interval",
 ]  # fmt: skip

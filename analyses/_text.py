@@ -76,6 +76,7 @@ def results_text(res) -> str:
     for warning in res.warnings:
         out.append(f"WARNING: {warning}")
     f = res.frames
+    out += primary_text(f.get("tests"))
     if "similarity" in f:
         rows = [
             [r.group, str(r.n_steps), with_interval(r.mean_cosine, r.ci_low, r.ci_high),
@@ -211,6 +212,33 @@ def results_text(res) -> str:
     if res.not_applicable:
         out += ["", "== not applicable"] + [f"  {k}: {v}" for k, v in res.not_applicable.items()]
     return "\n".join(out)
+
+
+def primary_text(tests: pd.DataFrame | None) -> list[str]:
+    """The declared primary tests first (Holm across them), then how many exploratory tests
+    pass a 5% false-discovery rate; [] without a tests table."""
+    if tests is None or not len(tests) or "role" not in tests:
+        return []
+    primary = tests[tests["role"] == "primary"]
+    explore = tests[tests["role"] == "exploratory"]
+    out = ["", "== primary tests (declared in advance: analyses._results.PRIMARY_TESTS; p "
+           "adjusted by Holm across them)"]  # fmt: skip
+    if len(primary):
+        out.append(
+            _table(
+                [[r.table, r.test, _f(r.value, 2), p_text(r.p_value), p_text(r.p_primary),
+                  "yes" if r.p_primary < 0.05 else "no"] for r in primary.itertuples()],
+                ["table", "test", "value", "p", "p (Holm, primaries)", "at 0.05"],
+            )
+        )  # fmt: skip
+    else:
+        out.append("  none computed in this run (they need language codes and quality values)")
+    n_fdr = int((explore["q_fdr"] < 0.05).sum())
+    out.append(
+        f"exploratory: {len(explore)} other tests, each counted once; {n_fdr} with a "
+        "Benjamini-Hochberg q < 0.05 (column q_fdr of the tests table)"
+    )
+    return out
 
 
 def clusters_line(clusters: dict[str, Any], tasks_noun: str = "tasks") -> str:

@@ -189,6 +189,21 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values (false-discovery rate; NaN stays NaN and is not a test):
+    with the m finite p sorted increasingly, q_(k) = min_{j >= k} min(1, m p_(j) / j)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    scaled = np.minimum(1.0, m * p[order] / np.arange(1, m + 1))
+    out[order] = np.minimum.accumulate(scaled[::-1])[::-1]
+    return out
+
+
 def upper(matrices: np.ndarray) -> np.ndarray:
     """Upper triangles (i < j) of [..., K, K] matrices: [..., K(K-1)/2]."""
     K = matrices.shape[-1]

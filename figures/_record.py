@@ -97,6 +97,24 @@ def headline_table(results: Mapping[str, Any]) -> str:
         return f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
     row("chrF, mean over languages (min-max)", chrf)
+
+    def primaries(r):
+        return [t for t in _rows(r, "tests") if t.get("role") == "primary"]
+
+    names = list(dict.fromkeys(t["test"] for r in runs for t in primaries(r)))
+    for name in names:
+        row(f"PRIMARY {name} (p; Holm across the primaries)",
+            lambda r, name=name: (lambda t: f"{_num(t.get('value'))} ({_p(t.get('p_value'))}; "
+                                  f"{_p(t.get('p_primary'))})")(_find(primaries(r), test=name)))  # fmt: skip
+
+    def fdr(r):
+        explore = [t for t in _rows(r, "tests") if t.get("role") == "exploratory"]
+        if not explore:
+            return "–"
+        passed = sum(1 for t in explore if (t.get("q_fdr") is not None and t["q_fdr"] < 0.05))
+        return f"{passed} of {len(explore)}"
+
+    row("exploratory tests with BH q < 0.05", fdr)
     for group, distance in HEADLINE_CELLS:
         where = "whole model" if group == "all" else group
 

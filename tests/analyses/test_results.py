@@ -5,7 +5,7 @@ import pytest
 
 import cli
 import geomtrace as gt
-from analyses import NotApplicable, analyse_run
+from analyses import PRIMARY_TESTS, NotApplicable, analyse_run
 
 
 def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
@@ -89,6 +89,20 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
     assert (tests["p_holm"] >= tests["p_value"] - 1e-12).all()
     n = tests.groupby("table")["n_tests"].first()
     assert (tests.groupby("table").size() == n).all()
+    # Declared primaries (Holm across them), the layer table's repeats of the typology rows,
+    # and a false-discovery q for every other test, each counted once.
+    primary = tests[tests["role"] == "primary"]
+    assert set(primary["test"]) == {t for table, t in PRIMARY_TESTS}
+    assert (primary["p_primary"] >= primary["p_value"] - 1e-12).all()
+    repeats = tests[tests["role"] == "repeat"]
+    assert len(repeats) and set(repeats["table"]) == {"layers"}
+    assert set(repeats["test"]) <= set(tests.loc[tests["table"] == "typology", "test"])
+    explore = tests[tests["role"] == "exploratory"]
+    assert (
+        explore["q_fdr"].notna().all()
+        and tests.loc[~(tests["role"] == "exploratory"), "q_fdr"].isna().all()
+    )
+    assert "== primary tests" in result.to_text().split("== similarity")[0]
 
     payload = json.loads(json.dumps(result.to_dict()))
     assert payload["results"]["similarity_matrix"]["tasks"] == tasks

@@ -15,6 +15,16 @@ def test_holm_by_hand():
     assert analyses.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
 
 
+def test_benjamini_hochberg_by_hand():
+    # Sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 4 x 0.01 / 1 = 0.04, 4 x 0.03 / 2 = 0.06,
+    # 4 x 0.04 / 3 = 0.0533, 4 x 0.5 / 4 = 0.5; running minimum from the top: 0.04, 0.0533,
+    # 0.0533, 0.5.
+    got = analyses.benjamini_hochberg([0.04, 0.5, 0.01, 0.03, np.nan])
+    assert got[:4] == pytest.approx([4 * 0.04 / 3, 0.5, 0.04, 4 * 0.04 / 3])
+    assert np.isnan(got[4])
+    assert (got[:4] <= analyses.holm([0.04, 0.5, 0.01, 0.03]) + 1e-12).all()  # never stricter
+
+
 def test_block_bootstrap_draws_runs_of_consecutive_snapshots():
     idx = analyses.block_bootstrap(20, 50, seed=3)
     assert idx.shape == (50, 20) and idx.min() >= 0 and idx.max() <= 19
