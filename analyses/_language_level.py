@@ -94,6 +94,24 @@ def disattenuated(
         return np.clip(partial_from_r(dxy, dxz, ryz), -1.0, 1.0)
 
 
+def detectable_effect(
+    low: float, high: float, n: int, level: float = LEVEL, power: float = 0.8
+) -> float:
+    """The smallest |correlation| a two-sided test at 1 - ``level`` detects with ``power``,
+    given a :func:`language_interval` [low, high] over ``n`` languages: with
+    se = (atanh(high) - atanh(low)) / (2 t_{n-1}((1 + level) / 2)) the interval's Fisher-z
+    standard error, tanh((t_{n-1}((1 + level) / 2) + t_{n-1}(power)) se). It states what a
+    "not detected" could have detected at this size (a null result's power, issue 22). NaN
+    when the interval is undefined."""
+    if not (np.isfinite(low) and np.isfinite(high)) or n < 3 or high <= low:
+        return float("nan")
+    df = max(n - 1, 1)
+    t_level = float(student_t.ppf((1 + level) / 2, df))
+    se = float(np.arctanh(min(high, 1 - 1e-12))) - float(np.arctanh(max(low, -1 + 1e-12)))
+    se /= 2 * t_level
+    return float(np.tanh((t_level + float(student_t.ppf(power, df))) * se))
+
+
 def language_interval(
     estimate: float, leave_one_out: np.ndarray, level: float = LEVEL
 ) -> tuple[float, float]:

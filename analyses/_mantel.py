@@ -13,6 +13,7 @@ import pandas as pd
 from analyses._covariates import covariate_distances
 from analyses._inputs import Window, is_trace, select_window_mask, tasks_with_nan
 from analyses._language_level import (
+    detectable_effect,
     disattenuated,
     language_interval,
     matrix_reliability,
@@ -43,8 +44,8 @@ CORRELATION_COLUMNS = [
     "partial_p_value", "partial_rho_step0", "partial_p_value_step0", "test", "p_mantel",
     "partial_p_mantel", "matrix_reliability",
     "rho_disattenuated", "lang_ci_low", "lang_ci_high", "partial_disattenuated",
-    "partial_lang_ci_low", "partial_lang_ci_high", "n_permutations", "n_bootstrap", "excluded",
-    "note",
+    "partial_lang_ci_low", "partial_lang_ci_high", "detectable", "partial_detectable",
+    "n_permutations", "n_bootstrap", "excluded", "note",
 ]  # fmt: skip
 
 
@@ -290,6 +291,9 @@ def typology_correlation(
                     "partial_disattenuated": pdis,
                     "partial_lang_ci_low": pdis_lo,
                     "partial_lang_ci_high": pdis_hi,
+                    # the smallest noise-removed relation this run could detect (80% power)
+                    "detectable": detectable_effect(dis_lo, dis_hi, len(labels), level),
+                    "partial_detectable": detectable_effect(pdis_lo, pdis_hi, len(labels), level),
                     "n_permutations": n_permutations,
                     "n_bootstrap": n_bootstrap,
                     "excluded": "; ".join(excluded),

@@ -146,6 +146,15 @@ def results_text(res) -> str:
             "in the JSON, covers no truth about languages); read the noise-removed rho and its "
             "language interval"
         )
+        typ = f["typology"]
+        if "partial_detectable" in typ and typ["partial_detectable"].notna().any():
+            det = typ["partial_detectable"].dropna()
+            out.append(
+                f"  a relation not detected here could still be as large as the design's "
+                f"detectable effect: noise-removed partial |rho| {det.min():.2f}-{det.max():.2f} "
+                f"(80% power at alpha 0.05 from the {d.task_noun} jackknife; JSON columns "
+                "detectable, partial_detectable)"
+            )
     if "layers" in f:
         out += ["", "== where the language structure lives: partial rho given "
                 f"{_first_control(f['layers'])} per group (raw rho in parentheses)"]  # fmt: skip

@@ -132,6 +132,8 @@ def headline_table(results: Mapping[str, Any]) -> str:
         row(f"{where}, {distance} given char. overlap: noise-removed partial [lang CI]",
             lambda r, cell=cell: _ci(cell(r), "partial_disattenuated", "partial_lang_ci_low",
                                      "partial_lang_ci_high"))  # fmt: skip
+        row(f"{where}, {distance} given char. overlap: detectable partial (80% power)",
+            lambda r, cell=cell: _num(cell(r).get("partial_detectable"), 2, False))  # fmt: skip
     row("whole-model matrix split-half reliability",
         lambda r: _num(_find(_rows(r, "layers"), group="all").get("matrix_reliability"), 2, False))  # fmt: skip
     for metric in ("chrf", "heldout_loss"):

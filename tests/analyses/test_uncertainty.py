@@ -91,3 +91,21 @@ def test_fast_tree_cut_equals_scipy_maxclust():
             ours = _cut(Z, 12, n)
             theirs = fcluster(Z, t=n, criterion="maxclust")
             assert adjusted_rand_index(ours, theirs) == pytest.approx(1.0)
+
+
+def test_detectable_effect_by_hand():
+    """The smallest |rho| detectable with 80% power from a language interval: its Fisher-z
+    standard error times (t_.975 + t_.80) over n - 1 degrees of freedom, back on rho's scale."""
+    from scipy.stats import t
+
+    from analyses._language_level import detectable_effect, language_interval
+
+    rng = np.random.default_rng(0)
+    loo = np.tanh(0.3 + 0.05 * rng.normal(size=16))
+    low, high = language_interval(0.3, loo)
+    se = np.std(np.arctanh(loo)) * np.sqrt(15)  # jackknife se: sqrt((n-1)/n sum dev^2)
+    expected = np.tanh((t.ppf(0.975, 15) + t.ppf(0.8, 15)) * se)
+    assert detectable_effect(low, high, 16) == pytest.approx(expected, rel=1e-9)
+    # wider interval, larger detectable effect; undefined interval, NaN
+    assert detectable_effect(low - 0.1, high + 0.1, 16) > expected
+    assert np.isnan(detectable_effect(np.nan, 0.5, 16)) and np.isnan(detectable_effect(0.1, 0.5, 2))
