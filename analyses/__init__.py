@@ -95,10 +95,12 @@ from analyses._results import (
 )
 from analyses._similarity import (
     ALIGNMENT_COLUMNS,
+    DIFFERENCE_COLUMNS,
     LOW_RELIABILITY,
     RELIABILITY_COLUMNS,
     SUMMARY_COLUMNS,
     alignment_rows,
+    group_difference,
     mean_pair_similarity,
     reliability_table,
     similarity_matrix,
@@ -149,7 +151,7 @@ __all__ = [
     "AGREEMENT_COLUMNS", "ALIGNMENT_COLUMNS", "ALL", "CORRELATION_COLUMNS", "COVARIATES",
     "DISTANCES", "FAMILY_GROUP_COLUMNS", "FAMILY_TRAJECTORY_COLUMNS", "GRADVAC_TARGET_COLUMNS",
     "GROUP_TRAJECTORY_COLUMNS", "MACROLANGUAGE_FALLBACK", "PAIR_SPREAD_COLUMNS",
-    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "PRIMARY_TESTS", "RELIABILITY_TRAJECTORY_COLUMNS",
+    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "PRIMARY_TESTS", "DIFFERENCE_COLUMNS", "group_difference", "RELIABILITY_TRAJECTORY_COLUMNS",
     "reliability_trajectory", "QUALITY_CORRELATION_COLUMNS",
     "QUALITY_DIFFERENCE_COLUMNS", "SETTLING_COLUMNS", "SUMMARY_COLUMNS", "ClusterTree",
     "PermutationResult", "adjusted_rand_index", "cache_dir", "char_overlap_distance",

@@ -46,7 +46,9 @@ from analyses._measures import check_measure, has_halves
 from analyses._optimizers import gradvac_target_trajectories
 from analyses._quality import quality_correlation, task_quality
 from analyses._similarity import (
+    DIFFERENCE_COLUMNS,
     LOW_RELIABILITY,
+    group_difference,
     reliability_table,
     similarity_summary,
     task_alignment,
@@ -77,6 +79,7 @@ FRAMES: dict[str, str] = {
     "task_quality": "task_quality",
     "quality": "quality_correlation",
     "group_trajectories": "group_trajectories",
+    "group_differences": "group_difference, decoder minus encoder at the same depth (paired)",
     "reliability_trajectory": "reliability_trajectory (reliability, raw and corrected mean)",
     "group_settling": "settling (by group) + pair bootstrap",
     "family_trajectories": "family_trajectories",
@@ -419,6 +422,9 @@ def analyse_run(
     result.frames["similarity"] = similarity_summary(
         trace, tables, measure=measure, window=window, **boot
     )
+    differences = _paired_differences(trace, result.settings["groups"], window, boot)
+    if differences is not None:
+        result.frames["group_differences"] = differences
     if description.halves:
         result.frames["reliability"] = reliability_table(trace, tables, window=window)
     else:
@@ -864,6 +870,19 @@ PRIMARY_TESTS = (
     ("typology", "all geographic | char_overlap: partial rho"),
     ("quality", "chrf: rho"),
 )
+
+
+def _paired_differences(trace, groups, window, boot) -> pd.DataFrame | None:
+    """Decoder minus encoder at the same depth (groups whose names differ only by "encoder" /
+    "decoder"), on the noise-corrected measure when the trace has halves: paired bootstrap
+    differences (``group_difference``). None when no such pair exists (any other model)."""
+    pairs = [(g, g.replace("encoder", "decoder")) for g in groups if "encoder" in g]
+    pairs = [(a, b) for a, b in pairs if b in groups]
+    if not pairs:
+        return None
+    measure = "corrected" if trace.has_halves else "raw"
+    rows = [group_difference(trace, a, b, measure=measure, window=window, **boot) for a, b in pairs]
+    return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
 
 
 def _tests_table(result: RunResults) -> None:

@@ -87,6 +87,17 @@ def results_text(res) -> str:
         out += ["", f"== similarity ({res.measure}; mean over {d.task_noun} pairs)"]
         out.append(_table(rows, ["group", "snapshots", "mean [CI]", "reliability",
                                  "corrected [CI]"]))  # fmt: skip
+    if "group_differences" in f:
+        diff = f["group_differences"]
+        out += ["", f"== decoder minus encoder at the same depth ({diff['measure'].iloc[0]} mean "
+                "similarity; paired: both groups on the same bootstrap replicates)"]  # fmt: skip
+        out.append(
+            _table(
+                [[f"{r.group_b} - {r.group_a}", _f(r.mean_b, 2), _f(r.mean_a, 2),
+                  with_interval(r.difference, r.ci_low, r.ci_high)] for r in diff.itertuples()],
+                ["pair", "decoder", "encoder", "difference [CI]"],
+            )
+        )  # fmt: skip
     if "reliability" in f:
         rel = f["reliability"]
         head = rel[rel["group"] == res.group]

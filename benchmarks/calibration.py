@@ -319,6 +319,10 @@ INTERVALS: list[IntervalStat] = [
         "corrected_ci_high", "mean", ("run", "process"), ("group",),
     ),
     IntervalStat(
+        "difference", "difference", "difference", "ci_low", "ci_high", "mean", ("run",),
+        ("group_a",),
+    ),
+    IntervalStat(
         "rho", "typology", "rho", "ci_low", "ci_high", "rho",
         ("noisy", "run", "process", "population"), ("measure", "distance"),
     ),
@@ -401,6 +405,12 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
         # mean_corrected columns do not depend on the measure.
         sims.append(analyses.similarity_summary(trace, groups, measure="raw", **boot))
         free_sims.append(analyses.similarity_summary(free, groups, measure="raw", n_bootstrap=1))
+        # decoder minus encoder, paired (analyze's "group_differences")
+        pair = ("encoder.0", "decoder.0")
+        frames["difference"] = pd.DataFrame([analyses.group_difference(trace, *pair, **boot)])
+        free_frames["difference"] = pd.DataFrame(
+            [analyses.group_difference(free, *pair, n_bootstrap=1)]
+        )
     for measure in settings["measures"] if "typology" in parts else []:
         for g in [analyses.ALL, *trace.groups]:
             free_frames[f"matrix:{measure}:{g}"] = analyses.similarity_matrix(

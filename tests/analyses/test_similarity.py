@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import analyses
 import geomtrace as gt
 from analyses import (
     ALIGNMENT_COLUMNS,
@@ -95,3 +96,28 @@ def test_trace_groups_and_whole_model(tmp_path):
     assert np.allclose(m.to_numpy(), cos.mean(0), atol=1e-6)
     with pytest.raises(InvalidInputError, match="unknown group"):
         similarity_summary(trace, "mlp")
+
+
+def test_group_difference_is_paired_and_matches_the_summaries(tmp_path):
+    """decoder - encoder on the same bootstrap replicates: the point is the difference of the
+    two summaries' means, under either measure; an unknown group is refused."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import planted_traces as pt
+
+    sc = pt.Scenario("pair", "two groups", n_languages=8, n_snapshots=12, dim=32)
+    run = pt.simulate(sc, 0, tmp_path, noise_free=False)
+    trace = gt.open_trace(run.run)
+    got = analyses.group_difference(trace, "encoder.0", "decoder.0", n_bootstrap=200)
+    summary = analyses.similarity_summary(trace, ["encoder.0", "decoder.0"], n_bootstrap=200)
+    means = summary.set_index("group")["mean_corrected"]
+    assert got["difference"] == pytest.approx(means["decoder.0"] - means["encoder.0"])
+    assert got["ci_low"] <= got["difference"] <= got["ci_high"]
+    assert list(got) == analyses.DIFFERENCE_COLUMNS and got["n_steps"] == 12
+    raw = analyses.group_difference(trace, "encoder.0", "decoder.0", measure="raw")
+    raw_means = summary.set_index("group")["mean_cosine"]
+    assert raw["difference"] == pytest.approx(raw_means["decoder.0"] - raw_means["encoder.0"])
+    with pytest.raises(gt.InvalidInputError, match="group"):
+        analyses.group_difference(trace, "encoder.0", "nope")
