@@ -109,3 +109,19 @@ def test_detectable_effect_by_hand():
     # wider interval, larger detectable effect; undefined interval, NaN
     assert detectable_effect(low - 0.1, high + 0.1, 16) > expected
     assert np.isnan(detectable_effect(np.nan, 0.5, 16)) and np.isnan(detectable_effect(0.1, 0.5, 2))
+
+
+def test_block_length_follows_the_fluctuations_not_the_drift():
+    """A steady fall over training is not dependence between snapshots: the block length
+    comes from the residuals of the series' line (a drifting iid series gets blocks of 1),
+    while an AR(1) series keeps long blocks."""
+    from analyses._uncertainty import default_block
+
+    rng = np.random.default_rng(1)
+    t = np.arange(10)
+    falling = 0.8 - 0.05 * t + 0.01 * rng.normal(size=10)
+    assert default_block(10, falling) == 1
+    ar = np.zeros(40)
+    for k in range(1, 40):
+        ar[k] = 0.9 * ar[k - 1] + rng.normal()
+    assert default_block(40, ar) >= 4
