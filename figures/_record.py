@@ -103,7 +103,8 @@ def headline_table(results: Mapping[str, Any]) -> str:
 
     names = list(dict.fromkeys(t["test"] for r in runs for t in primaries(r)))
     for name in names:
-        row(f"PRIMARY {name} (p; Holm across the primaries)",
+        shown = name.replace(" | ", " given ")  # a "|" would split the markdown cell
+        row(f"PRIMARY {shown} (p; Holm across the primaries)",
             lambda r, name=name: (lambda t: f"{_num(t.get('value'))} ({_p(t.get('p_value'))}; "
                                   f"{_p(t.get('p_primary'))})")(_find(primaries(r), test=name)))  # fmt: skip
 

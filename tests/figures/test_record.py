@@ -1,0 +1,73 @@
+"""The reproduction's record: figures/README.md quotes its headline numbers from the committed
+results.json, verbatim (issue 22: every number quoted can be traced to the record)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from figures import headline_table
+from figures._record import END, START, readme_block
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _results() -> dict:
+    layer = {
+        "group": "all", "distance": "geographic", "rho": 0.5, "p_value": 0.0004, "p_holm": 0.02,
+        "rho_disattenuated": 0.55, "lang_ci_low": 0.1, "lang_ci_high": 0.8,
+        "partial_rho": -0.05, "partial_p_value": 0.5, "partial_p_holm": 1.0,
+        "partial_disattenuated": float("nan"), "matrix_reliability": 0.9,
+    }  # fmt: skip
+    run = {
+        "tasks": ["a", "b", "c", "d"],
+        "results": {
+            "similarity": [{"group": "all", "reliability": 0.8123, "mean_cosine": 0.3,
+                            "ci_low": 0.2, "ci_high": 0.4, "mean_corrected": 0.7,
+                            "corrected_ci_low": 0.6, "corrected_ci_high": 0.75}],
+            "task_quality": [{"chrf": 10.0}, {"chrf": 14.0}],
+            "layers": [layer],
+            "quality": [{"metric": "chrf", "rho": 0.3, "p_value": 0.04, "test": "spatial",
+                         "lang_ci_low": -0.2, "lang_ci_high": 0.7, "partial_rho": 0.1,
+                         "partial_p_value": 0.6}],
+            "clustering": [{"level": "genus", "statistic": "ari", "value": 0.4,
+                            "p_value": 0.01, "null_mean": 0.0}],
+        },
+    }  # fmt: skip
+    return {
+        "runs": {"sum-s0": run, "gradvac-all_layer-s0": {}},
+        "comparison": {"per_method": [{"method": "GradVac", "mean_delta": 0.2, "ci_low": -1.0,
+                                       "ci_high": 1.4, "n_seeds": 2, "n_better": 9,
+                                       "n_tasks": 16}]},
+    }  # fmt: skip
+
+
+def test_headline_table_by_hand():
+    lines = headline_table(_results()).split("\n")
+    assert lines[0] == "| statistic | sum-s0 |"  # only the summed-gradient runs
+    assert "| whole-model snapshot reliability | 0.81 |" in lines
+    assert "| chrF, mean over languages (min-max) | 12.0 (10.0-14.0) |" in lines
+    assert "| whole model, geographic: rho (p; Holm) | +0.50 (<.001; .020) |" in lines
+    assert (
+        "| whole model, geographic: noise-removed rho [lang CI] | +0.55 [+0.10, +0.80] |" in lines
+    )
+    # a missing or undefined value prints as a dash, never as a made-up number
+    assert (
+        "| whole model, geographic given char. overlap: noise-removed partial [lang CI] | "
+        "– [–, –] |"
+    ) in lines
+    assert "| encoder.layers.0, genetic: rho (p; Holm) | – (–; –) |" in lines
+    assert (
+        "| similarity vs chrf: rho (p, test) [task CI] | +0.30 (.040, spatial) [-0.20, +0.70] |"
+        in lines
+    )
+    assert "| clusters vs genus: ARI (p, labels permuted; chance) | +0.40 (.010; +0.00) |" in lines
+    assert lines[-1] == "| GradVac | +0.20 [-1.00, +1.40] | 2 | 9 of 16 |"
+
+
+def test_readme_quotes_the_committed_record():
+    readme = (ROOT / "figures" / "README.md").read_text(encoding="utf-8")
+    record = json.loads((ROOT / "figures" / "gallery" / "results.json").read_text())
+    block = readme_block(readme)
+    assert block, f"figures/README.md has no {START} ... {END} block"
+    assert block == headline_table(record).strip()
