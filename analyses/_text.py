@@ -241,9 +241,10 @@ def primary_text(tests: pd.DataFrame | None) -> list[str]:
         return []
     primary = tests[tests["role"] == "primary"]
     explore = tests[tests["role"] == "exploratory"]
-    out = ["", "== primary tests (declared in advance: analyses._results.PRIMARY_TESTS; p "
-           "adjusted by Holm across them)"]  # fmt: skip
-    if len(primary):
+    out = []
+    if len(primary):  # a run without them (no ISO codes, no quality) gets no empty section
+        out += ["", "== primary tests (declared in advance: analyses.PRIMARY_TESTS; p adjusted "
+                "by Holm across them)"]  # fmt: skip
         out.append(
             _table(
                 [[r.table, r.test, _f(r.value, 2), p_text(r.p_value), p_text(r.p_primary),
@@ -251,8 +252,6 @@ def primary_text(tests: pd.DataFrame | None) -> list[str]:
                 ["table", "test", "value", "p", "p (Holm, primaries)", "at 0.05"],
             )
         )  # fmt: skip
-    else:
-        out.append("  none computed in this run (they need language codes and quality values)")
     n_fdr = int((explore["q_fdr"] < 0.05).sum())
     out.append(
         f"exploratory: {len(explore)} other tests, each counted once; {n_fdr} with a "
