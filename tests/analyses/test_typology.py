@@ -5,6 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+import analyses
+import geomtrace as gt
 from analyses import (
     DISTANCES,
     MACROLANGUAGE_FALLBACK,
@@ -179,3 +181,32 @@ def test_estonian_falls_back_to_its_macrolanguage_for_genetic_data_only():
     for kind in ("syntactic", "geographic", "featural"):
         assert d[kind].attrs["fallbacks"] == {}
     assert d["syntactic"].loc["ekk", "est"] > 0
+
+
+def test_noise_removed_statistics_use_the_corrected_matrix(tmp_path, typology_cache):
+    """With split halves the disattenuated relation comes from the noise-corrected matrix
+    whatever the reported measure (raw disattenuation fails with unequal reliabilities), and
+    is left out when a language's corrected similarity is not estimable."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import planted_traces as pt
+
+    sc = pt.Scenario("noise", "8 languages", n_languages=8, n_snapshots=10, dim=32, reliability=0.6)
+    run = pt.simulate(sc, 0, tmp_path / "a", noise_free=False)
+    trace = gt.open_trace(run.run)
+    kw = {"distances": ["genetic"], "n_permutations": 19, "n_bootstrap": 20,
+          "cache": typology_cache, "covariates": None}  # fmt: skip
+    raw = analyses.typology_correlation(trace, "all", measure="raw", **kw).iloc[0]
+    corrected = analyses.typology_correlation(trace, "all", measure="corrected", **kw).iloc[0]
+    assert raw["noise_removed_measure"] == corrected["noise_removed_measure"] == "corrected"
+    for column in ("matrix_reliability", "rho_disattenuated", "lang_ci_low", "lang_ci_high"):
+        assert raw[column] == pytest.approx(corrected[column])
+    assert raw["rho"] != pytest.approx(corrected["rho"])  # the reported rho is the measure's
+    low = replace(sc, reliability=(0.02, 0.9))
+    noisy = pt.simulate(low, 1, tmp_path / "b", noise_free=False)
+    row = analyses.typology_correlation(gt.open_trace(noisy.run), "all", **kw).iloc[0]
+    assert row["noise_removed_measure"] == "not estimable"
+    assert np.isnan(row["rho_disattenuated"]) and "not estimable" in row["note"]
