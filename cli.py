@@ -554,9 +554,9 @@ def _add_reproduce_parser(sub) -> None:
         "distance table and Holm corrections), compare the optimizers seed by seed, summarise "
         "every statistic across seeds, draw every figure into OUT/figures and write "
         "OUT/report.html and OUT/results.json. The default plan (sum x 3 seeds, GradVac "
-        "all_layer x 2, PCGrad all_layer x 1; two runs at a time) fits 25 minutes on an idle "
-        "2-core CPU; --quick (8 languages, one seed each) a few minutes. Finished runs under "
-        "OUT/runs are reused on a rerun.",
+        "all_layer x 2, PCGrad all_layer x 1; two runs at a time) takes about 30-35 minutes "
+        "on an idle 2-core CPU (estimated from one run's CPU time); --quick (8 languages, one "
+        "seed each) a few minutes. Finished runs under OUT/runs are reused on a rerun.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer languages and steps (minutes)")

@@ -25,7 +25,7 @@ taken on a separate 640-row eval-mode batch per language in two halves (so the t
 measures how much of each gradient is signal, ~0.8 for the whole model: --set
 snapshot_rows=0 snapshots the 12-row training batches instead, ~96% noise), then chrF (with
 a bootstrap interval over each language's test strings) and held-out loss per language on
-the test split. About 8-10 minutes on a 2-core CPU; `--preset django24` is the previous
+the test split. About 11-13 minutes on a 2-core CPU; `--preset django24` is the previous
 default (Django only, 24 languages); `--preset full --device cuda` is the same experiment at
 GPU scale. After the run it prints the summary analyze computes (the same numbers).
 
