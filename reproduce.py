@@ -86,6 +86,31 @@ def finished(run_dir: Path) -> bool:
         return False
 
 
+#: Exit status of a training worker whose parent (the reproduce process) has gone.
+ORPHAN_EXIT = 3
+
+
+def _exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Worker initializer: a daemon thread ends this process (``os._exit``) once its parent
+    ``parent`` is gone (the worker has been reparented).
+
+    Why: a pool's workers outlive a killed parent (SIGKILL, or a ``pkill`` of the parent alone)
+    and keep training their queued runs, writing into run directories the user believes
+    stopped (measured: two orphans trained two more runs into a recreated output folder).
+    Runs are crash-safe, so an orphan that stops mid-run leaves a readable, unfinished trace
+    that the next ``reproduce`` replaces.
+    """
+    import threading
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(ORPHAN_EXIT)
+            time.sleep(poll)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _train_in_worker(values: dict[str, Any], force: bool) -> str:
     """One run in a worker process; progress as a line every tenth of the steps."""
     from geomtrace.recipe import RecipeConfig, run
@@ -326,7 +351,10 @@ def _train_all(todo: list[tuple[dict[str, Any], bool]], workers: int) -> None:
 
         # spawn: a fresh interpreter per worker (no forked torch/OpenMP state)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(todo)), mp_context=context, initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:  # fmt: skip
             values, again = zip(*todo, strict=True)
             for done in pool.map(_train_in_worker, values, again):
                 _say(f"finished {done}")

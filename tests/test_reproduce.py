@@ -1,10 +1,14 @@
 """The end-to-end reproduction on a tiny plan: training, analyses, figures, report, JSON."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+import reproduce as reproduce_module
 from reproduce import PLANS, plan_runs, reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "langs": ["es", "fr", "de", "ru"], "steps": 4, "every": 2, "d_model": 32, "d_ff": 64,
@@ -43,3 +47,28 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     again = reproduce(tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20,
                       workers=1, overrides=TINY)  # fmt: skip
     assert again.timings["train"] < result.timings["train"]
+
+
+def test_a_worker_exits_when_its_parent_is_gone():
+    """A training worker whose reproduce process died stops instead of training on: here the
+    "parent" it watches is a pid that is not its parent, so it exits at the first poll."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time, reproduce; reproduce._exit_with_parent({parent}, poll=0.05); time.sleep(20)"
+    )
+    bogus = subprocess.run(
+        [sys.executable, "-c", code.format(parent=2**22 + 7)], timeout=15, cwd=ROOT
+    )
+    assert bogus.returncode == reproduce_module.ORPHAN_EXIT
+    # with its real parent alive it keeps running (killed here after a few polls)
+    own = subprocess.Popen(
+        [sys.executable, "-c", code.format(parent="__import__('os').getppid()")], cwd=ROOT
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            own.wait(timeout=1.0)
+    finally:
+        own.kill()
+        own.wait()
