@@ -348,6 +348,43 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _add_design_parser(sub) -> None:
+    p = sub.add_parser(
+        "design",
+        help="how many snapshot rows / languages the next run needs, from this run's noise",
+        description="From a run's measured noise: the snapshot rows per task for a target "
+        "reliability (0.8, 0.9; Spearman-Brown from each group's reliability), and, for each "
+        "typology relation given the character-overlap control, the smallest noise-removed "
+        "partial |rho| this design detects with the given power, the same at 24 and 48 "
+        "languages, and the languages needed for --effect. Projections from one run: they "
+        "assume the noise per row and the spread between languages stay as measured.",
+    )
+    p.add_argument("run", help="run directory (or its trace.sqlite)")
+    p.add_argument("--effect", type=float, default=0.3,
+                   help="the noise-removed partial |rho| to detect (default 0.3)")  # fmt: skip
+    p.add_argument("--power", type=float, default=0.8, help="power (default 0.8)")
+    p.add_argument("--permutations", type=int, default=199,
+                   help="surrogates for the typology tests it runs (default 199: the design "
+                   "reads intervals, not p-values)")  # fmt: skip
+    p.set_defaults(func=_cmd_design)
+
+
+def _cmd_design(args) -> int:
+    from analyses import analyse_run, design_text
+
+    if not 0 < args.effect < 1:
+        raise InvalidInputError(f"--effect {args.effect}: a correlation in (0, 1)")
+    if not 0 < args.power < 1:
+        raise InvalidInputError(f"--power {args.power}: a probability in (0, 1)")
+    if args.permutations < 1:
+        raise InvalidInputError(f"--permutations {args.permutations}: give at least 1")
+    result = analyse_run(
+        args.run, parts=("similarity", "typology", "layers"), n_permutations=args.permutations
+    )
+    print(design_text(result, args.effect, power=args.power))
+    return 0
+
+
 def _add_group_parser(sub) -> None:
     from analyses import AFFINITIES, DISTANCES, MEASURES
 
@@ -670,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect_parser(sub)
     _add_typology_parser(sub)
     _add_analyze_parser(sub)
+    _add_design_parser(sub)
     _add_group_parser(sub)
     _add_plot_parser(sub)
     _add_report_parser(sub)

@@ -27,6 +27,7 @@ from analyses._covariates import (
     covariate_distances,
     script_distance,
 )
+from analyses._design import design, design_text
 from analyses._evolution import (
     FAMILY_GROUP_COLUMNS,
     FAMILY_TRAJECTORY_COLUMNS,
@@ -151,7 +152,7 @@ __all__ = [
     "AGREEMENT_COLUMNS", "ALIGNMENT_COLUMNS", "ALL", "CORRELATION_COLUMNS", "COVARIATES",
     "DISTANCES", "FAMILY_GROUP_COLUMNS", "FAMILY_TRAJECTORY_COLUMNS", "GRADVAC_TARGET_COLUMNS",
     "GROUP_TRAJECTORY_COLUMNS", "MACROLANGUAGE_FALLBACK", "PAIR_SPREAD_COLUMNS",
-    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "PRIMARY_TESTS", "DIFFERENCE_COLUMNS", "group_difference", "RELIABILITY_TRAJECTORY_COLUMNS",
+    "PAIR_TRAJECTORY_COLUMNS", "PARTS", "PRIMARY_TESTS", "design", "design_text", "DIFFERENCE_COLUMNS", "group_difference", "RELIABILITY_TRAJECTORY_COLUMNS",
     "reliability_trajectory", "QUALITY_CORRELATION_COLUMNS",
     "QUALITY_DIFFERENCE_COLUMNS", "SETTLING_COLUMNS", "SUMMARY_COLUMNS", "ClusterTree",
     "PermutationResult", "adjusted_rand_index", "cache_dir", "char_overlap_distance",
