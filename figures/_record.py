@@ -135,6 +135,14 @@ def headline_table(results: Mapping[str, Any]) -> str:
                                      "partial_lang_ci_high"))  # fmt: skip
         row(f"{where}, {distance} given char. overlap: detectable partial (80% power)",
             lambda r, cell=cell: _num(cell(r).get("partial_detectable"), 2, False))  # fmt: skip
+    for distance in ("geographic", "genetic"):
+
+        def by_script(r, distance=distance):
+            return _find(_rows(r, "typology"), group="all", distance=distance, control="script")
+
+        row(f"whole model, {distance} given script: partial rho (p)",
+            lambda r, c=by_script: f"{_num(c(r).get('partial_rho'))} "
+            f"({_p(c(r).get('partial_p_value'))})")  # fmt: skip
     row("whole-model matrix split-half reliability",
         lambda r: _num(_find(_rows(r, "layers"), group="all").get("matrix_reliability"), 2, False))  # fmt: skip
     for metric in ("chrf", "heldout_loss"):
