@@ -71,6 +71,8 @@ class ReproduceResult:
     report: Path | None = None
     results: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: finished runs reused although their config differs from the plan's: {run: [keys]}
+    reused_differing: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _say(message: str) -> None:
@@ -201,6 +203,14 @@ def reproduce(
         result.runs.append(run_dir)
         if not force and finished(run_dir):
             _say(f"run {n}/{len(plan)} {config.name}: reusing the finished run (--force retrains)")
+            # Reused, but said when its config is not the plan's (results.json records it).
+            differ = _config_differences(run_dir, config)
+            if differ:
+                result.reused_differing[config.name] = differ
+                _say(
+                    f"  WARNING: {config.name} was trained with a different {', '.join(differ)} "
+                    "than this plan; its numbers are from that config (--force retrains)"
+                )
             continue
         again = run_dir.exists() and any(run_dir.iterdir())
         _say(
@@ -296,6 +306,7 @@ def results_payload(mode, results, comparison, seed_table, skipped, result) -> d
         else None,
         "across_seeds": json.loads(seed_table.to_json(orient="records")),
         "not_drawn": skipped,
+        "reused_with_other_config": result.reused_differing,
     }
 
 

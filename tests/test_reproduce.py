@@ -47,6 +47,15 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     again = reproduce(tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20,
                       workers=1, overrides=TINY)  # fmt: skip
     assert again.timings["train"] < result.timings["train"]
+    assert again.reused_differing == {}
+    # the record's headline table is written beside results.json
+    assert (tmp_path / "headline.md").read_text().startswith("| statistic | sum-s0 | sum-s1 |")
+    # A finished run reused under a plan whose config differs is said, and recorded.
+    other = reproduce(tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20,
+                      workers=1, overrides=TINY | {"lr": 0.002})  # fmt: skip
+    assert other.reused_differing == {r.name: ["lr"] for r in result.runs}
+    recorded = json.loads((tmp_path / "results.json").read_text())
+    assert recorded["reused_with_other_config"] == {r.name: ["lr"] for r in result.runs}
 
 
 def test_a_worker_exits_when_its_parent_is_gone():
