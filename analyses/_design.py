@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from analyses._language_level import detectable_effect
+from analyses._language_level import detectable_effect, interval_se
 from geomtrace import InvalidInputError
 
 ROW_COLUMNS = ["group", "reliability", "rows", "signal_per_row", "rows_for_r80", "rows_for_r90"]
@@ -54,14 +54,9 @@ def projected_detectable(
 ) -> float:
     """The detectable |rho| at ``n_new`` languages from a language interval at ``n`` (module
     docstring)."""
-    if n_new < 4 or n < 4:
+    se = interval_se(low, high, n, level)
+    if n_new < 4 or n < 4 or not np.isfinite(se):
         return float("nan")
-    base = detectable_effect(low, high, n, level, power)
-    if not np.isfinite(base):
-        return float("nan")
-    t_now = float(student_t.ppf((1 + level) / 2, n - 1))
-    se = float(np.arctanh(min(high, 1 - 1e-12))) - float(np.arctanh(max(low, -1 + 1e-12)))
-    se /= 2 * t_now
     se_new = se * math.sqrt((n - 3) / (n_new - 3))
     df = n_new - 1
     return float(np.tanh((student_t.ppf((1 + level) / 2, df) + student_t.ppf(power, df)) * se_new))

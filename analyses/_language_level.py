@@ -103,13 +103,22 @@ def detectable_effect(
     standard error, tanh((t_{n-1}((1 + level) / 2) + t_{n-1}(power)) se). It states what a
     "not detected" could have detected at this size (a null result's power, issue 22). NaN
     when the interval is undefined."""
-    if not (np.isfinite(low) and np.isfinite(high)) or n < 3 or high <= low:
+    se = interval_se(low, high, n, level)
+    if not np.isfinite(se):
         return float("nan")
     df = max(n - 1, 1)
-    t_level = float(student_t.ppf((1 + level) / 2, df))
-    se = float(np.arctanh(min(high, 1 - 1e-12))) - float(np.arctanh(max(low, -1 + 1e-12)))
-    se /= 2 * t_level
-    return float(np.tanh((t_level + float(student_t.ppf(power, df))) * se))
+    return float(np.tanh((student_t.ppf((1 + level) / 2, df) + student_t.ppf(power, df)) * se))
+
+
+def interval_se(low: float, high: float, n: int, level: float = LEVEL) -> float:
+    """The Fisher-z standard error behind a :func:`language_interval` [low, high] over ``n``
+    languages: (atanh(high) - atanh(low)) / (2 t_{n-1}((1 + level) / 2)); NaN when the
+    interval is undefined or empty."""
+    if not (np.isfinite(low) and np.isfinite(high)) or n < 3 or high <= low:
+        return float("nan")
+    t_level = float(student_t.ppf((1 + level) / 2, max(n - 1, 1)))
+    z_high, z_low = np.arctanh(min(high, 1 - 1e-12)), np.arctanh(max(low, -1 + 1e-12))
+    return float(z_high - z_low) / (2 * t_level)
 
 
 def language_interval(

@@ -329,6 +329,16 @@ def _prepared(values: np.ndarray, method: str) -> np.ndarray:
         return values / norm
 
 
+def check_test_options(method: str, alternative: str, n_surrogates: int) -> None:
+    """Refuse an unknown method or alternative, or a surrogate count below 1, by name."""
+    if method not in METHODS:
+        raise InvalidInputError(f"method {method!r}; allowed: {METHODS}")
+    if alternative not in ALTERNATIVES:
+        raise InvalidInputError(f"alternative {alternative!r}; allowed: {ALTERNATIVES}")
+    if not isinstance(n_surrogates, int | np.integer) or n_surrogates < 1:
+        raise InvalidInputError(f"n_surrogates must be an integer >= 1, got {n_surrogates!r}")
+
+
 def observed_statistic(
     xs: np.ndarray, ys: np.ndarray, zs: np.ndarray | None
 ) -> tuple[float, float] | None:
@@ -375,12 +385,7 @@ def spatial_mantel(
     pairs enter the statistic; x's diagonal enters the surrogates. Measured level and power:
     analyses/README.md ("Tests under spatial and genealogical autocorrelation").
     """
-    if method not in METHODS:
-        raise InvalidInputError(f"method {method!r}; allowed: {METHODS}")
-    if alternative not in ALTERNATIVES:
-        raise InvalidInputError(f"alternative {alternative!r}; allowed: {ALTERNATIVES}")
-    if not isinstance(n_surrogates, int | np.integer) or n_surrogates < 1:
-        raise InvalidInputError(f"n_surrogates must be an integer >= 1, got {n_surrogates!r}")
+    check_test_options(method, alternative, n_surrogates)
     mats = [x, y] if control is None else [x, y, control]
     names = ["x", "y"] if control is None else ["x", "y", "control"]
     arrays, _ = _square_inputs(mats, labels, names)

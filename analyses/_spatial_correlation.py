@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyses._spatial import _basis_for, _prepared, _rotations, observed_statistic
-from analyses._stats import ALTERNATIVES, METHODS, PermutationResult, _partial, p_value
+from analyses._spatial import (
+    _basis_for,
+    _prepared,
+    _rotations,
+    check_test_options,
+    observed_statistic,
+)
+from analyses._stats import PermutationResult, _partial, p_value
 from geomtrace import InvalidInputError
 
 
@@ -39,12 +45,7 @@ def spatial_correlation(
     (analyses/README.md, Calibration). ``quality_correlation`` passes the quality as x (the
     surrogates then held 2-8%). Needs n >= 4 finite values.
     """
-    if method not in METHODS:
-        raise InvalidInputError(f"method {method!r}; allowed: {METHODS}")
-    if alternative not in ALTERNATIVES:
-        raise InvalidInputError(f"alternative {alternative!r}; allowed: {ALTERNATIVES}")
-    if not isinstance(n_surrogates, int | np.integer) or n_surrogates < 1:
-        raise InvalidInputError(f"n_surrogates must be an integer >= 1, got {n_surrogates!r}")
+    check_test_options(method, alternative, n_surrogates)
     vecs = [np.asarray(v, dtype=np.float64) for v in ((x, y) if z is None else (x, y, z))]
     if len({v.shape for v in vecs}) != 1 or vecs[0].ndim != 1:
         raise InvalidInputError(f"vectors of equal length expected, got {[v.shape for v in vecs]}")

@@ -190,15 +190,20 @@ def fisher_z(r):
     return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -0.9999, 0.9999))
 
 
+def _finite_order(p_values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p as floats, an all-NaN output of its shape, the finite entries' indices sorted by p):
+    NaN is not a test in either adjustment."""
+    p = np.asarray(p_values, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, np.nan), ok[np.argsort(p[ok], kind="stable")]
+
+
 def holm(p_values) -> np.ndarray:
     """Holm-adjusted p-values (NaN stays NaN and does not count as a test)."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
+    p, out, order = _finite_order(p_values)
+    m = order.size
     if not m:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
     adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
     out[order] = np.maximum.accumulate(adjusted)
     return out
@@ -207,13 +212,10 @@ def holm(p_values) -> np.ndarray:
 def benjamini_hochberg(p_values) -> np.ndarray:
     """Benjamini-Hochberg q-values (false-discovery rate; NaN stays NaN and is not a test):
     with the m finite p sorted increasingly, q_(k) = min_{j >= k} min(1, m p_(j) / j)."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
+    p, out, order = _finite_order(p_values)
+    m = order.size
     if not m:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
     scaled = np.minimum(1.0, m * p[order] / np.arange(1, m + 1))
     out[order] = np.minimum.accumulate(scaled[::-1])[::-1]
     return out
