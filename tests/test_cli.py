@@ -135,3 +135,14 @@ def test_output_paths_and_counts_are_checked_before_any_work(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_trace_help_names_the_current_default_languages(capsys):
+    # the help once listed the previous default's 24 languages after the default changed
+    from geomtrace.recipe import DEFAULT_LANGUAGES, RecipeConfig
+
+    with pytest.raises(SystemExit):
+        main(["trace", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: " + " ".join(DEFAULT_LANGUAGES) in help_text
+    assert list(DEFAULT_LANGUAGES) == RecipeConfig().langs

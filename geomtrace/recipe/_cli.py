@@ -11,6 +11,7 @@ import sys
 import time
 
 from geomtrace import InvalidInputError
+from geomtrace.recipe.languages import DEFAULT_LANGUAGES
 
 DESCRIPTION = """\
 Train a model with per-task gradient tracing and write runs/<name>/ (trace.sqlite,
@@ -63,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="LANG",
         help="languages (locale codes, e.g. es fr zh_Hans pt-BR; commas also work); "
-        "default: es fr it pt de nl sv ru uk bg pl cs fi hu et tr az kk ar he hi mr zh_Hans ja",
+        f"default: {' '.join(DEFAULT_LANGUAGES)}",
     )
     for flag, key, typ, text in _FLAGS:
         # `--out` was the old name of --runs-dir: still accepted, one meaning per name.

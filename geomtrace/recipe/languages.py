@@ -192,7 +192,7 @@ _ROWS: list[tuple[str, str, str, str, str, str, str]] = [
 LANGUAGES: dict[str, Language] = {row[0]: Language(*row) for row in _ROWS}
 
 #: The default 16 languages (issue 21): every language with >= 200 test strings of <= 40
-#: bytes over all text domains; 6 scripts (Latn Cyrl Hebr Jpan Hang Hans), 7 families
+#: bytes over all text domains; 6 scripts (Latn Cyrl Hebr Jpan Kore Hans), 7 families
 #: (Indo-European, Uralic, Turkic, Afro-Asiatic, Japonic, Koreanic, Sino-Tibetan).
 DEFAULT_LANGUAGES: tuple[str, ...] = (
     "es", "fr", "it", "de", "nl", "ru", "uk", "pl",
