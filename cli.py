@@ -422,7 +422,7 @@ def _add_group_parser(sub) -> None:
 def _cmd_group(args) -> int:
     import numpy as np
 
-    from analyses import group_tasks
+    from analyses import group_tasks, holdout_lines
 
     _check_output_file(args.json, "--json")
     _check_seed(args.seed)
@@ -458,6 +458,8 @@ def _cmd_group(args) -> int:
     for row in grouping.schemes[grouping.schemes["group"] >= 0].itertuples():
         if row.scheme != "gradient":
             print(f"    {row.scheme}: {row.tasks}")
+    for line in holdout_lines(grouping.holdout):
+        print(line)
     for note in grouping.notes:
         print(f"note: {note}")
     if args.json:
@@ -586,20 +588,27 @@ def _add_reproduce_parser(sub) -> None:
     p = sub.add_parser(
         "reproduce",
         help="the paper-figure reproduction end to end: trace runs, analyses, figures, report",
-        description="Train and trace the embedded recipe with sum, GradVac and PCGrad over "
-        "several seeds, run every analysis (with bootstrap intervals, reliability, the layer x "
-        "distance table and Holm corrections), compare the optimizers seed by seed, summarise "
-        "every statistic across seeds, draw every figure into OUT/figures and write "
-        "OUT/report.html and OUT/results.json. The default plan (sum x 3 seeds, GradVac "
-        "all_layer x 2, PCGrad all_layer x 1; two runs at a time) takes about 30-35 minutes "
-        "on an idle 2-core CPU (estimated from one run's CPU time); --quick (8 languages, one "
-        "seed each) a few minutes. Finished runs under OUT/runs are reused on a rerun.",
+        description="Train and trace the embedded recipe with sum and GradVac (and PCGrad with "
+        "--mode extended or --quick) over several seeds, run every analysis (with bootstrap "
+        "intervals, reliability, the layer x distance table and Holm corrections), compare the "
+        "optimizers seed by seed, summarise every statistic across seeds, draw every figure "
+        "into OUT/figures and write OUT/report.html and OUT/results.json. The default plan "
+        "(sum x 3 seeds, GradVac all_layer x 1; two runs at a time) fits 25 minutes on an "
+        "idle 2-core CPU (figures/README.md gives the measured time); --mode extended (sum x "
+        "3, GradVac x 2, PCGrad x 1) about 35 minutes; --quick (8 languages, one seed each) a "
+        "few minutes. Finished runs under OUT/runs are reused on a rerun.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer languages and steps (minutes)")
     p.add_argument(
+        "--mode", choices=("default", "extended", "quick"), default=None,
+        help="the plan: default (sum x 3, GradVac x 1), extended (sum x 3, GradVac x 2, "
+        "PCGrad x 1), quick (= --quick)",
+    )  # fmt: skip
+    p.add_argument(
         "--seeds", type=int, default=None,
-        help="seeds per method (default: the plan's, 3/2/1 for sum/GradVac/PCGrad; quick: 1)",
+        help="seeds per method (default: the plan's, 3/1 for sum/GradVac, extended 3/2/1 with "
+        "PCGrad; quick: 1)",
     )  # fmt: skip
     p.add_argument("--format", default="png", help="figure formats: png,pdf,svg (default png)")
     p.add_argument(
@@ -657,7 +666,7 @@ def _cmd_reproduce(args) -> int:
             "1 permutation and 10 bootstrap replicates"
         )
     result = reproduce(
-        args.out, quick=args.quick, seeds=args.seeds, formats=args.format,
+        args.out, quick=args.quick, mode=args.mode, seeds=args.seeds, formats=args.format,
         n_permutations=args.permutations, n_bootstrap=args.bootstrap, seed=args.seed,
         force=args.force, workers=args.workers,
     )  # fmt: skip

@@ -67,6 +67,7 @@ from analyses._grouping_experiment import (
     latest_quality,
     random_groupings,
 )
+from analyses._grouping_holdout import HOLDOUT_COLUMNS, grouping_holdout, holdout_lines
 from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
 from analyses._measures import MEASURES, Similarity, centred_gram, has_halves, similarity
@@ -139,7 +140,7 @@ from analyses._uncertainty import benjamini_hochberg, block_bootstrap, holm, int
 __all__ = [
     "ALPHA", "AFFINITIES", "Affinity", "Grouping", "best_partition", "exact_partition", "group_tasks",
     "heuristic_partition", "lookahead_affinity", "partition_score", "planted_affinity",
-    "task_affinity",
+    "task_affinity", "HOLDOUT_COLUMNS", "grouping_holdout", "holdout_lines",
     "GROUPING_DELTA_COLUMNS", "GROUPING_SCHEME_COLUMNS", "GROUPING_TASK_COLUMNS",
     "GroupingExperiment", "grouping_experiment", "latest_quality", "random_groupings",
     "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",

@@ -166,6 +166,18 @@ def partition_score(affinity: np.ndarray, labels: Sequence[int]) -> float:
     return float(np.where(same, np.nan_to_num(A), 0.0).sum())
 
 
+def random_partition_scores(
+    A: np.ndarray, sizes: Sequence[int], n_random: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Scores on ``A`` of ``n_random`` uniformly random partitions with group ``sizes``."""
+    K = int(sum(sizes))
+    scores = np.empty(n_random)
+    base = np.repeat(np.arange(len(sizes)), sizes)
+    for n in range(n_random):
+        scores[n] = partition_score(A, base[rng.permutation(K)])
+    return scores
+
+
 def _check(K: int, k: int, max_size: int | None) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= K:
         raise InvalidInputError(f"k={k!r}: the number of groups must be between 1 and {K}")
@@ -381,6 +393,9 @@ class Grouping:
     stability: float
     schemes: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
+    #: the grouping chosen on half the snapshots and scored on the other half
+    #: (``grouping_holdout``, two folds); empty where the window has < 2 snapshots
+    holdout: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def groups(self) -> list[list[str]]:
         out: dict[int, list[str]] = {}
@@ -400,6 +415,7 @@ class Grouping:
                 "values": json.loads(pd.DataFrame(self.together).to_json(orient="values")),
             },
             "schemes": json.loads(self.schemes.to_json(orient="records")),
+            "holdout": json.loads(self.holdout.to_json(orient="records")),
             "notes": self.notes,
         }  # fmt: skip
 
@@ -448,7 +464,11 @@ def group_tasks(
     typological similarity -d (``distance``, any of analyses.DISTANCES) with the same k and
     max_size; ``family`` = average-linkage on the genetic distance cut into k groups;
     ``random`` = ``n_random`` uniformly random partitions with the grouping's group sizes
-    (their mean gradient score is reported, and the fraction scoring at least as high).
+    (their mean gradient score is reported, and the fraction scoring at least as high: in
+    sample, on the matrix the grouping maximised, so it is high by construction).
+    ``holdout`` (cosine affinity): the grouping chosen on half the window's snapshots and
+    scored on the other half, against random partitions there (``grouping_holdout``): the
+    out-of-sample test of whether the grouping is structure rather than noise.
     """
     if not is_trace(trace):
         from analyses._results import open_run
@@ -495,11 +515,30 @@ def group_tasks(
             trace, tasks, labels, A, k, max_size, distance, n_random, seed, notes, cache
         )
     schemes = pd.DataFrame(rows, columns=GROUPING_COLUMNS)
+    holdout = _holdout(trace, aff.kind, k, group, measure, max_size, window, n_random, seed, notes)
     return Grouping(
         affinity=Affinity(aff.kind, tasks, A, None, aff.note), k=k,
         labels=dict(zip(tasks, labels.tolist(), strict=True)), score=score, method=method,
-        together=together, stability=stability, schemes=schemes, notes=notes,
+        together=together, stability=stability, schemes=schemes, notes=notes, holdout=holdout,
     )  # fmt: skip
+
+
+def _holdout(trace, kind, k, group, measure, max_size, window, n_random, seed, notes):
+    """``grouping_holdout`` of a cosine grouping (NaN-free tasks), or an empty frame + note."""
+    # imported here: analyses._grouping_holdout builds on this module's search and score
+    from analyses._grouping_holdout import grouping_holdout
+
+    if kind != "cosine":
+        notes.append(f"out-of-sample score: computed for the cosine affinity only, not {kind}")
+        return pd.DataFrame()
+    try:
+        return grouping_holdout(
+            trace, k, group=group, measure=measure, max_size=max_size, window=window,
+            n_random=max(n_random, 999), seed=seed,
+        )  # fmt: skip
+    except InvalidInputError as err:
+        notes.append(f"out-of-sample score not computed: {err}")
+        return pd.DataFrame()
 
 
 def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, notes, cache):
@@ -508,21 +547,13 @@ def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, n
     rows = []
     rng = np.random.default_rng(seed)
     sizes = np.bincount(labels)
-    random_scores = []
-    for _ in range(n_random):
-        perm = rng.permutation(len(tasks))
-        rand = np.empty(len(tasks), dtype=int)
-        start = 0
-        for g, size in enumerate(sizes):
-            rand[perm[start : start + size]] = g
-            start += size
-        random_scores.append(partition_score(A, rand))
-    random_scores = np.array(random_scores)
+    random_scores = random_partition_scores(A, sizes[sizes > 0], n_random, rng)
     grad = partition_score(A, labels)
     rows.append(("random", -1, f"(mean of {n_random} random partitions, sizes {sizes.tolist()})",
                  len(tasks), np.nan, float(random_scores.mean())))  # fmt: skip
     notes.append(
-        f"random partitions with the same sizes reach the gradient grouping's score in "
+        f"in sample (on the matrix the grouping maximised, so by construction): random "
+        f"partitions with the same sizes reach its score in "
         f"{(random_scores >= grad - 1e-12).mean():.1%} of {n_random} draws"
     )
     codes, unknown = usable_iso_codes(getattr(trace, "iso_codes", None))

@@ -61,7 +61,11 @@ def test_group_command_prints_groups_and_writes_json(tmp_path, capsys):
     assert main(["group", str(tmp_path), "--k", "2", "--bootstrap", "20", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "group 1: head0 head1 head2" in text and "exact search" in text
+    # scored out of sample too: chosen on half the snapshots, scored on the other half
+    assert "fit on snapshots at steps 10 30 50 70 90, scored on snapshots at steps 20 40" in text
+    assert "in sample (on the matrix the grouping maximised" in text
     payload = json.loads(out.read_text())
+    assert [r["retained"] for r in payload["holdout"]] == [1.0, 1.0]
     assert sorted(payload["groups"]) == [["head0", "head1", "head2"], ["head3", "head4", "head5"]]
     assert main(["group", str(tmp_path), "--k", "9"]) == 2
     assert "between 1 and 6" in capsys.readouterr().err

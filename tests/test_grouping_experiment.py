@@ -65,6 +65,11 @@ def test_grouping_experiment_end_to_end(tmp_path):
     assert payload["k"] == 2 and payload["max_size"] == 3 and payload["seeds"] == [0, 1]
     assert payload["schemes"] == result.schemes
     assert len(payload["experiment"]["per_scheme"]) == len(result.schemes)
+    # scored out of sample: chosen on seed 0's run and scored on seed 1's, and back
+    across = payload["holdout_across_seeds"]
+    assert [(r["fit_on"], r["scored_on"]) for r in across] == [("seed 0", "seed 1"), ("seed 1", "seed 0")]
+    assert all(0 < r["p_value"] <= 1 and r["n_random"] == 999 for r in across)
+    assert any(n.startswith("out of sample: chosen on seed 0") for n in result.notes)
     # A rerun reuses every run; a different config in the same folder is refused.
     again = reproduce_grouping(tmp_path, k=2, seeds=2, n_bootstrap=20, workers=1,
                                overrides=TINY)  # fmt: skip

@@ -19,9 +19,21 @@ TINY = {
 def test_plans_give_every_method_its_seeds():
     runs = plan_runs("default")
     names = [r.name for r in runs]
-    assert names[:3] == ["sum-s0", "sum-s1", "sum-s2"] and "gradvac-all_layer-s1" in names
+    # four runs of equal cost: two rounds of two workers (issue 21's 25-minute budget)
+    assert names == ["sum-s0", "sum-s1", "sum-s2", "gradvac-all_layer-s0"]
     assert sum(n for _, _, n in PLANS["default"]) == len(runs)
+    extended = [r.name for r in plan_runs("extended")]
+    assert extended[:4] == names and extended[4:] == ["gradvac-all_layer-s1", "pcgrad-all_layer-s0"]
     assert [r.seed for r in plan_runs("quick", seeds=2)] == [0, 1] * 3
+
+
+def test_mode_and_quick_must_agree_and_modes_are_named(tmp_path):
+    from geomtrace import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="--quick with --mode extended"):
+        reproduce(tmp_path / "out", quick=True, mode="extended")
+    with pytest.raises(InvalidInputError, match="allowed: quick, default, extended"):
+        reproduce(tmp_path / "out", mode="paper")
 
 
 @pytest.mark.slow

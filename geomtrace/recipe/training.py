@@ -317,6 +317,9 @@ def train(
     from geomtrace import Tracer
 
     start_time = time.perf_counter()
+    # CPU seconds of this process as well: the wall time depends on what else the machine
+    # runs; CPU time at one thread is what a budget on an idle machine is computed from
+    start_cpu = time.process_time()
     device = torch.device(config.device)
     model = recipe.model.to(device)
     tasks = list(recipe.tasks)
@@ -436,4 +439,5 @@ def train(
                 tracer.set_meta(key, recipe.meta[key])
         seconds = time.perf_counter() - start_time
         tracer.set_meta("train_seconds", seconds)
+        tracer.set_meta("train_cpu_seconds", time.process_time() - start_cpu)
     return TrainResult(final_step, interrupted, quality, seconds, param_count)
