@@ -391,8 +391,13 @@ def analyse_run(
         config=dict(getattr(trace, "config", {}) or {}),
         meta={
             k: trace.meta(k)
-            for k in ("train_seconds", "train_cpu_seconds", "versions", "interrupted_at_step",
-                      "corpus_counts")
+            for k in (
+                "train_seconds",
+                "train_cpu_seconds",
+                "versions",
+                "interrupted_at_step",
+                "corpus_counts",
+            )
         }
         if hasattr(trace, "meta")
         else {},

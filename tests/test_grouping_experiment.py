@@ -67,7 +67,10 @@ def test_grouping_experiment_end_to_end(tmp_path):
     assert len(payload["experiment"]["per_scheme"]) == len(result.schemes)
     # scored out of sample: chosen on seed 0's run and scored on seed 1's, and back
     across = payload["holdout_across_seeds"]
-    assert [(r["fit_on"], r["scored_on"]) for r in across] == [("seed 0", "seed 1"), ("seed 1", "seed 0")]
+    assert [(r["fit_on"], r["scored_on"]) for r in across] == [
+        ("seed 0", "seed 1"),
+        ("seed 1", "seed 0"),
+    ]
     assert all(0 < r["p_value"] <= 1 and r["n_random"] == 999 for r in across)
     assert any(n.startswith("out of sample: chosen on seed 0") for n in result.notes)
     # A rerun reuses every run; a different config in the same folder is refused.
