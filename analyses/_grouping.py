@@ -451,7 +451,7 @@ def group_tasks(
     (their mean gradient score is reported, and the fraction scoring at least as high).
     """
     if not is_trace(trace):
-        from analyses._results import open_run
+        from analyses._analyse_run import open_run
 
         trace = open_run(trace)
     aff = task_affinity(
