@@ -7,6 +7,7 @@ matrices. Default step window: every snapshot after step 0; step 0 (untrained mo
 reported separately as a baseline. Formulas and statistics: ``analyses/README.md``.
 """
 
+from analyses._analyse_run import PARTS, analyse_run, analyse_runs, open_run, run_label
 from analyses._clustering import (
     AGREEMENT_COLUMNS,
     ClusterTree,
@@ -41,9 +42,11 @@ from analyses._evolution import (
     group_trajectories,
     pair_spread,
     pair_trajectories,
+    pick_pairs,
     reliability_trajectory,
     settling,
     settling_step,
+    settling_with_interval,
 )
 from analyses._grouping import (
     AFFINITIES,
@@ -71,6 +74,7 @@ from analyses._grouping_holdout import HOLDOUT_COLUMNS, grouping_holdout, holdou
 from analyses._inputs import ALL, complete_tasks
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
 from analyses._measures import MEASURES, Similarity, centred_gram, has_halves, similarity
+from analyses._multiplicity import ALPHA, PRIMARY_TESTS
 from analyses._optimizers import GRADVAC_TARGET_COLUMNS, gradvac_target_trajectories
 from analyses._quality import (
     QUALITY_CORRELATION_COLUMNS,
@@ -79,22 +83,7 @@ from analyses._quality import (
     quality_difference,
     task_quality,
 )
-from analyses._results import (
-    ALPHA,
-    FRAMES,
-    PARTS,
-    PRIMARY_TESTS,
-    NotApplicable,
-    RunDescription,
-    RunResults,
-    analyse_run,
-    analyse_runs,
-    describe,
-    open_run,
-    pick_pairs,
-    run_label,
-    settling_with_interval,
-)
+from analyses._results import FRAMES, NotApplicable, RunDescription, RunResults, describe
 from analyses._similarity import (
     ALIGNMENT_COLUMNS,
     DIFFERENCE_COLUMNS,

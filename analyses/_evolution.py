@@ -20,6 +20,7 @@ from analyses._inputs import (
     window_mask,
 )
 from analyses._measures import similarity
+from analyses._uncertainty import LEVEL, interval
 from geomtrace import InvalidInputError
 
 GROUP_TRAJECTORY_COLUMNS = ["group", "position", "part", "step", "mean_cosine", "conflict_rate"]
@@ -324,3 +325,74 @@ def settling(
              max(1, math.ceil(final_fraction * n)) if n else 0)
         )  # fmt: skip
     return pd.DataFrame(rows, columns=[*by, *SETTLING_COLUMNS])
+
+
+SETTLING_INTERVAL_COLUMNS = [
+    "kind", "final_value", "final_ci_low", "final_ci_high", "settle_step", "settle_ci_low",
+    "settle_ci_high", "n_pairs", "last_step", "tol",
+]  # fmt: skip
+
+
+def settling_with_interval(
+    pairs: pd.DataFrame,
+    *,
+    kinds: bool = True,
+    tol: float = 0.05,
+    n_bootstrap: int = 400,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
+    """Settling of the mean pair trajectory per kind, with a bootstrap over task pairs.
+
+    The trajectory m(s) = mean over the kind's pairs of cos_ij(s); :func:`settling_step`
+    gives the final value and the settle step. Resampling snapshots would break the time
+    order a settling step is about, so the interval resamples the *pairs* (with replacement,
+    ``n_bootstrap`` times): how much the curve depends on which pairs make it. A replicate
+    that never settles counts as the last step + 1 in the interval of the settle step (so an
+    upper bound past the last step means "may still be moving"). ``kinds``: within / across
+    family separately (pairs with unknown families are left out), else all pairs as ``all``.
+    """
+    frame = pairs.copy()
+    if kinds:
+        frame = frame[frame["same_family"].notna()]
+        frame["kind"] = frame["same_family"].map({True: "within", False: "across"})
+    else:
+        frame["kind"] = "all"
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind, part in frame.groupby("kind", sort=False):
+        # One row per pair of the run (unstack keeps NaN cells; pivot_table(dropna=False)
+        # built the cartesian product task_a x task_b: phantom all-NaN pairs)
+        wide = part.set_index(["task_a", "task_b", "step"])["cosine"].unstack("step")
+        steps = wide.columns.to_numpy()
+        values = wide.to_numpy(dtype=float)  # [pairs, S]
+        settle, final = settling_step(steps, gt.nanmean(values), tol=tol)
+        n = len(values)
+        finals, settles = [], []
+        for _ in range(n_bootstrap):
+            pick = values[rng.integers(0, n, n)]
+            s, f = settling_step(steps, gt.nanmean(pick), tol=tol)
+            finals.append(f)
+            settles.append(steps[-1] + 1 if s is None else s)
+        rows.append(
+            (kind, final, *interval(np.array(finals), level),
+             np.nan if settle is None else settle, *interval(np.array(settles), level), n,
+             int(steps[-1]), tol)
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=SETTLING_INTERVAL_COLUMNS)
+
+
+def pick_pairs(pairs: pd.DataFrame, n_per_kind: int = 2) -> list[tuple[str, str]]:
+    """Pairs worth naming in F5: per kind (same family / not / unknown), the pair with the
+    highest and the one with the lowest similarity at the last snapshot. A choice of what to
+    show, not a statistic."""
+    last = pairs[pairs["step"] == pairs["step"].max()]
+    last = last.dropna(subset=["cosine"]).sort_values("cosine", ascending=False)
+    chosen: list[tuple[str, str]] = []
+    for _, part in last.groupby(last["same_family"].astype(str), sort=False):
+        rows = [part.iloc[0], part.iloc[-1]][:n_per_kind] if len(part) > 1 else [part.iloc[0]]
+        for r in rows:
+            key = (r["task_a"], r["task_b"])
+            if key not in chosen:
+                chosen.append(key)
+    return chosen

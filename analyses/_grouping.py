@@ -471,7 +471,7 @@ def group_tasks(
     out-of-sample test of whether the grouping is structure rather than noise.
     """
     if not is_trace(trace):
-        from analyses._results import open_run
+        from analyses._analyse_run import open_run
 
         trace = open_run(trace)
     aff = task_affinity(

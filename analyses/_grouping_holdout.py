@@ -121,8 +121,8 @@ def grouping_holdout(
 def _opened(source: Any, stack: contextlib.ExitStack) -> Any:
     """A run directory opened as a trace (closed with ``stack``); anything else as is."""
     if isinstance(source, (str, os.PathLike)):
-        # imported here: analyses._results imports most of the package
-        from analyses._results import open_run
+        # imported here: analyses._analyse_run imports most of the package
+        from analyses._analyse_run import open_run
 
         return stack.enter_context(open_run(source))
     return source

@@ -246,6 +246,21 @@ def group_difference(
     }  # fmt: skip
 
 
+def encoder_decoder_differences(
+    trace: Any, groups: Sequence[str], window: Window | None, boot: dict[str, Any]
+) -> pd.DataFrame | None:
+    """Decoder minus encoder at the same depth (groups whose names differ only by "encoder" /
+    "decoder"), on the noise-corrected measure when the trace has halves: paired bootstrap
+    differences (``group_difference``). None when no such pair exists (any other model)."""
+    pairs = [(g, g.replace("encoder", "decoder")) for g in groups if "encoder" in g]
+    pairs = [(a, b) for a, b in pairs if b in groups]
+    if not pairs:
+        return None
+    measure = "corrected" if trace.has_halves else "raw"
+    rows = [group_difference(trace, a, b, measure=measure, window=window, **boot) for a, b in pairs]
+    return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
+
+
 def task_alignment(
     source: Any,
     group: str | None = None,

@@ -503,3 +503,16 @@ def task_families(
         return {}
     table = language_families(list(dict.fromkeys(codes)), cache=cache).set_index("language")
     return {t: str(table.loc[c, level]) for t, c in zip(tasks, codes, strict=True)}
+
+
+def task_family_table(
+    codes: Mapping[str, str], cache: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """One row per task: task, its ISO code (``language``) and the language's row of
+    :func:`language_families` (family, genus, depth as int64, ...)."""
+    unique = list(dict.fromkeys(codes.values()))
+    table = language_families(unique, cache=cache).set_index("language")
+    rows = [{"task": t, "language": c} for t, c in codes.items()]
+    frame = pd.DataFrame(rows).join(table, on="language")
+    frame["depth"] = frame["depth"].astype(np.int64)
+    return frame
