@@ -7,6 +7,19 @@ seed-matched: method m at seed s minus the baseline (method ``sum``) at seed s, 
 d and standard deviation s_d (ddof 1), the interval is the Student t interval
 d +- t_{(1+level)/2, n-1} s_d / sqrt(n): with 2 seeds it is wide (t = 12.7), honestly so; with
 one seed there is none (NaN).
+
+A second interval (``ref_ci_low``, ``ref_ci_high``, ``ref_p``) takes the seed noise from the
+baseline's own seeds, so that one or two seeds of a method still get an interval: with m >= 2
+baseline seeds whose task-mean metric has standard deviation s_B (ddof 1),
+
+    d +- t_{(1+level)/2, m-1} s_B sqrt(2 / n)
+
+and ref_p the two-sided t test of d / (s_B sqrt(2 / n)) on m - 1 df. Why sqrt(2): a paired
+difference M_s - B_s has variance Var(M) + Var(B) - 2 Cov(M_s, B_s) <= 2 sigma^2 when the
+method's seed variance is the baseline's sigma^2 and a shared seed (same initialisation and
+data order) does not make the two runs vary in opposite directions (Cov >= 0): conservative
+under those assumptions, which the across-seed rows of an extended reproduction can check.
+It is training noise only: the test strings are the same in every run.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ DELTA_COLUMNS = ["method", "seed", "task", "value", "baseline", "delta"]
 PER_TASK_COLUMNS = ["method", "task", "mean_delta", "ci_low", "ci_high", "n_seeds"]
 PER_METHOD_COLUMNS = [
     "method", "mean_delta", "ci_low", "ci_high", "n_seeds", "n_tasks", "n_better",
+    "ref_ci_low", "ref_ci_high", "ref_p", "n_baseline_seeds",
 ]  # fmt: skip
 SEED_COLUMNS = [
     "method", "table", "test", "n_seeds", "mean", "sd", "min", "max", "n_positive",
@@ -97,6 +111,24 @@ class Comparison:
         }  # fmt: skip
 
 
+def baseline_seed_interval(
+    mean_delta: float, n_seeds: int, baseline_means: Sequence[float], level: float = LEVEL
+) -> tuple[float, float, float]:
+    """(low, high, p) of a method's mean seed-matched difference with the seed noise taken
+    from the baseline's seeds (module docstring); NaNs with fewer than 2 baseline seeds."""
+    b = np.asarray(baseline_means, dtype=np.float64)
+    b = b[np.isfinite(b)]
+    if b.size < 2 or n_seeds < 1 or not math.isfinite(mean_delta):
+        return float("nan"), float("nan"), float("nan")
+    se = b.std(ddof=1) * math.sqrt(2.0 / n_seeds)
+    if se <= 0:
+        return float("nan"), float("nan"), float("nan")
+    df = b.size - 1
+    half = stats.t.ppf((1 + level) / 2, df) * se
+    p = 2 * stats.t.sf(abs(mean_delta) / se, df)
+    return mean_delta - half, mean_delta + half, float(p)
+
+
 def compare_runs(
     results: Sequence[RunResults], *, metric: str | None = None, level: float = LEVEL
 ) -> Comparison | NotApplicable:
@@ -161,9 +193,14 @@ def compare_runs(
         lo, hi = t_interval(seed_means, level)
         task_means = part.groupby("task")["delta"].mean()
         n_better = int((task_means > 0).sum() if better else (task_means < 0).sum())
+        tasks = list(task_means.index)
+        reference = baseline_seed_interval(
+            float(seed_means.mean()), int(seed_means.size),
+            [float(b.reindex(tasks).mean()) for b in base_by_seed.values()], level,
+        )  # fmt: skip
         per_method.append(
             (method, float(seed_means.mean()), lo, hi, int(seed_means.size),
-             int(task_means.size), n_better)
+             int(task_means.size), n_better, *reference, len(base_by_seed))
         )  # fmt: skip
     final = []
     targets = []

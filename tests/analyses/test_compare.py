@@ -38,6 +38,8 @@ def test_compare_runs_and_seeds(tmp_path, planted_trace):
     seed_means = d.groupby("seed")["delta"].mean()
     assert per_method["mean_delta"] == pytest.approx(seed_means.mean())
     assert (per_method["ci_low"], per_method["ci_high"]) == pytest.approx(t_interval(seed_means))
+    # the planted baselines have the same chrF at both seeds: no seed noise to borrow
+    assert per_method["n_baseline_seeds"] == 2 and np.isnan(per_method["ref_ci_low"])
     seeds = across_seeds(results)
     row = seeds[(seeds["method"] == "sum (baseline)") & (seeds["table"] == "similarity")].iloc[0]
     assert row["n_seeds"] == 2
@@ -45,3 +47,20 @@ def test_compare_runs_and_seeds(tmp_path, planted_trace):
     assert row["mean"] == pytest.approx(np.mean(values))
     assert isinstance(compare_runs(results[:2]), NotApplicable)
     assert "baseline" in str(compare_runs(results[2:]))
+
+
+def test_baseline_seed_interval_by_hand():
+    from analyses._compare import baseline_seed_interval
+
+    # one method seed, baseline task means 12.0, 12.4, 12.7 (sd 0.3512), difference +0.6
+    lo, hi, p = baseline_seed_interval(0.6, 1, [12.0, 12.4, 12.7])
+    se = np.std([12.0, 12.4, 12.7], ddof=1) * np.sqrt(2.0)
+    t = 4.302652729911275  # t_{0.975, 2}
+    assert (lo, hi) == pytest.approx((0.6 - t * se, 0.6 + t * se))
+    from scipy import stats
+
+    assert p == pytest.approx(2 * stats.t.sf(0.6 / se, 2))
+    # two method seeds: the standard error shrinks by sqrt(2)
+    lo2, hi2, _ = baseline_seed_interval(0.6, 2, [12.0, 12.4, 12.7])
+    assert hi2 - lo2 == pytest.approx((hi - lo) / np.sqrt(2))
+    assert all(np.isnan(baseline_seed_interval(0.6, 1, [12.0])))  # one baseline seed
