@@ -163,7 +163,10 @@ def analyse_run(
         meta={
             k: trace.meta(k)
             for k in (
-                "train_seconds", "train_cpu_seconds", "versions", "interrupted_at_step",
+                "train_seconds",
+                "train_cpu_seconds",
+                "versions",
+                "interrupted_at_step",
                 "corpus_counts",
             )
         }
@@ -284,6 +287,25 @@ def _reliability_warnings(result: RunResults) -> None:
         )
 
 
+def agreement_levels(result: RunResults, labelled: list[str]) -> list[tuple]:
+    """The label sets the clusters are compared with: (level, {task: label}, tasks).
+
+    Family and genus; script where every task has one; genus within the largest script.
+    Why script: it is a named confound (issue 22). Byte-level models see shared characters,
+    and script agrees with family for many languages, so script agreement sits beside family
+    and genus, and genus agreement is repeated within one script (stratified).
+    """
+    levels = [("family", result.families, labelled), ("genus", result.genera, labelled)]
+    scripts = {t: s for t, s in (result.scripts or {}).items() if t in labelled and s}
+    if len(scripts) == len(labelled):
+        levels.append(("script", scripts, labelled))
+        largest = max(set(scripts.values()), key=list(scripts.values()).count)
+        within = [t for t in labelled if scripts[t] == largest]
+        if len(within) >= 4 and len({result.genera[t] for t in within}) > 1:
+            levels.append((f"genus within {largest}", result.genera, within))
+    return levels
+
+
 def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None:
     """The tree always (it needs no labels); agreement with families where they are known."""
     if len(complete) < 3:
@@ -313,18 +335,7 @@ def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None
     replicates = sim.replicates(boot["n_bootstrap"], block=boot["block"], seed=boot["seed"])
     replicates = replicates[:, index][:, :, index]
     parts = []
-    levels = [("family", result.families, labelled), ("genus", result.genera, labelled)]
-    # Script is a named confound (issue 22): byte-level models see shared characters, and
-    # script agrees with family for many languages. Its agreement sits beside family and
-    # genus, and genus agreement is repeated within the largest script (stratified).
-    scripts = {t: s for t, s in (result.scripts or {}).items() if t in labelled and s}
-    if len(scripts) == len(labelled):
-        levels.append(("script", scripts, labelled))
-        largest = max(set(scripts.values()), key=list(scripts.values()).count)
-        within = [t for t in labelled if scripts[t] == largest]
-        if len(within) >= 4 and len({result.genera[t] for t in within}) > 1:
-            levels.append((f"genus within {largest}", result.genera, within))
-    for level, labels, tasks in levels:
+    for level, labels, tasks in agreement_levels(result, labelled):
         pick = [labelled.index(t) for t in tasks]
         frame = family_agreement(
             sub.loc[tasks, tasks], {t: labels[t] for t in tasks},
@@ -431,12 +442,15 @@ def _group_agreement(result, trace, g, measure, window, n_permutations, boot):
     index = [sim.tasks.index(t) for t in labelled]
     replicates = sim.replicates(boot["n_bootstrap"], block=boot["block"], seed=boot["seed"])
     replicates = replicates[:, index][:, :, index]
+    sub = pd.DataFrame(matrix[np.ix_(index, index)], index=labelled, columns=labelled)
     frames = []
-    for level, labels in (("family", result.families), ("genus", result.genera)):
+    for level, labels, tasks in agreement_levels(result, labelled):
+        pick = [labelled.index(t) for t in tasks]
         frame = family_agreement(
-            pd.DataFrame(matrix[np.ix_(index, index)], index=labelled, columns=labelled),
-            {t: labels[t] for t in labelled}, n_permutations=n_permutations, seed=boot["seed"],
-            replicates=replicates, level=boot["level"], df=sim.bootstrap_df(boot["block"]),
+            sub.loc[tasks, tasks], {t: labels[t] for t in tasks},
+            n_permutations=n_permutations, seed=boot["seed"],
+            replicates=replicates[:, pick][:, :, pick], level=boot["level"],
+            df=sim.bootstrap_df(boot["block"]),
         )  # fmt: skip
         frames.append(frame[frame["statistic"] != "cophenetic_correlation"].assign(level=level))
     out = pd.concat(frames, ignore_index=True).assign(group=g)

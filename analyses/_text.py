@@ -176,7 +176,8 @@ def results_text(res) -> str:
             [r.group, r.level, r.statistic, _f(r.value, 2), p_text(r.p_value) + mark(r.p_holm)]
             for r in lc.itertuples()
         ]  # fmt: skip
-        out += ["", "== family / genus agreement per group (p: labels permuted)"]
+        out += ["", "== family / genus / script agreement per group (p: labels permuted; genus "
+                "within the largest script where it has >= 4 languages)"]  # fmt: skip
         out.append(_table(rows, ["group", "level", "statistic", "value", "p"]))
     if "quality" in f:
         q = f["quality"]

@@ -111,7 +111,10 @@ def layer_typology(
     ari = None
     if clustering is not None and not clustering.empty:
         hit = clustering[clustering["statistic"] == "ari"]
-        levels = [lv for lv in ("family", "genus") if lv in set(hit["level"])]
+        # script beside family and genus (a named confound), and genus within one script
+        present = list(dict.fromkeys(hit["level"]))
+        levels = [lv for lv in ("family", "genus", "script") if lv in present]
+        levels += [lv for lv in present if lv.startswith("genus within")]
         if levels:
             wide = hit.set_index(["group", "level"])
             # No interval for the agreement: its bootstrap covered 45-85% in the harness.

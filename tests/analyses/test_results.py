@@ -36,6 +36,11 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
     )
     within = result.frames["clustering"].query("level == 'genus within Latn'")
     assert (within["n_tasks"] == 10).all()  # the 10 Latin-script planted languages
+    # the same levels per group in the layer table's agreement (no cophenetic row there)
+    per_group = result.frames["layer_clustering"].query("group == 'encoder.0'")
+    assert per_group["level"].tolist() == (
+        ["family"] * 2 + ["genus"] * 2 + ["script"] * 2 + ["genus within Latn"] * 2
+    )
     # Every statistic has its interval, and it contains the point estimate.
     for name in ("clustering", "typology", "quality"):
         frame = result.frames[name]
