@@ -14,7 +14,10 @@ baseline seeds whose task-mean metric has standard deviation s_B (ddof 1),
 
     d +- t_{(1+level)/2, m-1} s_B sqrt(2 / n)
 
-and ref_p the two-sided t test of d / (s_B sqrt(2 / n)) on m - 1 df. Why sqrt(2): a paired
+and ref_p the two-sided t test of d / (s_B sqrt(2 / n)) on m - 1 df. ``detectable``: the
+smallest |d| that test detects with 80% power at two-sided 1 - level,
+(t_{(1+level)/2, m-1} + t_{0.8, m-1}) s_B sqrt(2 / n); it falls as 1 / sqrt(n) with the
+method's seeds n (the design question "how many seeds for a difference of x"). Why sqrt(2): a paired
 difference M_s - B_s has variance Var(M) + Var(B) - 2 Cov(M_s, B_s) <= 2 sigma^2 when the
 method's seed variance is the baseline's sigma^2 and a shared seed (same initialisation and
 data order) does not make the two runs vary in opposite directions (Cov >= 0): conservative
@@ -40,7 +43,7 @@ DELTA_COLUMNS = ["method", "seed", "task", "value", "baseline", "delta"]
 PER_TASK_COLUMNS = ["method", "task", "mean_delta", "ci_low", "ci_high", "n_seeds"]
 PER_METHOD_COLUMNS = [
     "method", "mean_delta", "ci_low", "ci_high", "n_seeds", "n_tasks", "n_better",
-    "ref_ci_low", "ref_ci_high", "ref_p", "n_baseline_seeds",
+    "ref_ci_low", "ref_ci_high", "ref_p", "detectable", "n_baseline_seeds",
 ]  # fmt: skip
 SEED_COLUMNS = [
     "method", "table", "test", "n_seeds", "mean", "sd", "min", "max", "n_positive",
@@ -113,20 +116,23 @@ class Comparison:
 
 def baseline_seed_interval(
     mean_delta: float, n_seeds: int, baseline_means: Sequence[float], level: float = LEVEL
-) -> tuple[float, float, float]:
-    """(low, high, p) of a method's mean seed-matched difference with the seed noise taken
-    from the baseline's seeds (module docstring); NaNs with fewer than 2 baseline seeds."""
+) -> tuple[float, float, float, float]:
+    """(low, high, p, detectable) of a method's mean seed-matched difference with the seed
+    noise taken from the baseline's seeds (module docstring); NaNs with fewer than 2 baseline
+    seeds or where they agree exactly (no noise to borrow)."""
+    nan = float("nan")
     b = np.asarray(baseline_means, dtype=np.float64)
     b = b[np.isfinite(b)]
     if b.size < 2 or n_seeds < 1 or not math.isfinite(mean_delta):
-        return float("nan"), float("nan"), float("nan")
+        return nan, nan, nan, nan
     se = b.std(ddof=1) * math.sqrt(2.0 / n_seeds)
     if se <= 0:
-        return float("nan"), float("nan"), float("nan")
+        return nan, nan, nan, nan
     df = b.size - 1
     half = stats.t.ppf((1 + level) / 2, df) * se
     p = 2 * stats.t.sf(abs(mean_delta) / se, df)
-    return mean_delta - half, mean_delta + half, float(p)
+    detectable = (stats.t.ppf((1 + level) / 2, df) + stats.t.ppf(0.8, df)) * se
+    return mean_delta - half, mean_delta + half, float(p), float(detectable)
 
 
 def compare_runs(

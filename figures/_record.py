@@ -165,13 +165,14 @@ def headline_table(results: Mapping[str, Any]) -> str:
             lambda r, a=agreement: f"{_num(a(r).get('value'))} ({_p(a(r).get('p_value'))}; "
             f"{_num(a(r).get('null_mean'))})")  # fmt: skip
     lines += ["", "| optimizer vs the same-seed baseline | chrF difference [t-interval over seeds] "
-              "| [interval with the baseline seeds' noise] (p) | seeds (baseline seeds) "
-              "| languages better |", "|---|---|---|---|---|"]  # fmt: skip
+              "| [interval with the baseline seeds' noise] (p) | detectable (80% power) "
+              "| seeds (baseline seeds) | languages better |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for m in (results.get("comparison") or {}).get("per_method") or []:
         lines.append(
             f"| {m.get('method')} | {_ci(m, 'mean_delta', 'ci_low', 'ci_high')} | "
             f"[{_num(m.get('ref_ci_low'))}, {_num(m.get('ref_ci_high'))}] ({_p(m.get('ref_p'))}) "
-            f"| {m.get('n_seeds')} ({m.get('n_baseline_seeds', '–')}) | "
+            f"| {_num(m.get('detectable'), signed=False)} | {m.get('n_seeds')} ({m.get('n_baseline_seeds', '–')}) | "
             f"{m.get('n_better')} of {m.get('n_tasks')} |"
         )
     return "\n".join(lines)

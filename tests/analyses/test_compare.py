@@ -53,14 +53,16 @@ def test_baseline_seed_interval_by_hand():
     from analyses._compare import baseline_seed_interval
 
     # one method seed, baseline task means 12.0, 12.4, 12.7 (sd 0.3512), difference +0.6
-    lo, hi, p = baseline_seed_interval(0.6, 1, [12.0, 12.4, 12.7])
+    lo, hi, p, detectable = baseline_seed_interval(0.6, 1, [12.0, 12.4, 12.7])
     se = np.std([12.0, 12.4, 12.7], ddof=1) * np.sqrt(2.0)
     t = 4.302652729911275  # t_{0.975, 2}
     assert (lo, hi) == pytest.approx((0.6 - t * se, 0.6 + t * se))
     from scipy import stats
 
     assert p == pytest.approx(2 * stats.t.sf(0.6 / se, 2))
+    assert detectable == pytest.approx((t + 1.0606601717798212) * se)  # + t_{0.8, 2}
     # two method seeds: the standard error shrinks by sqrt(2)
-    lo2, hi2, _ = baseline_seed_interval(0.6, 2, [12.0, 12.4, 12.7])
+    lo2, hi2, _, detectable2 = baseline_seed_interval(0.6, 2, [12.0, 12.4, 12.7])
     assert hi2 - lo2 == pytest.approx((hi - lo) / np.sqrt(2))
+    assert detectable2 == pytest.approx(detectable / np.sqrt(2))
     assert all(np.isnan(baseline_seed_interval(0.6, 1, [12.0])))  # one baseline seed

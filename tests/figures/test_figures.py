@@ -221,7 +221,10 @@ def test_f7_cells_are_the_layer_table(analysed, drawn):
     ]
     # script beside family and genus, and genus within the largest script (named confound)
     assert [t.get_text() for t in ari.get_xticklabels()] == [
-        "family ARI", "genus ARI", "script ARI", "genus within Latn ARI"
+        "family ARI",
+        "genus ARI",
+        "script ARI",
+        "genus within Latn ARI",
     ]
     assert "[95% language-jackknife interval]" in " ".join(all_texts(fig).split())
 

@@ -39,7 +39,8 @@ def _results() -> dict:
         "comparison": {"per_method": [{"method": "GradVac", "mean_delta": 0.2, "ci_low": -1.0,
                                        "ci_high": 1.4, "n_seeds": 2, "n_better": 9,
                                        "n_tasks": 16, "ref_ci_low": -0.5, "ref_ci_high": 0.9,
-                                       "ref_p": 0.04, "n_baseline_seeds": 3}]},
+                                       "ref_p": 0.04, "detectable": 1.1,
+                                       "n_baseline_seeds": 3}]},
     }  # fmt: skip
 
 
@@ -63,8 +64,8 @@ def test_headline_table_by_hand():
         in lines
     )
     assert "| clusters vs genus: ARI (p, labels permuted; chance) | +0.40 (.010; +0.00) |" in lines
-    assert (
-        lines[-1] == "| GradVac | +0.20 [-1.00, +1.40] | [-0.50, +0.90] (.040) | 2 (3) | 9 of 16 |"
+    assert lines[-1] == (
+        "| GradVac | +0.20 [-1.00, +1.40] | [-0.50, +0.90] (.040) | 1.10 | 2 (3) | 9 of 16 |"
     )
 
 
