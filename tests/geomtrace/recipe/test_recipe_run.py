@@ -193,3 +193,25 @@ def test_user_recipe(tmp_path, monkeypatch):
     assert trace.cosine("1")[0, 0, 1] < 0
     with pytest.raises(InvalidInputError, match="has no function 'nope'"):
         run({"recipe": "my_recipe:nope", "out": str(tmp_path), "name": "v"})
+
+
+@pytest.mark.slow
+def test_full_preset_runs_on_cpu_at_small_size(tmp_path):
+    # The GPU preset's code path (every domain, 128-byte strings, 6 + 6 layers, its snapshot
+    # design) at a size a CPU test affords: three of its languages outside the default's
+    # (Greek, Uyghur in Arabic script, Traditional Chinese), a narrow model, two steps, on the
+    # CPU. All 34 languages took 3 CPU minutes here, most of it decoding ~8,500 test strings.
+    from geomtrace.recipe import preset
+
+    values = preset("full").to_dict() | {
+        "langs": ["el", "ug", "zh_Hant"], "device": "cpu", "threads": 1, "d_model": 16,
+        "nhead": 2, "d_ff": 32, "steps": 2, "every": 1, "batch_per_lang": 2,
+        "snapshot_rows": 4, "warmup": 1, "out": str(tmp_path), "name": "full-cpu",
+    }  # fmt: skip
+    trace = open_trace(run(values))
+    assert list(trace.tasks) == ["el", "ug", "zh_Hant"] and list(trace.steps) == [0, 1, 2]
+    assert trace.has_halves and trace.config["max_bytes"] == 128
+    assert trace.config["enc_layers"] == trace.config["dec_layers"] == 6
+    quality = trace.quality()
+    assert set(quality["task"]) == set(trace.tasks)
+    assert np.isfinite(quality["value"]).all()

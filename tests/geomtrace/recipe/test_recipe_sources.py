@@ -213,4 +213,16 @@ def test_default_experiment_meets_the_data_criteria():
     )
     assert len(probe_strings(short, "train", size=10_000)) >= 400
     # the full (GPU) preset reads every text domain too
-    assert preset("full").domains == list(TEXT_DOMAINS)
+
+
+def test_full_preset_languages_are_every_locale_with_200_test_strings():
+    """``--preset full`` (issue 21, item 4): exactly the base locales with >= 200 test strings
+    of <= 128 bytes over every text domain."""
+    from geomtrace.recipe.config import preset
+    from geomtrace.recipe.languages import LANGUAGES, VARIANT_BASE
+
+    config = preset("full").validate()
+    assert config.domains == list(TEXT_DOMAINS)
+    bases = [loc for loc in LANGUAGES if loc not in VARIANT_BASE]
+    counts = build_corpus(bases, config.domains, allow_empty=True).counts(config.max_bytes)
+    assert config.langs == [loc for loc in bases if counts[loc]["test"] >= 200]
