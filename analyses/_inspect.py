@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from analyses._analyse_run import analyse_run
+from analyses._measures import has_halves
 
 
 def trace_summary(trace: Any, *, n_bootstrap: int = 200) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def trace_summary(trace: Any, *, n_bootstrap: int = 200) -> dict[str, Any]:
         "snapshots": len(trace.steps),
         "steps": [int(trace.steps.min()), int(trace.steps.max())] if len(trace.steps) else None,
         "sources": sorted(set(trace.sources)),
-        "halves": bool(getattr(trace, "has_halves", False)),
+        "halves": has_halves(trace),
         "warnings": warnings,
         "notes": [note] if note else [],
     }

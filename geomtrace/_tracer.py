@@ -93,6 +93,7 @@ from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
 from geomtrace._fsdp_sketch import ShardedSketchedGram
 from geomtrace._groups import ParameterGroup, resolve_groups
+from geomtrace._halves import HALVES_RULES, Halves
 from geomtrace._schedule import Schedule, is_integral, make_schedule, positive_int
 from geomtrace._sketch import TaskSketches, check_sketch_dim
 from geomtrace._snapshot_warnings import SnapshotWarnings
@@ -109,9 +110,6 @@ from geomtrace._step import (
 from geomtrace._writer import TraceWriter
 
 log = logging.getLogger(__name__)
-
-#: half rules (see the module docstring)
-HALVES_RULES = ("micro_batches", "step_parity")
 
 # Kept importable from here (the step class used to live in this module).
 TraceStep = Step
@@ -230,8 +228,10 @@ class Tracer(StepPolicy):
                 f"window={self.window} is longer than every={int(every)}: windows would "
                 "overlap; use every >= window"
             )
-        self.halves = bool(halves)
-        self.halves_rule = self._check_halves(halves_rule)
+        #: split-half capture, validated once here (``geomtrace._halves``)
+        self.split_halves = Halves.choose(bool(halves), halves_rule, self.window)
+        self.halves = self.split_halves.enabled
+        self.halves_rule = self.split_halves.rule
         for option, value, bad in (
             ("probe=", self.probe, self.halves or self.window > 1),
             ("sketch=", self.sketch, self.halves or self.window > 1),
@@ -274,22 +274,10 @@ class Tracer(StepPolicy):
             if self.sketch is not None:
                 self.writer.set_meta("sketch", self.sketch)
                 self.writer.set_meta("sketch_seed", seed)
-            if self.halves:
-                self.writer.set_meta("halves", True)
-                self.writer.set_meta("halves_rule", self.halves_rule)
+            for key, value in self.split_halves.meta().items():
+                self.writer.set_meta(key, value)
             if self.window > 1:
                 self.writer.set_meta("window", self.window)
-
-    def _check_halves(self, rule: str | None) -> str | None:
-        if rule is None:
-            return ("step_parity" if self.window > 1 else "micro_batches") if self.halves else None
-        if not self.halves:
-            raise InvalidInputError(f"halves_rule={rule!r} needs halves=True")
-        if rule not in HALVES_RULES:
-            raise InvalidInputError(f"halves_rule={rule!r}: use one of {', '.join(HALVES_RULES)}")
-        if rule == "step_parity" and self.window < 2:
-            raise InvalidInputError("halves_rule='step_parity' needs a window of window >= 2 steps")
-        return rule
 
     # -- the capture ---------------------------------------------------------------------------
     @property
