@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from geomtrace import GeomtraceError, InvalidInputError, StorageError
 
@@ -118,88 +119,16 @@ def _add_inspect_parser(sub) -> None:
 
 
 def _cmd_inspect(args) -> int:
-    from analyses import analyse_run
+    from analyses import trace_summary, trace_summary_text
     from geomtrace import open_trace
 
     _check_output_file(args.json, "--json")
-    trace = open_trace(args.run)
-    sim = None
-    specific: dict[str, str] = {}  # task-specific group -> its one task (per-task heads)
-    note = None
-    if len(trace.steps):
-        result = analyse_run(trace, parts=["similarity"], n_bootstrap=200)
-        if "similarity" in result.frames:
-            sim = result.frames["similarity"].set_index("group")
-        warnings = result.warnings
-        if "task_specific_groups" in result.frames:
-            frame = result.frames["task_specific_groups"]
-            specific = dict(zip(frame["group"], frame["task"], strict=True))
-            note = next(n for n in result.notes if "task-specific" in n)
-    else:
-        warnings = []
-
-    def number(group: str, column: str):
-        if sim is None or group not in sim.index:
-            return None
-        value = float(sim.loc[group, column])
-        return value if value == value else None  # NaN -> None
-
-    groups = [
-        {
-            "group": group,
-            "numel": trace.group_sizes.get(group, sum(trace.group_sizes.values())),
-            "params": len(trace.group_params.get(group, []))
-            if group in trace.group_params
-            else sum(len(v) for v in trace.group_params.values()),
-            "mean_similarity": number(group, "mean_cosine"),
-            "ci_low": number(group, "ci_low"),
-            "ci_high": number(group, "ci_high"),
-            "reliability": number(group, "reliability"),
-            "task_specific": specific.get(group),
-        }
-        for group in ["all", *trace.groups]
-    ]
-    summary = {
-        "path": str(trace.path),
-        "tasks": [{"name": t, "iso639_3": trace.iso_codes[t]} for t in trace.tasks],
-        "groups": groups,
-        "snapshots": len(trace.steps),
-        "steps": [int(trace.steps.min()), int(trace.steps.max())] if len(trace.steps) else None,
-        "sources": sorted(set(trace.sources)),
-        "halves": bool(getattr(trace, "has_halves", False)),
-        "warnings": warnings,
-        "notes": [note] if note else [],
-    }
+    summary = trace_summary(open_trace(args.run))
     if args.json:
         _write_json(summary, args.json)
         return 0
-    print(f"trace      {summary['path']}")
-    tasks = ", ".join(
-        f"{t['name']}" + (f" ({t['iso639_3']})" if t["iso639_3"] else "") for t in summary["tasks"]
-    )
-    print(f"tasks      {len(trace.tasks)}: {tasks}")
-    steps = summary["steps"]
-    print(
-        f"snapshots  {summary['snapshots']}"
-        + (f", steps {steps[0]}..{steps[1]} ({', '.join(summary['sources'])})" if steps else "")
-    )
-    print(f"groups     {len(trace.groups)} (+ all: the whole model)")
-    print("           mean similarity = mean over task pairs, snapshots after step 0, 95% CI")
-    width = max(len(g["group"]) for g in groups)
-    for g in groups:
-        if g["task_specific"] is not None:
-            continue  # said once below, not one row of dashes per head
-        if g["mean_similarity"] is None:
-            mean = "n/a (no snapshot after step 0)"
-        else:
-            lo, hi = g["ci_low"], g["ci_high"]
-            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
-            mean = f"{g['mean_similarity']:+.3f}{ci}"
-        rel = "" if g["reliability"] is None else f"  reliability {g['reliability']:.2f}"
-        print(f"  {g['group']:<{width}}  {g['numel']:>10,d} params  mean similarity {mean}{rel}")
-    if note:
-        print(f"note: {note}")
-    for warning in warnings:
+    print(trace_summary_text(summary))
+    for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
@@ -235,7 +164,7 @@ def _add_typology_parser(sub) -> None:
 
 
 def _cmd_typology(args) -> int:
-    from analyses import language_families, typological_distances
+    from analyses import language_families, typological_distances, typology_text
 
     matrices = typological_distances(args.languages, args.distance)
     families = language_families(args.languages)
@@ -251,13 +180,7 @@ def _cmd_typology(args) -> int:
             )
         )
         return 0
-    units = {"geographic": "km"}
-    for kind, m in matrices.items():
-        print(f"{kind} distance ({units.get(kind, '0 = identical')})")
-        fmt = "{:.0f}".format if kind == "geographic" else "{:.3f}".format
-        print(m.to_string(float_format=fmt))
-        print()
-    print(families.drop(columns=["path"]).to_string(index=False, float_format="{:.2f}".format))
+    print(typology_text(matrices, families))
     return 0
 
 
@@ -420,9 +343,7 @@ def _add_group_parser(sub) -> None:
 
 
 def _cmd_group(args) -> int:
-    import numpy as np
-
-    from analyses import group_tasks, holdout_lines
+    from analyses import group_tasks, grouping_text
 
     _check_output_file(args.json, "--json")
     _check_seed(args.seed)
@@ -436,32 +357,7 @@ def _cmd_group(args) -> int:
     if args.json == "-":
         _write_json(grouping.to_dict(), "-")
         return 0
-    noun = "group" if grouping.k == 1 else "groups"
-    print(
-        f"{grouping.k} {noun} by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
-        f"{grouping.method} search; score {grouping.score:+.3f}"
-    )
-    tasks = grouping.affinity.tasks
-    for n, members in enumerate(grouping.groups(), 1):
-        index = [tasks.index(t) for t in members]
-        pairs = [(a, b) for a in index for b in index if a < b]
-        together = [grouping.together[a, b] for a, b in pairs]
-        stay = f"  stays together {np.nanmean(together):.0%}" if pairs and args.bootstrap else ""
-        print(f"  group {n}: {' '.join(members)}{stay}")
-    if np.isfinite(grouping.stability):
-        print(f"stability: grouped pairs share a group in {grouping.stability:.0%} of "
-              f"{args.bootstrap} bootstrap replicates")  # fmt: skip
-    totals = grouping.schemes[grouping.schemes["group"] == -1]
-    print("\nschemes (within-group affinity under the gradient affinity, centred):")
-    for row in totals.itertuples():
-        print(f"  {row.scheme:<24} {row.gradient_score:+.3f}")
-    for row in grouping.schemes[grouping.schemes["group"] >= 0].itertuples():
-        if row.scheme != "gradient":
-            print(f"    {row.scheme}: {row.tasks}")
-    for line in holdout_lines(grouping.holdout):
-        print(line)
-    for note in grouping.notes:
-        print(f"note: {note}")
+    print(grouping_text(grouping, args.bootstrap))
     if args.json:
         _write_json(grouping.to_dict(), args.json)
     return 0
@@ -677,9 +573,55 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+TRACE_DESCRIPTION = """\
+Train a model with per-task gradient tracing and write runs/<name>/ (trace.sqlite,
+config.toml, model.safetensors).
+
+Without arguments: the embedded experiment. An English<->X parallel corpus built offline from
+the gettext catalogs of Django, Wagtail, JupyterLab's language packs, Sphinx, django-allauth
+and Django REST framework (16 languages with >= 200 test strings each, 6 scripts, 7
+families; --list-languages shows the counts), a 0.7M-parameter byte-level Transformer
+translating X->English, a Gram-matrix snapshot every 40 steps (and at step 0, untrained)
+taken on a separate 640-row eval-mode batch per language in two halves (so the trace
+measures how much of each gradient is signal, ~0.8 for the whole model: --set
+snapshot_rows=0 snapshots the 12-row training batches instead, ~96% noise), then chrF (with
+a bootstrap interval over each language's test strings) and held-out loss per language on
+the test split. About 11-13 minutes on a 2-core CPU; `--preset django24` is the previous
+default (Django only, 24 languages); `--preset full --device cuda` is the same experiment at
+GPU scale. After the run it prints the summary analyze computes (the same numbers).
+
+Ctrl-C stops after the current step and leaves a valid trace (then evaluates the model).
+"""
+
+#: ``geomtrace trace`` flags that set one config key: (flag, config key, type, help)
+_TRACE_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--direction", "direction", str, "x2en (many-to-one, default) or en2x (one-to-many)"),
+    ("--steps", "steps", int, "optimizer steps (default 400)"),
+    ("--every", "every", int, "trace every N steps (default 40; step 0 and the last always)"),
+    ("--groups", "groups", str, "parameter groups of the trace with method sum: whole_model, "
+     "enc_dec, all_layer (default), all_matrix"),
+    ("--seed", "seed", int, "seed of the model, dropout and batch sampling (default 0)"),
+    ("--device", "device", str, "torch device (default cpu)"),
+    ("--threads", "threads", int, "torch CPU threads; 0 = torch's default (default 1)"),
+    ("--runs-dir", "out", str, "parent folder of the run directories (default runs; the run "
+     "goes to RUNS_DIR/NAME). Unlike reproduce --out and Tracer(out=), which are the output "
+     "directory itself; --out is kept as an alias"),
+    ("--name", "name", str, "run directory name (default <direction>-<method>-<timestamp>)"),
+    ("--recipe", "recipe", str, "module:function returning a geomtrace.recipe.Recipe "
+     "(your own model and data)"),
+    ("--method", "method", str, "sum (plain training, default), pcgrad or gradvac"),
+    ("--granularity", "granularity", str, "parameter groups pcgrad/gradvac act on (and the "
+     "trace records): whole_model, enc_dec, all_layer (default), all_matrix"),
+    ("--beta", "beta", float, "GradVac's EMA rate (default 0.01)"),
+    ("--batch-per-lang", "batch_per_lang", int, "rows per language per step (default 12)"),
+    ("--max-bytes", "max_bytes", int, "longest string kept, in UTF-8 bytes (default 40)"),
+]  # fmt: skip
+
+
 def _add_trace_parser(sub) -> None:
-    from geomtrace.recipe import TRACE_DESCRIPTION
-    from geomtrace.recipe import add_trace_arguments as add_arguments
+    """Precedence of the run's config: the preset (``--preset``, default "default"), then
+    ``--config FILE.toml``, then ``--set key=value`` pairs, then the dedicated flags."""
+    from geomtrace.recipe.languages import DEFAULT_LANGUAGES
 
     p = sub.add_parser(
         "trace",
@@ -687,20 +629,133 @@ def _add_trace_parser(sub) -> None:
         description=TRACE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_arguments(p)
+    p.add_argument(
+        "--langs",
+        nargs="+",
+        metavar="LANG",
+        help="languages (locale codes, e.g. es fr zh_Hans pt-BR; commas also work); "
+        f"default: {' '.join(DEFAULT_LANGUAGES)}",
+    )
+    for flag, key, typ, text in _TRACE_FLAGS:
+        # `--out` was the old name of --runs-dir: still accepted, one meaning per name.
+        names = (flag, "--out") if flag == "--runs-dir" else (flag,)
+        p.add_argument(*names, dest=key, type=typ, default=None, help=text)
+    p.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="snapshots from fixed multi-way-parallel probe batches (the same English strings "
+        "in every language) instead of the training batches (default: --no-probe)",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
+    p.add_argument(
+        "--preset",
+        default="default",
+        help="starting config: default (every text domain, 16 languages, 640-row snapshots "
+        "every 40 steps), quick (8 languages, Django only, minutes), django24 (the default "
+        "before issue 21: Django only, 24 languages, 96-row snapshots every 20 steps), full "
+        "(GPU scale)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config key, e.g. --set lr=0.001 --set d_model=256 (repeatable)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument(
+        "--list-languages",
+        action="store_true",
+        help="print the language table with each language's train/test pairs per corpus source "
+        "(at --max-bytes, for --set domains=[...]; only --langs when given) and exit",
+    )
     p.set_defaults(func=_cmd_trace)
 
 
+def _parse_value(raw: str):
+    """A ``--set`` value as TOML (numbers, booleans, lists), else the bare string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string
+
+
+def resolve_config(args: argparse.Namespace):
+    """The run's config from preset, file, --set and flags (in that order of precedence)."""
+    from geomtrace.recipe.config import RecipeConfig, preset
+
+    config = preset(args.preset)
+    if args.config:
+        config = RecipeConfig.from_toml(args.config, base=config)
+    values = {}
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise InvalidInputError(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = _parse_value(raw.strip())
+    for _, key, _, _ in _TRACE_FLAGS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.probe is not None:
+        values["probe"] = args.probe
+    if args.langs:
+        values["langs"] = [c for item in args.langs for c in item.replace(",", " ").split()]
+    return RecipeConfig.from_dict(values, base=config).validate()
+
+
 def _cmd_trace(args) -> int:
-    from geomtrace.recipe import trace_command
+    """Train and trace (``geomtrace.recipe.run``) with progress on standard error, then print
+    the run's summary from analyses (geomtrace/ defines no statistic of its own)."""
+    config = resolve_config(args)
+    if args.list_languages:
+        from geomtrace.recipe import language_table
+        from geomtrace.recipe.embedded import resolve_languages
 
-    run_dir = trace_command(args)
-    if run_dir is not None:
-        from analyses import analyse_run
+        # every locale of the table, or only those of --langs when given
+        print(language_table(config, resolve_languages(config.langs) if args.langs else None))
+        return 0
 
-        # The same numbers as inspect and analyze (one definition, in analyses).
-        result = analyse_run(run_dir, parts=["similarity", "quality"], n_permutations=999)
-        print(result.summary_text())
+    from tqdm import tqdm
+
+    from geomtrace.recipe.runner import run
+
+    bar = None
+    started = time.perf_counter()
+
+    def on_start(run_dir, recipe) -> None:
+        nonlocal bar
+        print(f"run directory {run_dir}", file=sys.stderr)
+        for line in recipe.describe:
+            print(line, file=sys.stderr)
+        params = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
+        print(
+            f"model: {params:,} parameters; {len(recipe.tasks)} tasks; method {config.method}; "
+            f"{config.steps} steps, snapshot every {config.every}",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=config.steps + 1, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if step == config.steps:
+            bar.set_description("train done; evaluating on the test split")
+
+    try:
+        run_dir = run(config, force=args.force, on_start=on_start, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wall time {time.perf_counter() - started:.0f} s; trace in {run_dir}/trace.sqlite")
+    from analyses import analyse_run
+
+    # The same numbers as inspect and analyze (one definition, in analyses).
+    result = analyse_run(run_dir, parts=["similarity", "quality"], n_permutations=999)
+    print(result.summary_text())
     return 0
 
 

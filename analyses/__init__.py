@@ -72,6 +72,7 @@ from analyses._grouping_experiment import (
 )
 from analyses._grouping_holdout import HOLDOUT_COLUMNS, grouping_holdout, holdout_lines
 from analyses._inputs import ALL, complete_tasks
+from analyses._inspect import trace_summary, trace_summary_text
 from analyses._mantel import CORRELATION_COLUMNS, typology_correlation
 from analyses._measures import MEASURES, Similarity, centred_gram, has_halves, similarity
 from analyses._multiplicity import ALPHA, PRIMARY_TESTS
@@ -114,6 +115,7 @@ from analyses._spatial import (
 )
 from analyses._spatial_correlation import spatial_correlation
 from analyses._stats import PermutationResult, mantel, partial_mantel, permutation_correlation
+from analyses._text import grouping_text, typology_text
 from analyses._typology import (
     DISTANCES,
     MACROLANGUAGE_FALLBACK,
@@ -157,4 +159,5 @@ __all__ = [
     "null_covariances", "proximity", "proximity_candidates", "simulate_pair",
     "spatial_correlation", "spatial_mantel",
     "spatial_null_level", "spatial_surrogates",
+    "grouping_text", "trace_summary", "trace_summary_text", "typology_text",
 ]  # fmt: skip

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analyses._grouping_holdout import holdout_lines
+
 
 def _f(value: Any, digits: int = 3) -> str:
     try:
@@ -377,3 +379,53 @@ def summary_text(res) -> str:
     if interrupted is not None:
         out.append(f"interrupted after step {interrupted}")
     return "\n".join(out)
+
+
+def grouping_text(grouping: Any, n_bootstrap: int) -> str:
+    """A :class:`~analyses.Grouping` as the lines ``geomtrace group`` prints: the groups with
+    how often their pairs stay together over the ``n_bootstrap`` replicates (none when 0),
+    the stability, every scheme's within-group affinity, the baselines' groups, the
+    out-of-sample score (``grouping_holdout``), the notes."""
+    noun = "group" if grouping.k == 1 else "groups"
+    lines = [
+        f"{grouping.k} {noun} by {grouping.affinity.kind} affinity ({grouping.affinity.note}); "
+        f"{grouping.method} search; score {grouping.score:+.3f}"
+    ]
+    tasks = grouping.affinity.tasks
+    for n, members in enumerate(grouping.groups(), 1):
+        index = [tasks.index(t) for t in members]
+        pairs = [(a, b) for a in index for b in index if a < b]
+        together = [grouping.together[a, b] for a, b in pairs]
+        stay = f"  stays together {np.nanmean(together):.0%}" if pairs and n_bootstrap else ""
+        lines.append(f"  group {n}: {' '.join(members)}{stay}")
+    if np.isfinite(grouping.stability):
+        lines.append(f"stability: grouped pairs share a group in {grouping.stability:.0%} of "
+                     f"{n_bootstrap} bootstrap replicates")  # fmt: skip
+    totals = grouping.schemes[grouping.schemes["group"] == -1]
+    lines.append("\nschemes (within-group affinity under the gradient affinity, centred):")
+    for row in totals.itertuples():
+        lines.append(f"  {row.scheme:<24} {row.gradient_score:+.3f}")
+    for row in grouping.schemes[grouping.schemes["group"] >= 0].itertuples():
+        if row.scheme != "gradient":
+            lines.append(f"    {row.scheme}: {row.tasks}")
+    lines += holdout_lines(grouping.holdout)
+    for note in grouping.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def typology_text(matrices: dict[str, pd.DataFrame], families: pd.DataFrame) -> str:
+    """Distance matrices (``typological_distances``) and the families table
+    (``language_families``) as the text ``geomtrace typology`` prints: km for geographic,
+    three decimals otherwise."""
+    units = {"geographic": "km"}
+    lines = []
+    for kind, m in matrices.items():
+        lines.append(f"{kind} distance ({units.get(kind, '0 = identical')})")
+        fmt = "{:.0f}".format if kind == "geographic" else "{:.3f}".format
+        lines.append(m.to_string(float_format=fmt))
+        lines.append("")
+    lines.append(
+        families.drop(columns=["path"]).to_string(index=False, float_format="{:.2f}".format)
+    )
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from geomtrace._format import (
     trace_path,
 )
 from geomtrace._gram import check_gram, check_split_half, cosine_from_gram
+from geomtrace._halves import Halves
 
 
 def open_trace(run: str | os.PathLike) -> Trace:
@@ -361,9 +362,15 @@ class Trace:
         return whole_model_sum([read(g) for g in self.groups])
 
     @property
+    def halves(self) -> Halves:
+        """The split halves the trace was written with (``Tracer(halves=True)``), read back
+        from its meta; a trace older than that meta: from its ``split_half`` array."""
+        return Halves.from_meta(self.meta, lambda: "split_half" in self.array_names())
+
+    @property
     def has_halves(self) -> bool:
         """Whether the snapshots carry split-half products (traced with ``halves=True``)."""
-        return "split_half" in self.array_names()
+        return self.halves.enabled
 
     def split_half(self, group: str) -> np.ndarray:
         """Split-half products (a.a, b.b, a.b) per snapshot and task: [S, K, 3].

@@ -78,10 +78,8 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +93,10 @@ from geomtrace._errors import InvalidInputError
 from geomtrace._fsdp import ShardedTaskGradients
 from geomtrace._fsdp_sketch import ShardedSketchedGram
 from geomtrace._groups import ParameterGroup, resolve_groups
+from geomtrace._halves import HALVES_RULES, Halves
+from geomtrace._schedule import Schedule, is_integral, make_schedule, positive_int
 from geomtrace._sketch import TaskSketches, check_sketch_dim
+from geomtrace._snapshot_warnings import SnapshotWarnings
 from geomtrace._step import (
     Step,
     StepPolicy,
@@ -110,67 +111,9 @@ from geomtrace._writer import TraceWriter
 
 log = logging.getLogger(__name__)
 
-Schedule = int | Iterable[int] | Callable[[int], bool]
-
-#: half rules (see the module docstring)
-HALVES_RULES = ("micro_batches", "step_parity")
-
-_SCHEDULE_HELP = "give a positive integer, a list of integer steps or a callable(step) -> bool"
-
 # Kept importable from here (the step class used to live in this module).
 TraceStep = Step
 __all__ = ["HALVES_RULES", "Schedule", "TraceStep", "Tracer", "make_schedule", "validate_tasks"]
-
-
-def _is_integral(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def make_schedule(every: Schedule) -> Callable[[int], bool]:
-    """``every``: trace when ``step % every == 0`` (an integral number: int, numpy integer),
-    when ``step`` is listed (an iterable of integral numbers), or when ``every(step)`` is true.
-    Strings, floats and booleans are refused."""
-    if isinstance(every, str | bytes | bool | float):
-        raise InvalidInputError(f"every={every!r}: {_SCHEDULE_HELP}")
-    if _is_integral(every):
-        every = int(every)
-        if every < 1:
-            raise InvalidInputError(f"every={every}: must be a positive number of steps")
-        return lambda step: step % every == 0
-    if callable(every):
-        return lambda step: _schedule_answer(every, step)
-    try:
-        steps = list(every)
-    except TypeError:
-        raise InvalidInputError(f"every={every!r}: {_SCHEDULE_HELP}") from None
-    bad = [s for s in steps if not _is_integral(s)]
-    if bad:
-        raise InvalidInputError(f"every lists {bad[0]!r}, not an integer step: {_SCHEDULE_HELP}")
-    return {int(s) for s in steps}.__contains__
-
-
-def _schedule_answer(every: Callable[[int], Any], step: int) -> bool:
-    """``every(step)`` as a bool: True/False, an integer, or a one-element numpy array or
-    tensor of those; anything else (a longer array, None, a string, a float) is refused
-    instead of being guessed at."""
-    answer = every(step)
-    value = answer
-    if isinstance(value, np.ndarray | torch.Tensor) and value.ndim == 0:
-        value = value.item()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool) or _is_integral(value):
-        return bool(value)
-    raise InvalidInputError(
-        f"every({step}) returned {answer!r} ({type(answer).__name__}); a schedule callable "
-        "must return True or False"
-    )
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if not _is_integral(value) or int(value) < 1:
-        raise InvalidInputError(f"{name}={value!r}: give a positive integer")
-    return int(value)
 
 
 def _check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -279,14 +222,16 @@ class Tracer(StepPolicy):
             self._group_arg = self.fsdp.process_group
         else:
             self._group_arg = _distributed.resolve_group(process_group)
-        self.window = _positive_int("window", window)
-        if _is_integral(every) and self.window > int(every):
+        self.window = positive_int("window", window)
+        if is_integral(every) and self.window > int(every):
             raise InvalidInputError(
                 f"window={self.window} is longer than every={int(every)}: windows would "
                 "overlap; use every >= window"
             )
-        self.halves = bool(halves)
-        self.halves_rule = self._check_halves(halves_rule)
+        #: split-half capture, validated once here (``geomtrace._halves``)
+        self.split_halves = Halves.choose(bool(halves), halves_rule, self.window)
+        self.halves = self.split_halves.enabled
+        self.halves_rule = self.split_halves.rule
         for option, value, bad in (
             ("probe=", self.probe, self.halves or self.window > 1),
             ("sketch=", self.sketch, self.halves or self.window > 1),
@@ -310,13 +255,7 @@ class Tracer(StepPolicy):
         config = _check_config(config)
         self._capture: Capture | None = None
         self.last_gram: torch.Tensor | None = None
-        self.zero_norm_warnings = 0
-        self._zero_norms: Counter[tuple[str, str]] = Counter()
-        self._warned: set[tuple[str, str]] = set()  # (kind, task): warned once
-        # group -> the one task with a gradient there on every snapshot so far (a per-task
-        # head), or None once the group broke that pattern
-        self._specific: dict[str, int | None] = {}
-        self._zero_warned: set[tuple[str, str]] = set()  # (task, group): warned once
+        self._warnings = SnapshotWarnings(self.tasks, [g.name for g in self.groups])
         self._listeners: list[Callable[..., None]] = []
         self._active_step: Step | None = None
         self._window: _Window | None = None
@@ -335,22 +274,10 @@ class Tracer(StepPolicy):
             if self.sketch is not None:
                 self.writer.set_meta("sketch", self.sketch)
                 self.writer.set_meta("sketch_seed", seed)
-            if self.halves:
-                self.writer.set_meta("halves", True)
-                self.writer.set_meta("halves_rule", self.halves_rule)
+            for key, value in self.split_halves.meta().items():
+                self.writer.set_meta(key, value)
             if self.window > 1:
                 self.writer.set_meta("window", self.window)
-
-    def _check_halves(self, rule: str | None) -> str | None:
-        if rule is None:
-            return ("step_parity" if self.window > 1 else "micro_batches") if self.halves else None
-        if not self.halves:
-            raise InvalidInputError(f"halves_rule={rule!r} needs halves=True")
-        if rule not in HALVES_RULES:
-            raise InvalidInputError(f"halves_rule={rule!r}: use one of {', '.join(HALVES_RULES)}")
-        if rule == "step_parity" and self.window < 2:
-            raise InvalidInputError("halves_rule='step_parity' needs a window of window >= 2 steps")
-        return rule
 
     # -- the capture ---------------------------------------------------------------------------
     @property
@@ -532,6 +459,11 @@ class Tracer(StepPolicy):
             values = _distributed.mean_over_ranks(values, torch.ones_like(values), group)
         return capture.gram(), dict(zip(losses, values.cpu().tolist(), strict=True))
 
+    @property
+    def zero_norm_warnings(self) -> int:
+        """How many (snapshot, group, task) zero gradients were seen."""
+        return self._warnings.zero_norm_warnings
+
     # -- recording -----------------------------------------------------------------------------
     def record(
         self,
@@ -556,7 +488,7 @@ class Tracer(StepPolicy):
             if not np.isfinite(value):
                 nonfinite[self.tasks.index(task)] = 1.0
         arrays["nonfinite"] = nonfinite
-        self._warn(host, arrays)
+        self._warnings.check(host, arrays)
         if self.writer is not None:
             self.writer.write_snapshot(step, host.numpy(), losses, arrays, source)
         for listener in self._listeners:
@@ -573,95 +505,6 @@ class Tracer(StepPolicy):
             raise InvalidInputError(f"listener must be callable, got {listener!r}")
         self._listeners.append(listener)
 
-    def _warn_once(self, kind: str, task: str, message: str, *args: Any) -> None:
-        if (kind, task) not in self._warned:
-            self._warned.add((kind, task))
-            log.warning(message, *args)
-
-    def _follow_task_specific(self, diag: np.ndarray) -> None:
-        """Update which groups are task-specific (one task with a gradient, every other task's
-        exactly zero or absent, on every snapshot so far); log newly found ones in one line.
-
-        A zero task counts only when its gradient is non-zero in another group: a task with no
-        gradient anywhere (a zero or unrelated loss) is a fault and keeps its warning."""
-        if len(self.tasks) < 2:
-            return
-        found = []
-        reached = np.isfinite(diag) & (diag != 0)  # [G, K]
-        elsewhere = reached.any(axis=0)
-        for k, norms in enumerate(diag):
-            name = self.groups[k].name
-            nonzero = np.flatnonzero(reached[k])
-            zero = norms == 0
-            heads = len(nonzero) == 1 and zero.any() and elsewhere[zero].all()
-            one = int(nonzero[0]) if heads else None
-            if name not in self._specific:
-                self._specific[name] = one
-                if one is not None:
-                    found.append(f"{name!r} <- {self.tasks[one]!r}")
-            elif self._specific[name] != one:
-                self._specific[name] = None
-        if found:
-            more = f" and {len(found) - 6} more" if len(found) > 6 else ""
-            log.info(
-                "%d task-specific group(s), each reached by one task's gradient only (the other "
-                "tasks' are exactly zero there, e.g. per-task heads): %s%s; expected, not a "
-                "fault: their cosines are undefined and the analyses leave them out",
-                len(found), ", ".join(found[:6]), more,
-            )  # fmt: skip
-
-    def _warn(self, gram: torch.Tensor, arrays: Mapping[str, np.ndarray]) -> None:
-        diag = torch.diagonal(gram, dim1=-2, dim2=-1)
-        self._follow_task_specific(diag.numpy())
-        for k, i in (diag == 0).nonzero().tolist():
-            self.zero_norm_warnings += 1
-            key = (self.tasks[i], self.groups[k].name)
-            self._zero_norms[key] += 1
-            if self._specific.get(key[1]) is None and key not in self._zero_warned:
-                self._zero_warned.add(key)
-                log.warning(
-                    "task %r has a zero gradient in group %r: its cosines there are NaN "
-                    "(reported once per task and group; counted in a summary at close)",
-                    *key,
-                )
-        for i in np.flatnonzero(arrays["nonfinite"]).tolist():
-            task = self.tasks[i]
-            self._warn_once(
-                "nonfinite",
-                task,
-                "task %r has a non-finite (NaN/inf) loss or gradient: recorded in the array "
-                "'nonfinite' and left out like an absent task (warned once per task)",
-                task,
-            )
-        split = arrays.get("split_half")
-        if split is not None:
-            present = np.isfinite(diag.numpy()).all(axis=0)
-            missing = np.isnan(split).any(axis=(0, 2)) & present
-            for i in np.flatnonzero(missing).tolist():
-                task = self.tasks[i]
-                self._warn_once(
-                    "half",
-                    task,
-                    "task %r got no gradient in one of its two halves: its split-half products "
-                    "are NaN (give it two micro-batches per traced step, or half=0/1; warned "
-                    "once per task)",
-                    task,
-                )
-
-    def _summarise_zero_norms(self) -> None:
-        # zero gradients in groups that stayed task-specific were reported as such
-        counts = {k: n for k, n in self._zero_norms.items() if self._specific.get(k[1]) is None}
-        if not counts:
-            self._zero_norms.clear()
-            return
-        items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{t!r} in {g!r} x{n}" for (t, g), n in items[:10])
-        more = f" and {len(items) - 10} more" if len(items) > 10 else ""
-        log.warning(
-            "zero task gradients over the run (task in group x snapshots): %s%s", shown, more
-        )
-        self._zero_norms.clear()
-
     def record_quality(self, step: int, task: str, metric: str, value: float) -> None:
         """Store a quality measurement (e.g. ``chrf``) of ``task`` at ``step``."""
         if self.writer is not None:
@@ -677,7 +520,7 @@ class Tracer(StepPolicy):
         close the trace."""
         if self._window is not None and self._active_step is None:
             self._close_window()
-        self._summarise_zero_norms()
+        self._warnings.summarise_zero_norms()
         if self.writer is not None:
             self.writer.close()
 

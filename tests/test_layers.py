@@ -9,8 +9,8 @@ cli imports all four).
 
 Private modules and names (``_x``) belong to the package that holds them: outside a package,
 nobody imports its private modules (``figures._style``, ``analyses._results``,
-``geomtrace._reader``, ``geomtrace.recipe._cli``, ``from figures import _style``); it uses the
-package's public names. A sub-package (``geomtrace.recipe``, ``geomtrace.integrations``) may
+``geomtrace._reader``, ``geomtrace.recipe._language_table``, ``from figures import _style``);
+it uses the package's public names. A sub-package (``geomtrace.recipe``, ``geomtrace.integrations``) may
 use its own private modules, not its parent's. Tests mirror the package they test:
 ``tests/geomtrace/test_*.py`` may test the core's private modules, ``tests/geomtrace/recipe``
 the recipe's, ``tests/analyses`` those of analyses, ``tests/figures`` those of figures.
@@ -294,7 +294,10 @@ def test_every_private_module_of_every_package_is_protected(sources):
         if layer(module_of(rel)) is not None and is_private(Path(rel).stem)
     )
     assert {"geomtrace._reader", "analyses._results", "figures._style"} <= set(private)
-    assert "geomtrace.recipe._cli" in private and "geomtrace.integrations._extras" in private
+    assert (
+        "geomtrace.recipe._language_table" in private
+        and "geomtrace.integrations._extras" in private
+    )
     inits = [
         "geomtrace/__init__.py",
         "figures/__init__.py",

@@ -27,10 +27,8 @@ _EXPORTS = {
     "make_recipe": "geomtrace.recipe.embedded",
     "run": "geomtrace.recipe.runner",
     "load_model": "geomtrace.recipe.runner",
-    # `geomtrace trace`: its help text, arguments and body (cli.py registers them).
-    "TRACE_DESCRIPTION": "geomtrace.recipe._cli",
-    "add_trace_arguments": "geomtrace.recipe._cli",
-    "trace_command": "geomtrace.recipe._cli",
+    # `geomtrace trace --list-languages` (the command itself is defined in cli.py)
+    "language_table": "geomtrace.recipe._language_table",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -362,3 +362,54 @@ def test_multitask_with_a_halves_tracer_records_split_halves_and_sees_the_full_g
         np.diagonal(split.gram("all"), axis1=1, axis2=2),
         rtol=1e-5,
     )
+
+
+# -- halves as one value: validated once, written to the meta and read back --------------------
+
+
+def test_halves_value_validates_once_and_round_trips_through_the_meta(tmp_path):
+    from geomtrace._halves import Halves
+
+    assert Halves.choose(False, None, 1) == Halves() and not Halves().enabled
+    assert Halves.choose(True, None, 1) == Halves(True, "micro_batches")
+    assert Halves.choose(True, None, 3) == Halves(True, "step_parity")
+    for enabled, rule, window, message in (
+        (False, "micro_batches", 1, "needs halves=True"),
+        (True, "odd", 1, "use one of"),
+        (True, "step_parity", 1, "window >= 2"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            Halves.choose(enabled, rule, window)
+    model = linear(3)
+    with gt.Tracer(model, ["t", "u"], out=tmp_path, halves=True) as tracer:
+        with tracer.step(0) as s:
+            for task in ("t", "u"):
+                for c in ([1.0, 0.0, 2.0], [0.5, 1.0, 0.0]):
+                    s.backward(task, dot_loss(model, c))
+    assert tracer.split_halves == Halves(True, "micro_batches")
+    trace = gt.open_trace(tmp_path)
+    assert trace.halves == tracer.split_halves and trace.has_halves
+
+
+def test_a_trace_without_the_halves_meta_reads_halves_from_its_arrays(tmp_path):
+    """Traces written before the meta was read back: ``split_half`` arrays say it."""
+    import sqlite3
+
+    from geomtrace._halves import Halves
+
+    model = linear(3)
+    for name, halves in (("with", True), ("without", False)):
+        with gt.Tracer(model, ["t", "u"], out=tmp_path / name, halves=halves) as tracer:
+            with tracer.step(0) as s:
+                for task in ("t", "u"):
+                    for c in ([1.0, 0.0, 2.0], [0.5, 1.0, 0.0]):
+                        s.backward(task, dot_loss(model, c))
+        con = sqlite3.connect(tmp_path / name / "trace.sqlite")
+        con.execute("DELETE FROM meta WHERE key IN ('halves', 'halves_rule')")
+        con.commit()
+        con.close()
+        trace = gt.open_trace(tmp_path / name)
+        assert trace.meta("halves") is None
+        assert trace.halves == (Halves(True, None) if halves else Halves())
+        assert trace.has_halves is halves
+    assert gt.open_trace(tmp_path / "with").split_half("all").shape == (1, 2, 3)

@@ -4,9 +4,8 @@ import tomllib
 
 import pytest
 
-from cli import build_parser
+from cli import build_parser, resolve_config
 from geomtrace import InvalidInputError
-from geomtrace.recipe._cli import resolve_config
 from geomtrace.recipe.config import PRESETS, RecipeConfig, preset, to_toml
 from geomtrace.recipe.languages import DEFAULT_LANGUAGES, DJANGO_LANGUAGES
 

@@ -155,7 +155,7 @@ def test_missing_package_says_what_to_install():
 
 
 def test_language_table_lists_counts_per_source():
-    from geomtrace.recipe._cli import language_table
+    from geomtrace.recipe import language_table
 
     config = RecipeConfig(domains=["django", "wagtail"], max_bytes=40)
     table = language_table(config, ["fr", "mr"]).splitlines()
