@@ -110,37 +110,17 @@ def analyse_run(
     ``frames["task_specific_groups"]`` and a note, and left out of the per-group tables
     unless ``keep_task_specific``.
     """
-    if (
-        isinstance(n_permutations, bool)
-        or not isinstance(n_permutations, int)
-        or n_permutations < 1
-    ):
-        raise InvalidInputError(
-            f"n_permutations={n_permutations!r}: give a positive number of permutations"
-        )
-    check_measure(measure)
-    parts = list(PARTS if parts is None else parts)
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise InvalidInputError(f"unknown part(s) {unknown}; allowed: {', '.join(PARTS)}")
+    parts = _checked_parts(n_permutations, measure, parts)
     trace = run if hasattr(run, "gram") else open_run(run)
-    path = getattr(trace, "path", None)
     group = group or ALL
-    if group != ALL and group not in trace.groups:
-        raise InvalidInputError(
-            f"unknown group {group!r}; the trace has {list(trace.groups)} or {ALL!r}"
-        )
-    if measure == "corrected" and not has_halves(trace):
-        raise InvalidInputError(
-            "measure='corrected' needs split halves: trace with Tracer(..., halves=True) "
-            "(geomtrace trace --set halves=true); this trace has none"
-        )
+    _check_for_trace(trace, group, measure)
     description = describe(trace)
     if metric is not None and metric not in description.metrics:
         raise InvalidInputError(
             f"metric {metric!r} is not recorded in the run; it has "
             f"{description.metrics or 'no quality metric'}"
         )
+    path = getattr(trace, "path", None)
     result = RunResults(
         run=str(path) if path is not None else None,
         label=label or (run_label(path) if path is not None else "run"),
@@ -174,66 +154,18 @@ def analyse_run(
         else {},
     )
     boot = {"n_bootstrap": n_bootstrap, "block": block, "seed": seed, "level": level}
-    specific = task_specific_groups(trace)
-    if len(specific):
-        result.frames["task_specific_groups"] = specific
-        result.notes.append(task_specific_note(specific, description.tasks_noun))
-    hidden = set() if keep_task_specific else set(specific["group"])
-    shared = [g for g in trace.groups if g not in hidden]
-    result.settings["groups"] = shared if ALL in trace.groups else [ALL, *shared]
-    tables = result.settings["groups"] if hidden else None  # None: every group, as before
-    later = window_mask(np.asarray(trace.steps), window)
-    if not later.any():
-        reason = (
-            f"no snapshot in the step window {window or '(after step 0)'}: the trace has steps "
-            f"{[int(s) for s in trace.steps]}"
-        )
-        for name in ("similarity", "task_alignment", "similarity_matrix", "clustering",
-                     "typology", "layers", "task_quality", "quality"):  # fmt: skip
-            result.not_applicable[name] = reason
+    tables = _task_specific(result, trace, keep_task_specific)
+    if not window_mask(np.asarray(trace.steps), window).any():
+        _no_snapshot_in_window(result, trace)
         if "evolution" in parts:
             _evolution(result, trace, tol)
         return result
 
-    # Similarity, reliability, the headline matrix.
-    result.frames["similarity"] = similarity_summary(
-        trace, tables, measure=measure, window=window, **boot
-    )
-    differences = encoder_decoder_differences(trace, result.settings["groups"], window, boot)
-    if differences is not None:
-        result.frames["group_differences"] = differences
-    if description.halves:
-        result.frames["reliability"] = reliability_table(trace, tables, window=window)
-    else:
-        result.not_applicable["reliability"] = (
-            "the trace has no split halves (Tracer(..., halves=True)): reliability unknown"
-        )
-    _reliability_warnings(result)
+    _similarity(result, trace, tables, boot)
     if "similarity" in parts and len(parts) == 1:
         return result
-    sim = windowed(trace, group, measure, window=window)
-    matrix = pd.DataFrame(sim.matrix(), index=sim.tasks, columns=sim.tasks)
-    result.frames["similarity_matrix"] = matrix
-    at0 = np.asarray(trace.steps) == 0
-    if at0.any():
-        full = windowed(trace, group, measure, window=(0, 0))
-        result.frames["similarity_matrix_step0"] = pd.DataFrame(
-            full.matrix(), index=full.tasks, columns=full.tasks
-        )
-    result.frames["task_alignment"] = task_alignment(
-        trace, group, measure=measure, window=window, **boot
-    )
-    complete = [t for t in sim.tasks if t not in tasks_with_nan(matrix.to_numpy(), sim.tasks)]
-    result.settings["complete_tasks"] = complete
-
-    codes, unknown = usable_iso_codes(trace.iso_codes)
-    if unknown:
-        result.notes.append(unknown)
-    if codes:
-        families = task_family_table(codes, cache)
-        result.frames["families"] = families
-        result.families = dict(zip(families["task"], families["family"], strict=True))
-        result.genera = dict(zip(families["task"], families["genus"], strict=True))
+    sim, complete = _headline_matrix(result, trace, boot)
+    codes = _families(result, trace, cache)
     no_iso = (
         f"the {description.tasks_noun} have no ISO 639-3 codes: typological distances and "
         "families need them (Tracer(..., iso_codes=...))"
@@ -255,6 +187,118 @@ def analyse_run(
     result.frames.update(adjusted)
     result.notes.extend(notes)
     return result
+
+
+def _no_snapshot_in_window(result: RunResults, trace) -> None:
+    """Every windowed part is not applicable: say why once for each."""
+    window = result.settings["window"]
+    reason = (
+        f"no snapshot in the step window {window or '(after step 0)'}: the trace has steps "
+        f"{[int(s) for s in trace.steps]}"
+    )
+    for name in ("similarity", "task_alignment", "similarity_matrix", "clustering",
+                 "typology", "layers", "task_quality", "quality"):  # fmt: skip
+        result.not_applicable[name] = reason
+
+
+def _task_specific(result: RunResults, trace, keep: bool) -> list[str] | None:
+    """Report the task-specific groups (per-task heads) once and set the groups of the
+    per-group tables (``settings["groups"]``): without them unless ``keep``. Returns those
+    groups, or None (every group) when none is left out."""
+    specific = task_specific_groups(trace)
+    if len(specific):
+        result.frames["task_specific_groups"] = specific
+        result.notes.append(task_specific_note(specific, result.description.tasks_noun))
+    hidden = set() if keep else set(specific["group"])
+    shared = [g for g in trace.groups if g not in hidden]
+    result.settings["groups"] = shared if ALL in trace.groups else [ALL, *shared]
+    return result.settings["groups"] if hidden else None  # None: every group, as before
+
+
+def _checked_parts(n_permutations: Any, measure: str, parts: Sequence[str] | None) -> list[str]:
+    """The parts to run (default: every part of :data:`PARTS`), after checking the options
+    that need no trace."""
+    if (
+        isinstance(n_permutations, bool)
+        or not isinstance(n_permutations, int)
+        or n_permutations < 1
+    ):
+        raise InvalidInputError(
+            f"n_permutations={n_permutations!r}: give a positive number of permutations"
+        )
+    check_measure(measure)
+    parts = list(PARTS if parts is None else parts)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise InvalidInputError(f"unknown part(s) {unknown}; allowed: {', '.join(PARTS)}")
+    return parts
+
+
+def _check_for_trace(trace, group: str, measure: str) -> None:
+    """Refuse a group the trace does not have, or the corrected measure without halves."""
+    if group != ALL and group not in trace.groups:
+        raise InvalidInputError(
+            f"unknown group {group!r}; the trace has {list(trace.groups)} or {ALL!r}"
+        )
+    if measure == "corrected" and not has_halves(trace):
+        raise InvalidInputError(
+            "measure='corrected' needs split halves: trace with Tracer(..., halves=True) "
+            "(geomtrace trace --set halves=true); this trace has none"
+        )
+
+
+def _similarity(result: RunResults, trace, tables: list[str] | None, boot) -> None:
+    """Similarity of every group of ``tables`` (None: every group), the paired
+    encoder/decoder differences, reliability, and the warnings they call for."""
+    window = result.settings["window"]
+    result.frames["similarity"] = similarity_summary(
+        trace, tables, measure=result.measure, window=window, **boot
+    )
+    differences = encoder_decoder_differences(trace, result.settings["groups"], window, boot)
+    if differences is not None:
+        result.frames["group_differences"] = differences
+    if result.description.halves:
+        result.frames["reliability"] = reliability_table(trace, tables, window=window)
+    else:
+        result.not_applicable["reliability"] = (
+            "the trace has no split halves (Tracer(..., halves=True)): reliability unknown"
+        )
+    _reliability_warnings(result)
+
+
+def _headline_matrix(result: RunResults, trace, boot) -> tuple[Any, list[str]]:
+    """The headline group's similarity (window and step 0) and its task alignment; returns
+    the windowed ``Similarity`` and the tasks with complete similarities."""
+    group, measure, window = result.group, result.measure, result.settings["window"]
+    sim = windowed(trace, group, measure, window=window)
+    matrix = pd.DataFrame(sim.matrix(), index=sim.tasks, columns=sim.tasks)
+    result.frames["similarity_matrix"] = matrix
+    at0 = np.asarray(trace.steps) == 0
+    if at0.any():
+        full = windowed(trace, group, measure, window=(0, 0))
+        result.frames["similarity_matrix_step0"] = pd.DataFrame(
+            full.matrix(), index=full.tasks, columns=full.tasks
+        )
+    result.frames["task_alignment"] = task_alignment(
+        trace, group, measure=measure, window=window, **boot
+    )
+    complete = [t for t in sim.tasks if t not in tasks_with_nan(matrix.to_numpy(), sim.tasks)]
+    result.settings["complete_tasks"] = complete
+    return sim, complete
+
+
+def _families(result: RunResults, trace, cache) -> dict[str, str]:
+    """The usable ISO codes of the tasks ({task: code}), with their families and genera
+    recorded in ``result`` where there are any."""
+    codes, unknown = usable_iso_codes(trace.iso_codes)
+    if unknown:
+        result.notes.append(unknown)
+    if codes:
+        families = task_family_table(codes, cache)
+        result.frames["families"] = families
+        result.families = dict(zip(families["task"], families["family"], strict=True))
+        result.genera = dict(zip(families["task"], families["genus"], strict=True))
+    return codes
 
 
 def _table_groups(result: RunResults, trace) -> list[str]:

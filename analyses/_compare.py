@@ -135,14 +135,8 @@ def baseline_seed_interval(
     return mean_delta - half, mean_delta + half, float(p), float(detectable)
 
 
-def compare_runs(
-    results: Sequence[RunResults], *, metric: str | None = None, level: float = LEVEL
-) -> Comparison | NotApplicable:
-    """Compare every non-baseline method with the baseline (method ``sum``); see the module
-    docstring. ``metric``: default the first metric the baseline recorded."""
-    results = list(results)
-    baselines = [r for r in results if r.description.method == "sum"]
-    others = [r for r in results if r.description.method != "sum"]
+def _not_comparable(results, baselines, others) -> NotApplicable | None:
+    """Why these runs cannot be compared (no baseline, no other method, different tasks)."""
     if not baselines:
         return NotApplicable(
             "comparing optimizers needs a baseline run with method 'sum'; the runs have "
@@ -158,6 +152,44 @@ def compare_runs(
             "comparing optimizers needs runs over the same tasks; their task lists differ: "
             + "; ".join(f"{r.label}: {r.tasks}" for r in results)
         )
+    return None
+
+
+def _pooled_frames(results) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run's final pairs and GradVac targets, labelled by method and seed."""
+    final = []
+    targets = []
+    for r in results:
+        label, seed = r.description.method_label(), seed_of(r)
+        if "final_pairs" in r.frames:
+            final.append(r.frames["final_pairs"].assign(method=label, seed=seed))
+        if "gradvac_targets" in r.frames:
+            targets.append(r.frames["gradvac_targets"].assign(method=label, seed=seed))
+    final_pairs = (
+        pd.concat(final, ignore_index=True)[["method", "seed", "task_a", "task_b", "cosine"]]
+        if final
+        else pd.DataFrame(columns=["method", "seed", "task_a", "task_b", "cosine"])
+    )
+    target_cols = ["method", "seed", "step", "group", "mean_target", "n_pairs"]
+    target_frame = (
+        pd.concat(targets, ignore_index=True)[target_cols]
+        if targets
+        else pd.DataFrame(columns=target_cols)
+    )
+    return final_pairs, target_frame
+
+
+def compare_runs(
+    results: Sequence[RunResults], *, metric: str | None = None, level: float = LEVEL
+) -> Comparison | NotApplicable:
+    """Compare every non-baseline method with the baseline (method ``sum``); see the module
+    docstring. ``metric``: default the first metric the baseline recorded."""
+    results = list(results)
+    baselines = [r for r in results if r.description.method == "sum"]
+    others = [r for r in results if r.description.method != "sum"]
+    why_not = _not_comparable(results, baselines, others)
+    if why_not is not None:
+        return why_not
     base_label = baselines[0].description.method_label()
     metrics = baselines[0].description.metrics
     metric = metric or (metrics[0] if metrics else None)
@@ -208,25 +240,7 @@ def compare_runs(
             (method, float(seed_means.mean()), lo, hi, int(seed_means.size),
              int(task_means.size), n_better, *reference, len(base_by_seed))
         )  # fmt: skip
-    final = []
-    targets = []
-    for r in results:
-        label, seed = r.description.method_label(), seed_of(r)
-        if "final_pairs" in r.frames:
-            final.append(r.frames["final_pairs"].assign(method=label, seed=seed))
-        if "gradvac_targets" in r.frames:
-            targets.append(r.frames["gradvac_targets"].assign(method=label, seed=seed))
-    final_pairs = (
-        pd.concat(final, ignore_index=True)[["method", "seed", "task_a", "task_b", "cosine"]]
-        if final
-        else pd.DataFrame(columns=["method", "seed", "task_a", "task_b", "cosine"])
-    )
-    target_cols = ["method", "seed", "step", "group", "mean_target", "n_pairs"]
-    target_frame = (
-        pd.concat(targets, ignore_index=True)[target_cols]
-        if targets
-        else pd.DataFrame(columns=target_cols)
-    )
+    final_pairs, target_frame = _pooled_frames(results)
     return Comparison(
         baseline=base_label,
         methods=methods,

@@ -18,8 +18,9 @@ import geomtrace as gt
 from geomtrace import InvalidInputError, cosine_from_gram
 
 #: Pseudo-group meaning "the whole model": its Gram matrix is the sum of the groups' Gram
-#: matrices (groups are disjoint parameter blocks, so dot products add up exactly).
-ALL = "all"
+#: matrices (groups are disjoint parameter blocks, so dot products add up exactly). The one
+#: name is the trace store's (``gt.ALL_GROUPS``).
+ALL = gt.ALL_GROUPS
 
 Window = tuple[int | None, int | None]
 

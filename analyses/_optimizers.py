@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import geomtrace as gt
 from analyses._inputs import is_trace
 from analyses._similarity import similarity_summary
 from geomtrace import InvalidInputError
@@ -44,12 +45,9 @@ def gradvac_target_trajectories(trace: Any) -> pd.DataFrame:
         raise InvalidInputError(
             f"trace array {GRADVAC_TARGET!r} should be [S, G, K, K], got shape {target.shape}"
         )
-    K = target.shape[-1]
-    off = target[..., ~np.eye(K, dtype=bool)]  # [S, G, K(K-1)]
-    finite = np.isfinite(off)
-    n = finite.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(n > 0, np.where(finite, off, 0.0).sum(axis=-1) / n, np.nan)  # [S, G]
+    off = gt.ordered_pair_values(target)  # [S, G, K(K-1)]
+    n = np.isfinite(off).sum(axis=-1)
+    means = gt.nanmean(off, axis=-1)  # [S, G]
     S, G = means.shape
     groups = list(trace.groups) if G == len(trace.groups) else [f"group {g}" for g in range(G)]
     return pd.DataFrame(

@@ -50,7 +50,6 @@ LOW_RELIABILITY = 0.5
 #: The mean of the finite M_ij over unordered pairs i < j (``gt.mean_pair_similarity``: the
 #: one definition, shared with the integrations' scalars); on a [B, K, K] stack, one per matrix.
 mean_pair_similarity = gt.mean_pair_similarity
-mean_pair_similarity_rows = gt.mean_pair_similarity
 
 
 def alignment_rows(matrices: np.ndarray) -> np.ndarray:
@@ -58,10 +57,7 @@ def alignment_rows(matrices: np.ndarray) -> np.ndarray:
     m = np.array(matrices, dtype=np.float64)
     K = m.shape[-1]
     m[..., np.arange(K), np.arange(K)] = np.nan
-    finite = np.isfinite(m)
-    n = finite.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(finite, m, 0.0).sum(axis=-1) / n, np.nan)
+    return gt.nanmean(m, axis=-1)
 
 
 def windowed(
@@ -143,9 +139,9 @@ def similarity_summary(
         per_snapshot = sim.snapshot_matrices()
         values = upper(per_snapshot)  # [S, pairs]
         finite = np.isfinite(values)
-        per_step = mean_pair_similarity_rows(per_snapshot)
+        per_step = mean_pair_similarity(per_snapshot)
         per_step = per_step[np.isfinite(per_step)]
-        boot = mean_pair_similarity_rows(np.stack([sim.matrix(row) for row in index]))
+        boot = mean_pair_similarity(np.stack([sim.matrix(row) for row in index]))
         mean = mean_pair_similarity(sim.matrix())
         df = sim.bootstrap_df(block)
         lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE, df=df)
@@ -180,7 +176,7 @@ def similarity_summary(
                 if measure == "corrected"
                 else windowed(source, g, "corrected", window=window, tasks=tasks, steps=steps)
             )
-            boot = mean_pair_similarity_rows(np.stack([corrected.matrix(r) for r in index]))
+            boot = mean_pair_similarity(np.stack([corrected.matrix(r) for r in index]))
             matrix = corrected.matrix()
             mean = mean_pair_similarity(matrix)
             lo, hi = interval(boot, level, estimate=mean, bounds=CORRELATION_RANGE, df=df)

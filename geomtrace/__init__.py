@@ -68,6 +68,7 @@ _EXPORTS = {
     "mean_pair_similarity": "geomtrace._summaries",
     "conflict_rate": "geomtrace._summaries",
     "whole_model_sum": "geomtrace._summaries",
+    "ordered_pair_values": "geomtrace._summaries",
     "Aggregator": "geomtrace._aggregators",
     "Sum": "geomtrace._aggregators",
     "Mean": "geomtrace._aggregators",

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["conflict_rate", "mean_pair_similarity", "nanmean", "pair_values", "whole_model_sum"]
+__all__ = [
+    "conflict_rate",
+    "mean_pair_similarity",
+    "nanmean",
+    "ordered_pair_values",
+    "pair_values",
+    "whole_model_sum",
+]
 
 
 def nanmean(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -38,6 +45,14 @@ def pair_values(matrices: np.ndarray) -> np.ndarray:
     matrices = np.asarray(matrices, dtype=np.float64)
     iu = np.triu_indices(matrices.shape[-1], k=1)
     return matrices[..., iu[0], iu[1]]
+
+
+def ordered_pair_values(matrices: np.ndarray) -> np.ndarray:
+    """Off-diagonal entries (i != j, row by row) of [..., K, K] matrices: [..., K(K-1)]. For
+    directed quantities (GradVac's targets phi_ij), where M_ij and M_ji differ."""
+    matrices = np.asarray(matrices, dtype=np.float64)
+    K = matrices.shape[-1]
+    return matrices[..., ~np.eye(K, dtype=bool)]
 
 
 def mean_pair_similarity(matrices: np.ndarray) -> np.ndarray | float:

@@ -268,16 +268,21 @@ class Tracer(StepPolicy):
             else None
         )
         if self.writer is not None:
-            world = _distributed.world_size(self._group_arg)
-            if world > 1:
-                self.writer.set_meta("world_size", world)
-            if self.sketch is not None:
-                self.writer.set_meta("sketch", self.sketch)
-                self.writer.set_meta("sketch_seed", seed)
-            for key, value in self.split_halves.meta().items():
-                self.writer.set_meta(key, value)
-            if self.window > 1:
-                self.writer.set_meta("window", self.window)
+            self._write_capture_meta()
+
+    def _write_capture_meta(self) -> None:
+        """How the snapshots are taken, in the trace's meta: world size, sketch (dimension
+        and seed), split halves, window; each only where it is not the plain default."""
+        world = _distributed.world_size(self._group_arg)
+        if world > 1:
+            self.writer.set_meta("world_size", world)
+        if self.sketch is not None:
+            self.writer.set_meta("sketch", self.sketch)
+            self.writer.set_meta("sketch_seed", self.seed)
+        for key, value in self.split_halves.meta().items():
+            self.writer.set_meta(key, value)
+        if self.window > 1:
+            self.writer.set_meta("window", self.window)
 
     # -- the capture ---------------------------------------------------------------------------
     @property

@@ -25,6 +25,7 @@ from geomtrace import (
     cosine_from_gram,
     mean_pair_similarity,
     nanmean,
+    ordered_pair_values,
 )
 
 
@@ -48,7 +49,7 @@ def snapshot_scalars(
             # GradVac's targets are directed (phi_ij is updated while visiting task i, after
             # earlier projections): the mean is over ordered pairs i != j, not i < j.
             phi = np.asarray(targets, dtype=np.float64)[k]
-            phi = nanmean(phi[~np.eye(phi.shape[-1], dtype=bool)], axis=0)
+            phi = nanmean(ordered_pair_values(phi), axis=-1)
             if np.isfinite(phi):
                 out[group, "gradvac_target_mean"] = float(phi)
     return out
