@@ -19,6 +19,7 @@ from figures._style import (
     BASELINE,
     ci,
     direction_words,
+    fmt,
     method_color,
     metric_label,
     new_figure,
@@ -118,6 +119,11 @@ def optimizer_comparison(
                 if summary is not None and label in summary.index:
                     r = summary.loc[label]
                     legend += f": mean {ci(r['mean_delta'], r['ci_low'], r['ci_high'])}"
+                    # with the seed noise of the baseline's seeds (analyses._compare): the
+                    # interval a method with one or two seeds can still have
+                    if "ref_ci_low" in r and r["ref_ci_low"] == r["ref_ci_low"]:
+                        legend += (f", [{fmt(r['ref_ci_low'])}, {fmt(r['ref_ci_high'])}] with "
+                                   "the baseline seeds' noise")  # fmt: skip
                     if "n_better" in r and r["n_better"] == r["n_better"]:
                         legend += f", better for {int(r['n_better'])}/{int(r['n_tasks'])}"
                 ax_q.errorbar(x - 0.35 + step * (n + 0.5), mean, yerr=err, fmt="o", ms=4,

@@ -164,6 +164,37 @@ def headline_table(results: Mapping[str, Any]) -> str:
         row(f"clusters vs {level}: ARI (p, labels permuted; chance)",
             lambda r, a=agreement: f"{_num(a(r).get('value'))} ({_p(a(r).get('p_value'))}; "
             f"{_num(a(r).get('null_mean'))})")  # fmt: skip
+
+    def within_script(r):
+        return next((c for c in _rows(r, "clustering") if c.get("group") == "all"
+                     and str(c.get("level", "")).startswith("genus within")
+                     and c.get("statistic") == "ari"), {})  # fmt: skip
+
+    row("clusters vs genus within the largest script: ARI (p; languages)",
+        lambda r: (lambda a: f"{_num(a.get('value'))} ({_p(a.get('p_value'))}; "
+                   f"{a.get('n_tasks', '–')})")(within_script(r)))  # fmt: skip
+    pairs = [(d.get("group_a"), d.get("group_b")) for d in _rows(runs[0], "group_differences")]
+    for a, b in pairs if runs else []:
+
+        def difference(r, a=a, b=b):
+            return _find(_rows(r, "group_differences"), group_a=a, group_b=b)
+
+        row(f"{b} minus {a}, noise-corrected mean [paired CI]",
+            lambda r, d=difference: _ci(d(r), "difference", "ci_low", "ci_high"))  # fmt: skip
+
+    def trajectory(r, at):
+        rows = [t for t in _rows(r, "reliability_trajectory") if t.get("group") == "all"]
+        return (rows[0] if at == "first" else rows[-1]) if rows else {}
+
+    for column, label in (("mean_cosine", "raw mean"), ("reliability", "reliability"),
+                          ("mean_corrected", "noise-corrected mean")):  # fmt: skip
+        row(f"whole model over training: {label}, first -> last snapshot (steps)",
+            lambda r, c=column: f"{_num(trajectory(r, 'first').get(c), 2, False)} -> "
+            f"{_num(trajectory(r, 'last').get(c), 2, False)} "
+            f"({trajectory(r, 'first').get('step', '–')}, {trajectory(r, 'last').get('step', '–')})")  # fmt: skip
+    row("whole model, raw mean: settle step (exploratory)",
+        lambda r: str(_find(_rows(r, "group_settling"), group="all").get("settle_step") or
+                      "still moving"))  # fmt: skip
     lines += ["", "| optimizer vs the same-seed baseline | chrF difference [t-interval over seeds] "
               "| [interval with the baseline seeds' noise] (p) | detectable (80% power) "
               "| seeds (baseline seeds) | languages better |",

@@ -422,7 +422,11 @@ def _comparison_html(comparison: Any, fig: Any, image_format: str) -> str:
         if isinstance(comparison, analyses.NotApplicable)
         else (
             f"Quality is the runs' {metric_label(comparison.metric)}; differences are matched "
-            "by seed, and their intervals are t-intervals across seeds (none with one seed)."
+            "by seed, and their intervals are t-intervals across seeds (none with one seed). "
+            "ref_ci_low / ref_ci_high / ref_p: the interval and test with the seed noise of the "
+            "baseline's own seeds (a method with one seed still gets one); detectable: the "
+            "smallest difference that test detects with 80% power (it falls as 1/sqrt(seeds)); "
+            "a difference inside it is 'not detected at this size', not 'absent'."
         )
     )
     return _figure_html("f6", fig, PAPER_F6, here, tables, "f6", image_format)

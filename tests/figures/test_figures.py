@@ -399,3 +399,21 @@ def test_f6_from_analyses_compare_runs(analysed, tmp_path):
     na = analyses.compare_runs(results[:1])
     assert isinstance(draw_comparison(na), analyses.NotApplicable)
     assert save_figures({"f6": fig}, tmp_path)[0].name == "f6_optimizers.png"
+
+
+def test_f6_legend_shows_the_baseline_seed_interval_of_a_one_seed_method():
+    from figures import optimizer_comparison
+
+    per_task = pd.DataFrame({"method": ["GradVac"] * 2, "task": ["es", "fr"],
+                             "mean_delta": [0.5, 0.7], "ci_low": [np.nan] * 2,
+                             "ci_high": [np.nan] * 2, "n_seeds": [1, 1]})  # fmt: skip
+    per_method = pd.DataFrame({"method": ["GradVac"], "mean_delta": [0.6], "ci_low": [np.nan],
+                               "ci_high": [np.nan], "n_seeds": [1], "n_tasks": [2],
+                               "n_better": [2], "ref_ci_low": [-0.41], "ref_ci_high": [1.61]})  # fmt: skip
+    pairs = pd.DataFrame({"method": ["GradVac"], "seed": [0], "task_a": ["es"], "task_b": ["fr"],
+                          "cosine": [0.5]})  # fmt: skip
+    fig = optimizer_comparison(per_task, per_method, pairs, None,
+                               methods={"sum": "sum", "GradVac": "gradvac"}, baseline="sum",
+                               metric="chrf")  # fmt: skip
+    text = " ".join(all_texts(fig).split())
+    assert "mean +0.60, [-0.41, +1.61] with the baseline seeds' noise" in text
