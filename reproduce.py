@@ -42,11 +42,13 @@ class PlannedRun:
 
 #: Per mode: (method, granularity, number of seeds). The default fits the 25-minute budget on
 #: 2 cores (issue 21): three seeds of the baseline (the geometry and its replication across
-#: seeds) and GradVac at the paper's best (finest affordable) granularity, one seed, with the
-#: same snapshots as the baseline (its geometry is compared step by step with sum-s0's). Two
-#: runs train at once, so four runs of equal cost take two rounds; a fifth or sixth run would
-#: take a third (measured: 6 runs ~ 35 min). ``extended`` is the previous default (GradVac x 2,
-#: PCGrad x 1 added back; about 35 minutes).
+#: seeds) and GradVac at the paper's best (finest affordable) granularity, one seed, compared
+#: with the baseline seeds' own noise (``analyses.compare_runs``). Measured CPU seconds per
+#: run: sum 623-687 (11 snapshots of 640 rows), GradVac 360 (it snapshots the training
+#: batches its update uses); two runs train at once, so the four take ~1,310 s on the busier
+#: worker, and a fifth run (PCGrad, 360 s) would push the reproduction past 25 minutes with
+#: the ~130 s of analyses, figures and report. ``extended`` is the previous default (GradVac
+#: x 2 and PCGrad x 1; about 30 minutes).
 PLANS: dict[str, list[tuple[str, str | None, int]]] = {
     "quick": [("sum", None, 1), ("pcgrad", "all_layer", 1), ("gradvac", "all_layer", 1)],
     "default": [("sum", None, 3), ("gradvac", "all_layer", 1)],
