@@ -489,9 +489,9 @@ def _add_reproduce_parser(sub) -> None:
         "intervals, reliability, the layer x distance table and Holm corrections), compare the "
         "optimizers seed by seed, summarise every statistic across seeds, draw every figure "
         "into OUT/figures and write OUT/report.html and OUT/results.json. The default plan "
-        "(sum x 3 seeds, GradVac all_layer x 1; two runs at a time) fits 25 minutes on an "
-        "idle 2-core CPU (figures/README.md gives the measured time); --mode extended (sum x "
-        "3, GradVac x 2, PCGrad x 1) about 35 minutes; --quick (8 languages, one seed each) a "
+        "(sum x 3 seeds, GradVac all_layer x 1; two runs at a time) took 22 minutes on an "
+        "idle 2-core CPU (measured: figures/README.md); --mode extended (sum x "
+        "3, GradVac x 2, PCGrad x 1) about 30 minutes; --quick (8 languages, one seed each) a "
         "few minutes. Finished runs under OUT/runs are reused on a rerun.",
     )
     p.add_argument("--out", required=True, help="output directory")

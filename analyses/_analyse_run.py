@@ -82,6 +82,11 @@ def open_run(run: str | os.PathLike) -> Any:
 PARTS = ("similarity", "clustering", "typology", "layers", "quality", "evolution", "optimizer")
 
 
+#: Trace meta copied into ``RunResults.meta`` (the report and results.json read them).
+RUN_META = ("train_seconds", "train_cpu_seconds", "versions", "interrupted_at_step",
+            "corpus_counts")  # fmt: skip
+
+
 def analyse_run(
     run: Any,
     *,
@@ -140,18 +145,7 @@ def analyse_run(
         },  # fmt: skip
         scripts=trace.meta("scripts") if hasattr(trace, "meta") else None,
         config=dict(getattr(trace, "config", {}) or {}),
-        meta={
-            k: trace.meta(k)
-            for k in (
-                "train_seconds",
-                "train_cpu_seconds",
-                "versions",
-                "interrupted_at_step",
-                "corpus_counts",
-            )
-        }
-        if hasattr(trace, "meta")
-        else {},
+        meta={k: trace.meta(k) for k in RUN_META} if hasattr(trace, "meta") else {},
     )
     boot = {"n_bootstrap": n_bootstrap, "block": block, "seed": seed, "level": level}
     tables = _task_specific(result, trace, keep_task_specific)

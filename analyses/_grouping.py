@@ -515,30 +515,17 @@ def group_tasks(
             trace, tasks, labels, A, k, max_size, distance, n_random, seed, notes, cache
         )
     schemes = pd.DataFrame(rows, columns=GROUPING_COLUMNS)
-    holdout = _holdout(trace, aff.kind, k, group, measure, max_size, window, n_random, seed, notes)
+    # imported here: analyses._grouping_holdout builds on this module's search and score
+    from analyses._grouping_holdout import holdout_or_note
+
+    holdout = holdout_or_note(
+        trace, aff.kind, k, group, measure, max_size, window, n_random, seed, notes
+    )
     return Grouping(
         affinity=Affinity(aff.kind, tasks, A, None, aff.note), k=k,
         labels=dict(zip(tasks, labels.tolist(), strict=True)), score=score, method=method,
         together=together, stability=stability, schemes=schemes, notes=notes, holdout=holdout,
     )  # fmt: skip
-
-
-def _holdout(trace, kind, k, group, measure, max_size, window, n_random, seed, notes):
-    """``grouping_holdout`` of a cosine grouping (NaN-free tasks), or an empty frame + note."""
-    # imported here: analyses._grouping_holdout builds on this module's search and score
-    from analyses._grouping_holdout import grouping_holdout
-
-    if kind != "cosine":
-        notes.append(f"out-of-sample score: computed for the cosine affinity only, not {kind}")
-        return pd.DataFrame()
-    try:
-        return grouping_holdout(
-            trace, k, group=group, measure=measure, max_size=max_size, window=window,
-            n_random=max(n_random, 999), seed=seed,
-        )  # fmt: skip
-    except InvalidInputError as err:
-        notes.append(f"out-of-sample score not computed: {err}")
-        return pd.DataFrame()
 
 
 def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, notes, cache):
@@ -590,11 +577,6 @@ def _baselines(trace, tasks, labels, A, k, max_size, distance, n_random, seed, n
     return rows
 
 
-def affinity_frame(affinity: Affinity) -> pd.DataFrame:
-    """The affinity as a labelled frame (rows: source task i, columns: target task j)."""
-    return affinity.frame()
-
-
 def planted_affinity(
     clusters: Sequence[int], *, within: float = 0.6, across: float = 0.0, noise: float = 0.1,
     seed: int = 0,
@@ -610,7 +592,7 @@ def planted_affinity(
 
 
 __all__ = [
-    "AFFINITIES", "Affinity", "EXACT_MAX", "Grouping", "affinity_frame", "best_partition",
+    "AFFINITIES", "Affinity", "EXACT_MAX", "Grouping", "best_partition",
     "exact_partition", "group_tasks", "heuristic_partition", "lookahead_affinity",
     "partition_score", "planted_affinity", "task_affinity",
 ]  # fmt: skip

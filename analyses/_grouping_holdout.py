@@ -188,3 +188,19 @@ def holdout_lines(frame: pd.DataFrame) -> list[str]:
         )
     lines.append(f"  the two folds' groupings agree at ARI {frame['fold_agreement'].iloc[0]:+.2f}")
     return lines
+
+
+def holdout_or_note(trace, kind, k, group, measure, max_size, window, n_random, seed, notes):
+    """``grouping_holdout`` for ``group_tasks``: the frame of a cosine grouping, or an empty
+    frame and a note in ``notes`` (another affinity, or too few snapshots)."""
+    if kind != "cosine":
+        notes.append(f"out-of-sample score: computed for the cosine affinity only, not {kind}")
+        return pd.DataFrame()
+    try:
+        return grouping_holdout(
+            trace, k, group=group, measure=measure, max_size=max_size, window=window,
+            n_random=max(n_random, 999), seed=seed,
+        )  # fmt: skip
+    except InvalidInputError as err:
+        notes.append(f"out-of-sample score not computed: {err}")
+        return pd.DataFrame()

@@ -116,6 +116,15 @@ def headline_table(results: Mapping[str, Any]) -> str:
         return f"{passed} of {len(explore)}"
 
     row("exploratory tests with BH q < 0.05", fdr)
+    _typology_rows(row)
+    _structure_rows(row, runs)
+    lines += _optimizer_lines(results)
+    return "\n".join(lines)
+
+
+def _typology_rows(row) -> None:
+    """The layer table's headline cells, the script control, the matrix's reliability and the
+    quality correlations (``row(label, cell)`` adds one row of the headline table)."""
     for group, distance in HEADLINE_CELLS:
         where = "whole model" if group == "all" else group
 
@@ -156,6 +165,11 @@ def headline_table(results: Mapping[str, Any]) -> str:
             f"{_num(q(r).get('lang_ci_high'))}]")  # fmt: skip
         row(f"similarity vs {metric} given char. overlap: partial (p)",
             lambda r, q=q: f"{_num(q(r).get('partial_rho'))} ({_p(q(r).get('partial_p_value'))})")  # fmt: skip
+
+
+def _structure_rows(row, runs) -> None:
+    """Clusters against family, genus, script and genus within one script; the paired
+    decoder-minus-encoder differences; the whole model's trajectory and settle step."""
     for level in ("family", "genus", "script"):
 
         def agreement(r, level=level):
@@ -173,6 +187,7 @@ def headline_table(results: Mapping[str, Any]) -> str:
     row("clusters vs genus within the largest script: ARI (p; languages)",
         lambda r: (lambda a: f"{_num(a.get('value'))} ({_p(a.get('p_value'))}; "
                    f"{a.get('n_tasks', '–')})")(within_script(r)))  # fmt: skip
+    _layer_clustering_rows(row)
     pairs = [(d.get("group_a"), d.get("group_b")) for d in _rows(runs[0], "group_differences")]
     for a, b in pairs if runs else []:
 
@@ -195,6 +210,30 @@ def headline_table(results: Mapping[str, Any]) -> str:
     row("whole model, raw mean: settle step (exploratory)",
         lambda r: str(_find(_rows(r, "group_settling"), group="all").get("settle_step") or
                       "still moving"))  # fmt: skip
+
+
+def _layer_clustering_rows(row) -> None:
+    """Per parameter group (the layer table's clustering): how many groups' clusters agree
+    with script and with genus within the largest script at p < .05 (uncorrected, as
+    counted), and encoder.layers.0's two values (where the typology relation is strongest)."""
+
+    def ari(r, level):
+        return [c for c in _rows(r, "layer_clustering") if c.get("statistic") == "ari"
+                and (c.get("level") == level or (level == "genus within"
+                     and str(c.get("level", "")).startswith("genus within")))]  # fmt: skip
+
+    for level, label in (("script", "script"), ("genus within", "genus within the largest script")):
+        row(f"groups whose clusters agree with {label} (p < .05, uncorrected)",
+            lambda r, lv=level: (lambda cs: f"{sum(1 for c in cs if (c.get('p_value') or 1) < 0.05)}"
+                                 f" of {len(cs)}")(ari(r, lv)))  # fmt: skip
+        row(f"encoder.layers.0 clusters vs {label}: ARI (p)",
+            lambda r, lv=level: (lambda c: f"{_num(c.get('value'))} ({_p(c.get('p_value'))})")(
+                next((c for c in ari(r, lv) if c.get("group") == "encoder.layers.0"), {})))  # fmt: skip
+
+
+def _optimizer_lines(results: Mapping[str, Any]) -> list[str]:
+    """The optimizer comparison's table (its own columns)."""
+    lines: list[str] = []
     lines += ["", "| optimizer vs the same-seed baseline | chrF difference [t-interval over seeds] "
               "| [interval with the baseline seeds' noise] (p) | detectable (80% power) "
               "| seeds (baseline seeds) | languages better |",
@@ -206,7 +245,7 @@ def headline_table(results: Mapping[str, Any]) -> str:
             f"| {_num(m.get('detectable'), signed=False)} | {m.get('n_seeds')} ({m.get('n_baseline_seeds', '–')}) | "
             f"{m.get('n_better')} of {m.get('n_tasks')} |"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def readme_block(text: str) -> str:
