@@ -542,6 +542,11 @@ def _cmd_reproduce(args) -> int:
     _check_seed(args.seed)
     if args.k is not None and not args.grouping:
         raise InvalidInputError(f"--k {args.k} applies only with --grouping (the number of groups)")
+    if args.grouping and args.mode not in (None, "quick"):
+        raise InvalidInputError(
+            f"--mode {args.mode} does not apply with --grouping (its plan is the grouping "
+            "experiment's; --quick for the small one)"
+        )
     _check_output_dir(args.out, "--out")
     if args.grouping:
         from reproduce import reproduce_grouping
@@ -550,7 +555,7 @@ def _cmd_reproduce(args) -> int:
             raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
         grouped = reproduce_grouping(
             args.out, k=3 if args.k is None else args.k, seeds=args.seeds if args.seeds is not None else 2,
-            quick=args.quick, n_bootstrap=args.bootstrap, formats=args.format, seed=args.seed,
+            quick=args.quick or args.mode == "quick", n_bootstrap=args.bootstrap, formats=args.format, seed=args.seed,
             workers=args.workers, force=args.force,
         )  # fmt: skip
         for path in [*grouped.figures, grouped.table, grouped.results]:

@@ -34,6 +34,11 @@ def test_mode_and_quick_must_agree_and_modes_are_named(tmp_path):
         reproduce(tmp_path / "out", quick=True, mode="extended")
     with pytest.raises(InvalidInputError, match="allowed: quick, default, extended"):
         reproduce(tmp_path / "out", mode="paper")
+    from cli import main
+
+    assert (
+        main(["reproduce", "--out", str(tmp_path / "g"), "--grouping", "--mode", "extended"]) == 2
+    )
 
 
 @pytest.mark.slow
