@@ -555,8 +555,8 @@ def _cmd_reproduce(args) -> int:
             raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
         grouped = reproduce_grouping(
             args.out, k=3 if args.k is None else args.k, seeds=args.seeds if args.seeds is not None else 2,
-            quick=args.quick or args.mode == "quick", n_bootstrap=args.bootstrap, formats=args.format, seed=args.seed,
-            workers=args.workers, force=args.force,
+            quick=args.quick or args.mode == "quick", n_bootstrap=args.bootstrap,
+            formats=args.format, seed=args.seed, workers=args.workers, force=args.force,
         )  # fmt: skip
         for path in [*grouped.figures, grouped.table, grouped.results]:
             print(path)
