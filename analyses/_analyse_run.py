@@ -344,6 +344,26 @@ def agreement_levels(result: RunResults, labelled: list[str]) -> list[tuple]:
     return levels
 
 
+def _agreement_frames(result: RunResults, sim, labelled, n_permutations, boot) -> list:
+    """``family_agreement`` of ``sim``'s step-averaged matrix over ``labelled`` at every level
+    of :func:`agreement_levels` (column ``level`` added), one bootstrap for all levels."""
+    index = [sim.tasks.index(t) for t in labelled]
+    sub = pd.DataFrame(sim.matrix()[np.ix_(index, index)], index=labelled, columns=labelled)
+    replicates = sim.replicates(boot["n_bootstrap"], block=boot["block"], seed=boot["seed"])
+    replicates = replicates[:, index][:, :, index]
+    frames = []
+    for level, labels, tasks in agreement_levels(result, labelled):
+        pick = [labelled.index(t) for t in tasks]
+        frame = family_agreement(
+            sub.loc[tasks, tasks], {t: labels[t] for t in tasks},
+            n_permutations=n_permutations, seed=boot["seed"],
+            replicates=replicates[:, pick][:, :, pick], level=boot["level"],
+            df=sim.bootstrap_df(boot["block"]),
+        )  # fmt: skip
+        frames.append(frame.assign(level=level))
+    return frames
+
+
 def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None:
     """The tree always (it needs no labels); agreement with families where they are known."""
     if len(complete) < 3:
@@ -367,22 +387,8 @@ def _clustering(result: RunResults, sim, complete, n_permutations, boot) -> None
             "without an agreement test"
         )
         return
-    index = [sim.tasks.index(t) for t in labelled]
-    full = sim.matrix()
-    sub = pd.DataFrame(full[np.ix_(index, index)], index=labelled, columns=labelled)
-    replicates = sim.replicates(boot["n_bootstrap"], block=boot["block"], seed=boot["seed"])
-    replicates = replicates[:, index][:, :, index]
-    parts = []
-    for level, labels, tasks in agreement_levels(result, labelled):
-        pick = [labelled.index(t) for t in tasks]
-        frame = family_agreement(
-            sub.loc[tasks, tasks], {t: labels[t] for t in tasks},
-            n_permutations=n_permutations, seed=boot["seed"],
-            replicates=replicates[:, pick][:, :, pick], level=boot["level"],
-            df=sim.bootstrap_df(boot["block"]),
-        )  # fmt: skip
-        parts.append(frame.assign(level=level, group=result.group))
-    out = pd.concat(parts, ignore_index=True)
+    parts = _agreement_frames(result, sim, labelled, n_permutations, boot)
+    out = pd.concat([f.assign(group=result.group) for f in parts], ignore_index=True)
     left_out = [t for t in sim.tasks if t not in labelled]
     if left_out:
         why = f"left out (missing similarity or family): {', '.join(left_out)}"
@@ -477,20 +483,8 @@ def _group_agreement(result, trace, g, measure, window, n_permutations, boot):
     labelled = [t for t in labelled if t not in drop]
     if len(labelled) < 4:
         return None
-    index = [sim.tasks.index(t) for t in labelled]
-    replicates = sim.replicates(boot["n_bootstrap"], block=boot["block"], seed=boot["seed"])
-    replicates = replicates[:, index][:, :, index]
-    sub = pd.DataFrame(matrix[np.ix_(index, index)], index=labelled, columns=labelled)
-    frames = []
-    for level, labels, tasks in agreement_levels(result, labelled):
-        pick = [labelled.index(t) for t in tasks]
-        frame = family_agreement(
-            sub.loc[tasks, tasks], {t: labels[t] for t in tasks},
-            n_permutations=n_permutations, seed=boot["seed"],
-            replicates=replicates[:, pick][:, :, pick], level=boot["level"],
-            df=sim.bootstrap_df(boot["block"]),
-        )  # fmt: skip
-        frames.append(frame[frame["statistic"] != "cophenetic_correlation"].assign(level=level))
+    frames = _agreement_frames(result, sim, labelled, n_permutations, boot)
+    frames = [f[f["statistic"] != "cophenetic_correlation"] for f in frames]
     out = pd.concat(frames, ignore_index=True).assign(group=g)
     return out[["group", "level", *[c for c in out.columns if c not in ("group", "level")]]]
 

@@ -5,18 +5,8 @@ import pytest
 
 import geomtrace as gt
 from analyses import grouping_holdout
+from benchmarks.grouping_holdout_calibration import planted_cosines as _cosines
 from geomtrace import InvalidInputError
-
-
-def _cosines(rng, clusters, snapshots=10, dim=40, strength=1.0):
-    """[S, K, K] cosines of per-snapshot gradients centre[cluster] * strength + fresh noise."""
-    centres = rng.normal(size=(int(np.max(clusters)) + 1, dim))
-    out = []
-    for _ in range(snapshots):
-        g = strength * centres[clusters] + rng.normal(size=(len(clusters), dim))
-        g /= np.linalg.norm(g, axis=1, keepdims=True)
-        out.append(g @ g.T)
-    return np.stack(out)
 
 
 def test_level_without_structure_is_at_most_nominal():
