@@ -18,6 +18,7 @@ from analyses._clustering import (
 from analyses._compare import (
     Comparison,
     across_seeds,
+    baseline_seed_interval,
     compare_runs,
     higher_is_better,
     t_interval,
@@ -134,7 +135,7 @@ __all__ = [
     "task_affinity", "HOLDOUT_COLUMNS", "grouping_holdout", "holdout_lines",
     "GROUPING_DELTA_COLUMNS", "GROUPING_SCHEME_COLUMNS", "GROUPING_TASK_COLUMNS",
     "GroupingExperiment", "grouping_experiment", "latest_quality", "random_groupings",
-    "Comparison", "across_seeds", "compare_runs", "higher_is_better", "t_interval",
+    "Comparison", "across_seeds", "baseline_seed_interval", "compare_runs", "higher_is_better", "t_interval",
     "FRAMES", "LOW_RELIABILITY", "MEASURES", "NotApplicable", "RELIABILITY_COLUMNS",
     "RunDescription", "RunResults", "Similarity", "alignment_rows", "analyse_run",
     "benjamini_hochberg",

@@ -1,5 +1,5 @@
 """Coverage and level of the optimizer comparison's baseline-seed interval
-(``analyses._compare.baseline_seed_interval``, used by ``compare_runs``) on planted seeds.
+(``analyses.baseline_seed_interval``, used by ``compare_runs``) on planted seeds.
 
 Three baseline seeds B_s ~ N(mu, sd^2) and one method run at seed 0 whose seed noise has
 variance ratio * sd^2 and correlation rho with B_0 (a shared seed); the true difference is 0.
@@ -13,7 +13,7 @@ method variance 2x 94.0% / 6.0%; corr -0.3 95.7% / 4.3%.
 
 import numpy as np
 
-from analyses._compare import baseline_seed_interval
+from analyses import baseline_seed_interval
 
 
 def main(draws: int = 20_000, sd: float = 0.33, seed: int = 0) -> None:
