@@ -587,7 +587,7 @@ the gettext catalogs of Django, Wagtail, JupyterLab's language packs, Sphinx, dj
 and Django REST framework (16 languages with >= 200 test strings each, 6 scripts, 7
 families; --list-languages shows the counts), a 0.7M-parameter byte-level Transformer
 translating X->English, a Gram-matrix snapshot every 40 steps (and at step 0, untrained)
-taken on a separate 640-row eval-mode batch per language in two halves (so the trace
+taken on a separate 768-row eval-mode batch per language in two halves (so the trace
 measures how much of each gradient is signal, ~0.8 for the whole model: --set
 snapshot_rows=0 snapshots the 12-row training batches instead, ~96% noise), then chrF (with
 a bootstrap interval over each language's test strings) and held-out loss per language on
@@ -656,7 +656,7 @@ def _add_trace_parser(sub) -> None:
     p.add_argument(
         "--preset",
         default="default",
-        help="starting config: default (every text domain, 16 languages, 640-row snapshots "
+        help="starting config: default (every text domain, 16 languages, 768-row snapshots "
         "every 40 steps), quick (8 languages, Django only, minutes), django24 (the default "
         "before issue 21: Django only, 24 languages, 96-row snapshots every 20 steps), full "
         "(GPU scale)",

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,18 +230,46 @@ def reproduce(
             f"{config.steps} steps" + (" (replacing an unfinished run)" if again else "")
         )
         todo.append((config.to_dict(), force or again))
+    # Each run is analysed on its own (seeded, so the order does not matter); a run finished
+    # while others still train is analysed on the core their end leaves idle.
+    labels: dict[str, str] = {}
+    for run_dir in result.runs:
+        labels[run_dir.name] = analyses.run_label(run_dir, list(labels.values()))
+    training = {values["name"] for values, _ in todo}
+    waiting = [d for d in result.runs if d.name not in training]  # reused runs first
+    analysed: dict[str, Any] = {}
+    analysis_seconds = 0.0
+
+    def analyse_next() -> bool:
+        nonlocal analysis_seconds
+        if not waiting:
+            return False
+        run_dir = waiting.pop(0)
+        _say(f"analysing {labels[run_dir.name]}")
+        t = time.perf_counter()
+        analysed[run_dir.name] = analyses.analyse_run(
+            run_dir, label=labels[run_dir.name], n_permutations=n_permutations,
+            n_bootstrap=n_bootstrap, seed=seed,
+        )  # fmt: skip
+        analysis_seconds += time.perf_counter() - t
+        return True
+
     t0 = time.perf_counter()
-    _train_all(todo, workers)
+    _train_all(
+        todo, workers, finished=lambda d: waiting.append(out / "runs" / Path(d).name),
+        while_idle=analyse_next,
+    )  # fmt: skip
     result.timings["train"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
-    results = analyses.analyse_runs(
-        result.runs, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed,
-        progress=_say,
-    )  # fmt: skip
+    while analyse_next():
+        pass
+    results = [analysed[d.name] for d in result.runs]
     comparison = analyses.compare_runs(results)
     seed_table = analyses.across_seeds(results)
-    result.timings["analyses"] = round(time.perf_counter() - t0, 1)
+    # analyses: every run's analysis (some while the last runs trained) and the comparisons
+    result.timings["analyses"] = round(analysis_seconds + time.perf_counter() - t0, 1)
+    result.timings["analyses_after_training"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     _say("drawing figures")
@@ -367,11 +395,23 @@ def _config_differences(run_dir: Path, config: Any) -> list[str]:
     return [k for k in wanted if k not in _RUN_ONLY_KEYS and stored.get(k) != wanted[k]]
 
 
-def _train_all(todo: list[tuple[dict[str, Any], bool]], workers: int) -> None:
-    """Train ``todo`` ((config values, force) pairs), ``workers`` at a time (as ``reproduce``)."""
+def _train_all(
+    todo: list[tuple[dict[str, Any], bool]],
+    workers: int,
+    finished: Callable[[str], None] | None = None,
+    while_idle: Callable[[], bool] | None = None,
+) -> None:
+    """Train ``todo`` ((config values, force) pairs), ``workers`` at a time (as ``reproduce``).
+
+    ``finished(run_dir)`` is called in this process as each run ends. ``while_idle()`` is
+    called in this process whenever fewer runs remain than workers, i.e. a core would
+    otherwise wait for the last runs: it does one piece of other work (the reproduction
+    analyses a finished run there) and returns False when it has none left. Calling it only
+    then keeps it from slowing the runs that are still training.
+    """
     if workers > 1 and len(todo) > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         # spawn: a fresh interpreter per worker (no forked torch/OpenMP state)
         context = multiprocessing.get_context("spawn")
@@ -379,12 +419,21 @@ def _train_all(todo: list[tuple[dict[str, Any], bool]], workers: int) -> None:
             min(workers, len(todo)), mp_context=context, initializer=_exit_with_parent,
             initargs=(os.getpid(),),
         ) as pool:  # fmt: skip
-            values, again = zip(*todo, strict=True)
-            for done in pool.map(_train_in_worker, values, again):
-                _say(f"finished {done}")
+            pending = {pool.submit(_train_in_worker, values, again) for values, again in todo}
+            while pending:
+                if len(pending) < workers and while_idle is not None and while_idle():
+                    continue
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run_dir = future.result()
+                    _say(f"finished {run_dir}")
+                    if finished is not None:
+                        finished(run_dir)
     else:
         for values, again in todo:
-            _train(values, again)
+            run_dir = _train(values, again)
+            if finished is not None:
+                finished(run_dir)
 
 
 def _schedule(config: Any, force: bool, what: str) -> tuple[dict[str, Any], bool] | None:

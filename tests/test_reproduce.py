@@ -45,13 +45,25 @@ def test_mode_and_quick_must_agree_and_modes_are_named(tmp_path):
 def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     # Two methods x two seeds: the smallest plan with seed-matched comparisons.
     monkeypatch.setitem(PLANS, "quick", [("sum", None, 1), ("gradvac", "all_layer", 1)])
+    # two workers: runs finished while the last ones train are analysed meanwhile
     result = reproduce(
-        tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20, workers=1,
+        tmp_path, quick=True, seeds=2, n_permutations=19, n_bootstrap=20, workers=2,
         overrides=TINY,
     )  # fmt: skip
     assert len(result.runs) == 4 and result.report.exists()
     payload = json.loads(result.results.read_text())
     assert set(payload["runs"]) == {r.name for r in result.runs}
+    # ... with the numbers of analysing the finished runs one after another
+    import analyses
+
+    one_by_one = analyses.analyse_runs(result.runs, n_permutations=19, n_bootstrap=20)
+    expected = reproduce_module.results_payload(
+        "quick", one_by_one, analyses.compare_runs(one_by_one), analyses.across_seeds(one_by_one),
+        {}, result,
+    )  # fmt: skip
+    for key in ("runs", "comparison", "across_seeds"):
+        assert json.loads(json.dumps(expected[key])) == payload[key], key
+    assert {"train", "analyses", "analyses_after_training"} <= set(payload["timings_seconds"])
     assert payload["comparison"]["metric"] == "chrf"
     methods = {row["method"] for row in payload["comparison"]["per_method"]}
     assert methods == {"GradVac (all_layer)"}

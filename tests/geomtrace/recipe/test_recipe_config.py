@@ -31,8 +31,8 @@ def test_defaults():
     config = RecipeConfig()
     assert config.langs == list(DEFAULT_LANGUAGES)
     assert (config.direction, config.method, config.groups) == ("x2en", "sum", "all_layer")
-    # the default experiment (issue 21): every text domain, 640 fresh snapshot rows every 40
-    assert config.every == 40 and config.snapshot_rows == 640
+    # the default experiment (issue 21): every text domain, 768 fresh snapshot rows every 40
+    assert config.every == 40 and config.snapshot_rows == 768
     assert "jupyterlab" in config.domains and len(config.langs) == 16
     config.validate()
 

@@ -187,7 +187,7 @@ def test_old_bucket_true_config_loads_as_shared(tmp_path, caplog):
     [({"bucket": "wide"}, "bucket='wide'"), ({"window": 0}, "window=0"),
      ({"window": 30, "every": 20, "snapshot_rows": 0}, "window=30 > every=20"),
      ({"halves": 1}, "halves"), ({"snapshot_rows": 1}, "snapshot_rows=1"),
-     ({"window": 4}, "snapshot_rows=640 with window=4")],
+     ({"window": 4}, "snapshot_rows=768 with window=4")],
 )  # fmt: skip
 def test_check_snapshot_fields(values, message):
     config = RecipeConfig(**values)
