@@ -28,6 +28,7 @@ from analyses._covariates import (
     char_overlap_distance,
     covariate_distances,
     script_distance,
+    task_covariates,
 )
 from analyses._design import design, design_text
 from analyses._evolution import (
@@ -92,6 +93,7 @@ from analyses._similarity import (
     LOW_RELIABILITY,
     RELIABILITY_COLUMNS,
     SUMMARY_COLUMNS,
+    TRAINING_CHANGE_COLUMNS,
     alignment_rows,
     group_difference,
     mean_pair_similarity,
@@ -99,6 +101,7 @@ from analyses._similarity import (
     similarity_matrix,
     similarity_summary,
     task_alignment,
+    training_change,
 )
 from analyses._spatial import (
     LEVEL_COLUMNS,
@@ -154,6 +157,7 @@ __all__ = [
     "gradvac_target_trajectories", "group_trajectories", "language_families", "mantel",
     "pair_spread", "pair_trajectories", "partial_mantel", "permutation_correlation",
     "quality_correlation", "quality_difference", "script_distance", "settling", "settling_step",
+    "task_covariates", "TRAINING_CHANGE_COLUMNS", "training_change",
     "similarity_matrix", "similarity_summary", "task_alignment", "task_families",
     "task_quality", "typological_distance", "typological_distances", "typology_correlation",
     "LEVEL_COLUMNS", "MoranBasis", "fitted_proximity", "language_proximity", "moran_basis",

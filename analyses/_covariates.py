@@ -87,3 +87,27 @@ def covariate_distances(
             continue
         found[name] = build(value, tasks)
     return found, skipped
+
+
+def task_covariates(
+    source: Any, tasks: Sequence[str]
+) -> tuple[dict[str, pd.Series], dict[str, str]]:
+    """Per-task versions of the covariate distances: how much a task shares with the others.
+
+    For a covariate distance d (:func:`covariate_distances`) over K tasks, task i's value is
+    c_i = 1 - (1 / (K - 1)) sum_{j != i} d_ij: its mean character overlap with the others for
+    ``char_overlap``, the share of the other tasks written in its script for ``script``. A
+    task's mean gradient similarity with the others can be high for either reason, so a
+    correlation of that mean with the task's quality is also reported controlled for each
+    (``quality_correlation``). Returns ``({name: Series over tasks}, {name: reason it is
+    unavailable})``; fewer than 2 tasks give no covariate.
+    """
+    tasks = list(tasks)
+    if len(tasks) < 2:
+        return {}, {name: f"{len(tasks)} task: nothing to share with" for name in COVARIATES}
+    found, skipped = covariate_distances(source, tasks)
+    out = {}
+    for name, d in found.items():
+        m = d.loc[tasks, tasks].to_numpy(dtype=float)
+        out[name] = pd.Series(1.0 - m.sum(axis=1) / (len(tasks) - 1), index=tasks)
+    return out, skipped

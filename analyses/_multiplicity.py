@@ -101,17 +101,20 @@ def tests_table(
         adjusted_frames[name] = frame
     quality = frames.get("quality")
     if quality is not None:
+        # As the typology table: the raw rho of a metric is repeated on each control row.
+        raw = quality.drop_duplicates(subset=["metric"])
         entries = [
-            (f"{r.metric}: rho", r.rho, r.ci_low, r.ci_high, r.p_value) for r in quality.itertuples()
+            (f"{r.metric}: rho", r.rho, r.ci_low, r.ci_high, r.p_value) for r in raw.itertuples()
         ] + [
             (f"{r.metric} | {r.control}: partial rho", r.partial_rho, r.partial_ci_low,
              r.partial_ci_high, r.partial_p_value)
             for r in quality.itertuples()
         ]  # fmt: skip
         adjusted = family("quality", entries)
+        lookup = dict(zip(raw["metric"], adjusted[: len(raw)], strict=True))
         quality = quality.copy()
-        quality["p_holm"] = adjusted[: len(quality)]
-        quality["partial_p_holm"] = adjusted[len(quality) :]
+        quality["p_holm"] = quality["metric"].map(lookup)
+        quality["partial_p_holm"] = adjusted[len(raw) :]
         adjusted_frames["quality"] = quality
     tests = _roles(pd.DataFrame(rows, columns=TESTS_COLUMNS))
     adjusted_frames["tests"] = tests

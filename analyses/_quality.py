@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses._covariates import covariate_distances
+from analyses._covariates import COVARIATES, task_covariates
 from analyses._inputs import Window, is_trace
 from analyses._language_level import language_interval
 from analyses._measures import similarity
@@ -132,9 +132,12 @@ def quality_correlation(
     permuting tasks (exchangeable tasks; column ``test`` says which). p_permutation /
     partial_p_permutation: the permutation p, kept for reference.
     rho_step0 uses the step-0 mean similarity (does the untrained geometry already predict
-    quality?). partial_rho controls for ``control``: ``auto`` = each task's mean character
-    overlap 1 - d_char with the others (trace meta ``char_profiles``), or a {task: value}
-    mapping. ci_low/ci_high (and partial_ci_*): the ``level`` basic interval of rho
+    quality?). partial_rho controls for ``control``, one row per control (the raw columns
+    repeated on each): ``auto`` = every per-task covariate the trace's meta allows
+    (:func:`analyses.task_covariates`: ``char_overlap``, a task's mean character overlap
+    1 - d_char with the others; ``script``, the share of the other tasks in its script), a
+    {task: value} mapping (control ``given``), {name: {task: value}} (one row per name), or
+    None (no partial). ci_low/ci_high (and partial_ci_*): the ``level`` basic interval of rho
     recomputed on ``n_bootstrap`` circular block bootstrap replicates of the snapshots (quality
     values fixed): how much THIS RUN's rho would move with other snapshots. lang_ci_low,
     lang_ci_high: the task jackknife (each task left out, the others' alignment recomputed
@@ -162,46 +165,28 @@ def quality_correlation(
         raise InvalidInputError(f"no quality metric {unknown} in the trace; it has {available}")
     if not metrics:
         raise InvalidInputError("no quality measurements: the trace has no quality rows")
-    notes = []
-    ctrl_name, ctrl = None, None
-    if isinstance(control, str):
-        if control != "auto":
-            raise InvalidInputError(f"control={control!r}; allowed: 'auto', a mapping, None")
-        if is_trace(source):
-            found, skipped = covariate_distances(source, list(table["task"]))
-            if "char_overlap" in found:
-                d = found["char_overlap"].to_numpy()
-                K = len(d)
-                ctrl = pd.Series(1 - (d.sum(1) / (K - 1)), index=table["task"].to_numpy())
-                ctrl_name = "char_overlap"
-            else:
-                notes.append(f"no control: {skipped.get('char_overlap', 'no char_profiles')}")
-        else:
-            notes.append("no control: arrays carry no corpus metadata")
-    elif control is not None:
-        ctrl, ctrl_name = pd.Series(dict(control)), "given"
+    notes: list[str] = []
+    controls = _quality_controls(source, control, list(table["task"]), notes)
     kw = {"n_permutations": n_permutations, "seed": seed}
     codes = dict(iso_codes) if iso_codes is not None else dict(getattr(source, "iso_codes", {}))
     rows = []
     for metric in metrics:
         cols = ["mean_similarity", metric, "mean_similarity_step0"]
         frame = table.set_index("task")[cols]
-        if ctrl is not None:
-            frame = frame.assign(_ctrl=ctrl.reindex(frame.index))
-        ok = (
-            frame[["mean_similarity", metric] + (["_ctrl"] if ctrl is not None else [])]
-            .notna()
-            .all(axis=1)
-        )
+        for k, (_, values) in enumerate(controls):
+            if values is not None:
+                frame[f"_ctrl{k}"] = values.reindex(frame.index)
+        needed = ["mean_similarity", metric] + [c for c in frame if c.startswith("_ctrl")]
+        ok = frame[needed].notna().all(axis=1)
         excluded = [t for t in frame.index if not ok[t]]
         f = frame[ok]
-        row = {
+        base = {
             "group": table["group"].iloc[0],
             "measure": measure,
             "metric": metric,
             "n_tasks": len(f),
             "rho": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
-            "rho_step0": np.nan, "p_value_step0": np.nan, "control": ctrl_name,
+            "rho_step0": np.nan, "p_value_step0": np.nan, "control": None,
             "partial_rho": np.nan, "partial_ci_low": np.nan, "partial_ci_high": np.nan,
             "partial_p_value": np.nan, "test": "permutation", "p_permutation": np.nan,
             "partial_p_permutation": np.nan, "n_permutations": n_permutations,
@@ -210,44 +195,76 @@ def quality_correlation(
             "note": "; ".join(notes),
         }  # fmt: skip
         if len(f) < 4:
-            row["note"] = "; ".join(notes + [f"only {len(f)} tasks with values: need >= 4"])
-            rows.append(row)
+            base["note"] = "; ".join(notes + [f"only {len(f)} tasks with values: need >= 4"])
+            rows += [base | {"control": name} for name, _ in controls]
             continue
         weights = None
         if test == "spatial" and all(codes.get(t) for t in f.index):
             weights = language_proximity([str(codes[t]) for t in f.index], cache=cache)
             weights = {k: w.to_numpy() for k, w in weights.items()}
         elif test == "spatial":
-            row["note"] = "; ".join(
+            base["note"] = "; ".join(
                 notes + ["p from permuting tasks (not every task has an ISO code)"]
             )
         r, r_plain = _tested(f["mean_similarity"], f[metric], None, weights, kw)
-        row.update(test="spatial" if weights is not None else "permutation",
-                   p_permutation=r_plain.p_value)  # fmt: skip
+        base.update(test="spatial" if weights is not None else "permutation",
+                    p_permutation=r_plain.p_value)  # fmt: skip
         rows_k = [position[t] for t in f.index]
         quality_values = f[metric].to_numpy(dtype=float)
         r_boot = spearman_rows(boot_align[:, rows_k], quality_values)
-        row.update(rho=r.statistic, p_value=r.p_value)
-        row["ci_low"], row["ci_high"] = interval(
+        base.update(rho=r.statistic, p_value=r.p_value)
+        base["ci_low"], base["ci_high"] = interval(
             r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE, df=df
         )
         loo = _leave_one_task_out(sim.matrix()[np.ix_(rows_k, rows_k)], quality_values)
-        row["lang_ci_low"], row["lang_ci_high"] = language_interval(r.statistic, loo, level)
+        base["lang_ci_low"], base["lang_ci_high"] = language_interval(r.statistic, loo, level)
         if f["mean_similarity_step0"].notna().all():
             r0, _ = _tested(f["mean_similarity_step0"], f[metric], None, weights, kw)
-            row.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
-        if ctrl is not None:
-            pr, pr_plain = _tested(f["mean_similarity"], f[metric], f["_ctrl"], weights, kw)
-            row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value,
-                       partial_p_permutation=pr_plain.p_value)  # fmt: skip
-            z = f["_ctrl"].to_numpy(dtype=float)
-            ryz = float(spearman_rows(quality_values[None], z)[0])
-            partial = partial_from_r(r_boot, spearman_rows(boot_align[:, rows_k], z), ryz)
-            row["partial_ci_low"], row["partial_ci_high"] = interval(
-                partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE, df=df
-            )
-        rows.append(row)
+            base.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
+        for k, (name, values) in enumerate(controls):
+            row = base | {"control": name}
+            if values is not None:
+                z = f[f"_ctrl{k}"]
+                pr, pr_plain = _tested(f["mean_similarity"], f[metric], z, weights, kw)
+                row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value,
+                           partial_p_permutation=pr_plain.p_value)  # fmt: skip
+                z = z.to_numpy(dtype=float)
+                ryz = float(spearman_rows(quality_values[None], z)[0])
+                partial = partial_from_r(r_boot, spearman_rows(boot_align[:, rows_k], z), ryz)
+                row["partial_ci_low"], row["partial_ci_high"] = interval(
+                    partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE, df=df
+                )
+            rows.append(row)
     return pd.DataFrame(rows, columns=QUALITY_CORRELATION_COLUMNS)
+
+
+def _quality_controls(
+    source: Any, control: Any, tasks: list[str], notes: list[str]
+) -> list[tuple[str | None, pd.Series | None]]:
+    """The controls of ``quality_correlation`` as (name, per-task values) pairs; [(None,
+    None)] for none. Why each ``auto`` control is missing goes to ``notes``."""
+    if isinstance(control, str):
+        if control != "auto":
+            raise InvalidInputError(
+                f"control={control!r}; allowed: 'auto', a {{task: value}} mapping, "
+                "{name: {task: value}}, None"
+            )
+        if not is_trace(source):
+            notes.append("no control: arrays carry no corpus metadata")
+            return [(None, None)]
+        found, skipped = task_covariates(source, tasks)
+        notes += [f"no {name} control: {skipped[name]}" for name in COVARIATES if name in skipped]
+        return [(name, found[name]) for name in COVARIATES if name in found] or [(None, None)]
+    if control is None:
+        return [(None, None)]
+    if not isinstance(control, Mapping):
+        raise InvalidInputError(
+            f"control of type {type(control).__name__}; allowed: 'auto', a {{task: value}} "
+            "mapping, {name: {task: value}}, None"
+        )
+    if control and all(isinstance(v, Mapping) for v in control.values()):
+        return [(str(name), pd.Series(dict(v), dtype=float)) for name, v in control.items()]
+    return [("given", pd.Series(dict(control), dtype=float))]
 
 
 def _tested(x, y, z, weights, kw):

@@ -323,6 +323,10 @@ INTERVALS: list[IntervalStat] = [
         ("group_a",),
     ),
     IntervalStat(
+        "training_change", "training_change", "change", "ci_low", "ci_high", "mean", ("run",),
+        ("group",),
+    ),
+    IntervalStat(
         "rho", "typology", "rho", "ci_low", "ci_high", "rho",
         ("noisy", "run", "process", "population"), ("measure", "distance"),
     ),
@@ -410,6 +414,11 @@ def analyse(planted: PlantedRun, sc: Scenario, settings: dict) -> tuple[dict, di
         frames["difference"] = pd.DataFrame([analyses.group_difference(trace, *pair, **boot)])
         free_frames["difference"] = pd.DataFrame(
             [analyses.group_difference(free, *pair, n_bootstrap=1)]
+        )
+        # trained window minus step 0, noise-corrected (analyze's "training_change")
+        frames["training_change"] = pd.DataFrame([analyses.training_change(trace, **boot)])
+        free_frames["training_change"] = pd.DataFrame(
+            [analyses.training_change(free, n_bootstrap=1)]
         )
     for measure in settings["measures"] if "typology" in parts else []:
         for g in [analyses.ALL, *trace.groups]:

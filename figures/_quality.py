@@ -94,8 +94,8 @@ def quality_scatter(
     ``task_quality``: the ``analyses.task_quality`` frame (columns task, mean_similarity,
     ci_low, ci_high and one column per metric; metric names may be any string, e.g.
     ``chrF++``); ``correlation``: the ``analyses.quality_correlation`` frame (rho with its
-    interval, permutation p, Holm p, step-0 rho and the partial rho given character overlap go
-    in each panel's box). ``families`` colours the points. Raises
+    interval, permutation p, Holm p, step-0 rho and the partial rhos given character overlap
+    and script go in each panel's box). ``families`` colours the points. Raises
     :class:`geomtrace.InvalidInputError` when the frame holds none of ``metrics``.
     """
     available = quality_metrics(task_quality)
@@ -147,9 +147,10 @@ def quality_scatter(
                     lines.append(f"Spearman ρ = {ci(r['rho'], low, high)} ({task_noun_plural})")
                     lines.append(f"   {short_p(r['p_value'])}{holm_mark(r.get('p_holm'), alpha)}")
                     lines.append(f"step 0: ρ = {fmt(r['rho_step0'])}")
-                    if isinstance(r["control"], str):
-                        lines.append(f"partial | {r['control']}: ρ = {fmt(r['partial_rho'])}, "
-                                     f"{short_p(r['partial_p_value'])}")  # fmt: skip
+                    for _, c in hit.iterrows():  # one row per control
+                        if isinstance(c["control"], str):
+                            lines.append(f"partial | {c['control']}: ρ = {fmt(c['partial_rho'])}, "
+                                         f"{short_p(c['partial_p_value'])}")  # fmt: skip
                     if r["note"]:
                         lines.append(str(r["note"])[:60])
             stats_title(ax, metric_label(metric), lines)

@@ -163,8 +163,14 @@ def _typology_rows(row) -> None:
             lambda r, q=q: f"{_num(q(r).get('rho'))} ({_p(q(r).get('p_value'))}, "
             f"{q(r).get('test', 'permutation')}) [{_num(q(r).get('lang_ci_low'))}, "
             f"{_num(q(r).get('lang_ci_high'))}]")  # fmt: skip
-        row(f"similarity vs {metric} given char. overlap: partial (p)",
-            lambda r, q=q: f"{_num(q(r).get('partial_rho'))} ({_p(q(r).get('partial_p_value'))})")  # fmt: skip
+        for control, words in (("char_overlap", "char. overlap"), ("script", "script")):
+
+            def given(r, metric=metric, control=control):
+                return _find(_rows(r, "quality"), metric=metric, control=control)
+
+            row(f"similarity vs {metric} given {words}: partial (p)",
+                lambda r, g=given: f"{_num(g(r).get('partial_rho'))} "
+                f"({_p(g(r).get('partial_p_value'))})")  # fmt: skip
 
 
 def _structure_rows(row, runs) -> None:
@@ -207,6 +213,9 @@ def _structure_rows(row, runs) -> None:
             lambda r, c=column: f"{_num(trajectory(r, 'first').get(c), 2, False)} -> "
             f"{_num(trajectory(r, 'last').get(c), 2, False)} "
             f"({trajectory(r, 'first').get('step', '–')}, {trajectory(r, 'last').get('step', '–')})")  # fmt: skip
+    row("whole model, trained window minus step 0, noise-corrected mean [paired CI: this run]",
+        lambda r: _ci(_find(_rows(r, "training_change"), group="all"), "change", "ci_low",
+                      "ci_high"))  # fmt: skip
     row("whole model, raw mean: settle step (exploratory)",
         lambda r: str(_find(_rows(r, "group_settling"), group="all").get("settle_step") or
                       "still moving"))  # fmt: skip

@@ -194,7 +194,8 @@ def _here(result: analyses.RunResults, key: str) -> str:
             f"The run's recorded quality ({', '.join(metric_label(m) for m in d.metrics)}; "
             f"headline {metric_label(metric)}, {direction_words(metric)}) against each "
             f"{noun}'s mean similarity to the others ({where}; {window}); Spearman over "
-            f"{plural} with {tests}."
+            f"{plural} with {tests}; each partial controls for one confound (a {noun}'s mean "
+            f"character overlap with the others, or the share of the others in its script)."
         )
     if key == "f4":
         rel = (

@@ -128,3 +128,49 @@ def test_quality_difference_keeps_the_trace_task_order(tmp_path):
     frame = quality_difference(traces, "sum")
     assert frame["task"].tolist() == ["y", "x"]
     np.testing.assert_allclose(frame["delta"], [3.0, -0.5])
+
+
+def test_task_covariates_by_hand():
+    from analyses import task_covariates
+
+    meta = {
+        "scripts": {"a": "Latn", "b": "Latn", "c": "Cyrl", "d": "Latn"},
+        "char_profiles": {"a": {"x": 1}, "b": {"x": 1, "y": 1}, "c": {"z": 1}, "d": {"x": 1}},
+    }
+    found, skipped = task_covariates(meta, ["a", "b", "c", "d"])
+    assert skipped == {}
+    # script: share of the other three written in one's script
+    assert found["script"].to_dict() == pytest.approx({"a": 2 / 3, "b": 2 / 3, "c": 0, "d": 2 / 3})
+    # char overlap: mean over the others of sum_c min(p_a, p_b); a-b 0.5, a-c 0, a-d 1, b-c 0,
+    # b-d 0.5, c-d 0
+    assert found["char_overlap"].to_dict() == pytest.approx(
+        {"a": 1.5 / 3, "b": 1 / 3, "c": 0, "d": 1.5 / 3}
+    )
+    found, skipped = task_covariates({"scripts": {"a": "Latn"}}, ["a", "b"])
+    assert found == {} and "no script recorded for ['b']" in skipped["script"]
+    assert task_covariates(meta, ["a"])[0] == {}
+
+
+def test_named_controls_give_one_row_each_with_the_hand_partial():
+    cos = stack(2)
+    mean_sim = np.array([np.delete(cos[1:].mean(0)[i], i).mean() for i in range(8)])
+    rng = np.random.default_rng(5)
+    chrf = dict(zip(TASKS, 30 + 10 * mean_sim + rng.normal(size=8), strict=True))
+    share = dict(zip(TASKS, [0, 0, 1 / 7, 1 / 7, 3 / 7, 3 / 7, 3 / 7, 3 / 7], strict=True))
+    other = dict(zip(TASKS, rng.normal(size=8), strict=True))
+    frame = quality_correlation(
+        cos, tasks=TASKS, steps=[0, 10, 20], quality={"chrf": chrf},
+        control={"script": share, "noise": other}, n_permutations=99,
+    )  # fmt: skip
+    assert list(frame["control"]) == ["script", "noise"]
+    assert frame["rho"].nunique() == 1  # the raw rho is repeated on each control row
+    x, y = stats.rankdata(mean_sim), stats.rankdata([chrf[t] for t in TASKS])
+    for name, z in (("script", share), ("noise", other)):
+        zr = stats.rankdata([z[t] for t in TASKS])  # ties get mean ranks
+        rxy, rxz, ryz = (np.corrcoef(a, b)[0, 1] for a, b in ((x, y), (x, zr), (y, zr)))
+        hand = (rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2))
+        row = frame[frame["control"] == name].iloc[0]
+        assert row["partial_rho"] == pytest.approx(hand)
+        assert row["partial_ci_low"] <= row["partial_rho"] <= row["partial_ci_high"]
+    with pytest.raises(InvalidInputError, match="control of type int"):
+        quality_correlation(cos, tasks=TASKS, steps=[0, 10, 20], quality={"chrf": chrf}, control=3)

@@ -72,10 +72,21 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
         "char_overlap", "script",
     }  # fmt: skip
 
-    quality = result.frames["quality"].set_index("metric")
-    assert set(quality.index) == {"chrf", "heldout_loss"}
+    # One quality row per (metric, control), the raw rho repeated on each, tested once.
+    frame = result.frames["quality"]
+    assert list(zip(frame["metric"], frame["control"], strict=True)) == [
+        ("chrf", "char_overlap"), ("chrf", "script"),
+        ("heldout_loss", "char_overlap"), ("heldout_loss", "script"),
+    ]  # fmt: skip
+    quality = frame.drop_duplicates("metric").set_index("metric")
     assert quality.loc["chrf", "rho"] == pytest.approx(-quality.loc["heldout_loss", "rho"])
-    assert quality.loc["chrf", "control"] == "char_overlap"
+    assert frame.groupby("metric")["rho"].nunique().eq(1).all()
+    quality_tests = result.frames["tests"].query("table == 'quality'")["test"]
+    assert sorted(quality_tests) == sorted(
+        [f"{m}: rho" for m in ("chrf", "heldout_loss")]
+        + [f"{m} | {c}: partial rho" for m in ("chrf", "heldout_loss")
+           for c in ("char_overlap", "script")]
+    )  # fmt: skip
 
     settle = result.frames["family_settling"].set_index("kind")
     assert settle.loc["within", "final_value"] > 0.5
@@ -157,9 +168,11 @@ def test_results_exclude_a_task_that_was_never_traced(tmp_path, planted_trace):
     sim = result.frames["similarity"].set_index("group")
     assert sim.loc["all", "n_missing"] == 10 * 11  # 11 pairs with hun-en at 10 snapshots
     assert result.settings["complete_tasks"] == [t for t in result.tasks if t != "hun-en"]
-    quality = result.frames["quality"].set_index("metric")
-    assert quality.loc["chrf", "n_tasks"] == 11
-    assert quality.loc["chrf", "excluded"] == "hun-en (missing value)"
+    quality = result.frames["quality"]
+    chrf = quality[quality["metric"] == "chrf"]
+    assert len(chrf) >= 1  # one row per control
+    assert (chrf["n_tasks"] == 11).all()
+    assert (chrf["excluded"] == "hun-en (missing value)").all()
 
 
 def test_cli_typology(capsys):

@@ -126,8 +126,12 @@ def test_f3_draws_each_tasks_interval(analysed, drawn):
     np.testing.assert_allclose([s[1][0] for s in segments], tq["ci_high"])
     points = ax.collections[-1].get_offsets()
     np.testing.assert_allclose(points, tq[["mean_similarity", "chrf"]].to_numpy())
-    q = result.frames["quality"].set_index("metric").loc["heldout_loss"]
+    rows = result.frames["quality"].query("metric == 'heldout_loss'")
+    q = rows.iloc[0]
     box = fig.axes[1].get_title(loc="left").split("\n")
+    # one partial line per control (character overlap and script)
+    for r in rows.itertuples():
+        assert any(line.startswith(f"partial | {r.control}: ") for line in box), r.control
     # the task-jackknife interval (calibrated), not the snapshot interval of rho
     assert box[2] == (
         f"Spearman ρ = {q['rho']:+.2f} [{q['lang_ci_low']:+.2f}, {q['lang_ci_high']:+.2f}] "
