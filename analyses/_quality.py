@@ -223,7 +223,11 @@ def quality_correlation(
             base.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
         for k, (name, values) in enumerate(controls):
             row = base | {"control": name}
-            if values is not None:
+            if values is not None and np.ptp(f[f"_ctrl{k}"].to_numpy(dtype=float)) == 0:
+                row["note"] = "; ".join(
+                    [n for n in [row["note"]] if n] + [f"{name} is constant over these tasks"]
+                )
+            elif values is not None:
                 z = f[f"_ctrl{k}"]
                 pr, pr_plain = _tested(f["mean_similarity"], f[metric], z, weights, kw)
                 row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value,

@@ -18,11 +18,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 import geomtrace as gt
 from analyses._inputs import ALL, Window, part_of, select_window_mask
 from analyses._measures import Similarity, check_measure, is_trace, similarity
-from analyses._uncertainty import CORRELATION_RANGE, LEVEL, N_BOOTSTRAP, interval, upper
+from analyses._uncertainty import (
+    CORRELATION_RANGE,
+    LEVEL,
+    N_BOOTSTRAP,
+    interval,
+    jackknife_se,
+    upper,
+)
 from geomtrace import InvalidInputError
 
 SUMMARY_COLUMNS = [
@@ -344,7 +352,8 @@ def reliability_table(
 
 
 TRAINING_CHANGE_COLUMNS = [
-    "group", "measure", "mean_step0", "mean_trained", "change", "ci_low", "ci_high", "n_steps",
+    "group", "measure", "mean_step0", "mean_trained", "change", "ci_low", "ci_high",
+    "lang_ci_low", "lang_ci_high", "n_steps", "n_tasks",
 ]  # fmt: skip
 
 
@@ -367,27 +376,45 @@ def training_change(
     window: the snapshots after step 0) and of the step-0 matrix, under ``measure`` (default
     the noise-corrected one: reliability falls over training, 1.00 at step 0 to 0.6-0.7 by the
     end of the default run, so a fall of the raw mean is partly attenuation, issue 22).
-    Interval: the window's snapshots resampled by the circular block bootstrap with step 0
-    held fixed (paired: the same step-0 matrix in every replicate), basic interval widened for
-    the number of blocks, clipped to [-2, 2]; how much this run's change would move with
-    other snapshots. Step 0's own sampling noise is not in it (one snapshot: nothing to
-    resample; its split-half reliability is ~1.00 in the default run). The interval excludes
-    0 exactly when the change is significant at 1 - ``level``. A row of
-    :data:`TRAINING_CHANGE_COLUMNS` as a dict; NaN values without a step-0 snapshot.
+    Intervals, both paired (the same tasks and pairs at both ends):
+
+    - ci_low/ci_high: the window's snapshots resampled by the circular block bootstrap with
+      step 0 held fixed, basic interval widened for the number of blocks, clipped to [-2, 2].
+      Step 0's own sampling noise is not in it (one snapshot: nothing to resample), so it is
+      too narrow wherever step 0 is noisy: it covered 24-40% of the noise-free run's change in
+      the calibration harness. Kept for reference (results.json), not printed.
+    - lang_ci_low/lang_ci_high: the node jackknife over tasks (each task left out with its
+      pairs at both ends, the change recomputed), change +- t_{n-1} se: every pair's noise at
+      step 0 and in the window is in the spread of the leave-one-out values. This is the
+      interval ``analyze``, the report and the record print (calibration: analyses/README.md).
+
+    A row of :data:`TRAINING_CHANGE_COLUMNS` as a dict; NaN values without a step-0 snapshot.
     """
     full = similarity(source, group, check_measure(measure), tasks=tasks, steps=steps)
     trained = full.select(select_window_mask(full.steps, window))
+    window_matrix = trained.matrix()
     row = {"group": full.group, "measure": measure, "mean_step0": np.nan,
-           "mean_trained": mean_pair_similarity(trained.matrix()), "change": np.nan,
-           "ci_low": np.nan, "ci_high": np.nan, "n_steps": len(trained)}  # fmt: skip
+           "mean_trained": mean_pair_similarity(window_matrix), "change": np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "lang_ci_low": np.nan, "lang_ci_high": np.nan,
+           "n_steps": len(trained), "n_tasks": len(trained.tasks)}  # fmt: skip
     at0 = np.asarray(full.steps) == 0
     if not at0.any():
         return row
-    start = mean_pair_similarity(full.select(at0).matrix())
+    start_matrix = full.select(at0).matrix()
+    start = mean_pair_similarity(start_matrix)
     index = trained.bootstrap_index(n_bootstrap, block=block, seed=seed)
     boot = np.array([mean_pair_similarity(trained.matrix(r)) for r in index]) - start
     change = row["mean_trained"] - start
     lo, hi = interval(
         boot, level, estimate=change, bounds=(-2.0, 2.0), df=trained.bootstrap_df(block)
     )
-    return row | {"mean_step0": start, "change": change, "ci_low": lo, "ci_high": hi}
+    n = len(trained.tasks)
+    loo = np.array([
+        mean_pair_similarity(np.delete(np.delete(window_matrix, i, 0), i, 1))
+        - mean_pair_similarity(np.delete(np.delete(start_matrix, i, 0), i, 1))
+        for i in range(n)
+    ])  # fmt: skip
+    se = jackknife_se(loo)
+    half = float(student_t.ppf((1 + level) / 2, max(n - 1, 1))) * se if np.isfinite(se) else np.nan
+    return row | {"mean_step0": start, "change": change, "ci_low": lo, "ci_high": hi,
+                  "lang_ci_low": change - half, "lang_ci_high": change + half}  # fmt: skip

@@ -103,12 +103,14 @@ def results_text(res) -> str:
     if "training_change" in f:
         change = f["training_change"]
         out += ["", f"== trained window minus step 0 ({change['measure'].iloc[0]} mean similarity; "
-                "paired: step 0 fixed, the window's snapshots resampled)"]  # fmt: skip
+                f"paired; interval: {d.task_noun} jackknife, both ends recomputed without "
+                f"each {d.task_noun})"]  # fmt: skip
         out.append(
             _table(
                 [[r.group, _f(r.mean_step0, 2), _f(r.mean_trained, 2),
-                  with_interval(r.change, r.ci_low, r.ci_high)] for r in change.itertuples()],
-                ["group", "step 0", "trained", "change [CI]"],
+                  with_interval(r.change, r.lang_ci_low, r.lang_ci_high)]
+                 for r in change.itertuples()],
+                ["group", "step 0", "trained", f"change [{d.task_noun} CI]"],
             )
         )  # fmt: skip
     if "reliability" in f:

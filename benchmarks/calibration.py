@@ -323,8 +323,12 @@ INTERVALS: list[IntervalStat] = [
         ("group_a",),
     ),
     IntervalStat(
-        "training_change", "training_change", "change", "ci_low", "ci_high", "mean", ("run",),
-        ("group",),
+        "training_change snapshot CI (not printed)", "training_change", "change", "ci_low",
+        "ci_high", "mean", ("run",), ("group",),
+    ),
+    IntervalStat(
+        "training_change task CI", "training_change", "change", "lang_ci_low", "lang_ci_high",
+        "mean", ("run",), ("group",),
     ),
     IntervalStat(
         "rho", "typology", "rho", "ci_low", "ci_high", "rho",

@@ -50,6 +50,19 @@ def _ci(row: Mapping[str, Any], value: str, low: str, high: str) -> str:
     return f"{_num(row.get(value))} [{_num(row.get(low))}, {_num(row.get(high))}]"
 
 
+def _q(run: Mapping[str, Any], test: str, tables: Sequence[str]) -> str:
+    """The run-wide correction of one test (``frames["tests"]``): its Benjamini-Hochberg q
+    over the exploratory tests, or, for a declared primary, its Holm p across the primaries
+    ("H" before it); a layer-table repeat of a typology row takes the typology row's."""
+    rows = [t for t in _rows(run, "tests") if t.get("test") == test and t.get("table") in tables]
+    for t in sorted(rows, key=lambda t: t.get("role") == "repeat"):
+        if t.get("role") == "primary":
+            return "H " + _p(t.get("p_primary"))
+        if t.get("role") == "exploratory":
+            return _p(t.get("q_fdr"))
+    return "–"
+
+
 def _rows(run: Mapping[str, Any], frame: str) -> list[dict[str, Any]]:
     return list((run.get("results") or {}).get(frame) or [])
 
@@ -131,14 +144,17 @@ def _typology_rows(row) -> None:
         def cell(r, group=group, distance=distance):
             return _find(_rows(r, "layers"), group=group, distance=distance)
 
-        row(f"{where}, {distance}: rho (p; Holm)",
-            lambda r, cell=cell: f"{_num(cell(r).get('rho'))} ({_p(cell(r).get('p_value'))}; "
-            f"{_p(cell(r).get('p_holm'))})")  # fmt: skip
+        tables = ("typology", "layers")
+        row(f"{where}, {distance}: rho (p; Holm; q)",
+            lambda r, cell=cell, g=group, d=distance, tables=tables: f"{_num(cell(r).get('rho'))} "
+            f"({_p(cell(r).get('p_value'))}; {_p(cell(r).get('p_holm'))}; "
+            f"{_q(r, f'{g} {d}: rho', tables)})")  # fmt: skip
         row(f"{where}, {distance}: noise-removed rho [lang CI]",
             lambda r, cell=cell: _ci(cell(r), "rho_disattenuated", "lang_ci_low", "lang_ci_high"))  # fmt: skip
-        row(f"{where}, {distance} given char. overlap: partial rho (p; Holm)",
-            lambda r, cell=cell: f"{_num(cell(r).get('partial_rho'))} "
-            f"({_p(cell(r).get('partial_p_value'))}; {_p(cell(r).get('partial_p_holm'))})")  # fmt: skip
+        row(f"{where}, {distance} given char. overlap: partial rho (p; Holm; q)",
+            lambda r, cell=cell, g=group, d=distance, tables=tables: f"{_num(cell(r).get('partial_rho'))} "
+            f"({_p(cell(r).get('partial_p_value'))}; {_p(cell(r).get('partial_p_holm'))}; "
+            f"{_q(r, f'{g} {d} | char_overlap: partial rho', tables)})")  # fmt: skip
         row(f"{where}, {distance} given char. overlap: noise-removed partial [lang CI]",
             lambda r, cell=cell: _ci(cell(r), "partial_disattenuated", "partial_lang_ci_low",
                                      "partial_lang_ci_high"))  # fmt: skip
@@ -149,9 +165,10 @@ def _typology_rows(row) -> None:
         def by_script(r, distance=distance):
             return _find(_rows(r, "typology"), group="all", distance=distance, control="script")
 
-        row(f"whole model, {distance} given script: partial rho (p)",
-            lambda r, c=by_script: f"{_num(c(r).get('partial_rho'))} "
-            f"({_p(c(r).get('partial_p_value'))})")  # fmt: skip
+        row(f"whole model, {distance} given script: partial rho (p; q)",
+            lambda r, c=by_script, d=distance: f"{_num(c(r).get('partial_rho'))} "
+            f"({_p(c(r).get('partial_p_value'))}; "
+            f"{_q(r, f'all {d} | script: partial rho', ('typology',))})")  # fmt: skip
     row("whole-model matrix split-half reliability",
         lambda r: _num(_find(_rows(r, "layers"), group="all").get("matrix_reliability"), 2, False))  # fmt: skip
     for metric in ("chrf", "heldout_loss"):
@@ -159,18 +176,19 @@ def _typology_rows(row) -> None:
         def q(r, metric=metric):
             return _find(_rows(r, "quality"), metric=metric)
 
-        row(f"similarity vs {metric}: rho (p, test) [task CI]",
-            lambda r, q=q: f"{_num(q(r).get('rho'))} ({_p(q(r).get('p_value'))}, "
-            f"{q(r).get('test', 'permutation')}) [{_num(q(r).get('lang_ci_low'))}, "
-            f"{_num(q(r).get('lang_ci_high'))}]")  # fmt: skip
+        row(f"similarity vs {metric}: rho (p, test; q) [task CI]",
+            lambda r, q=q, m=metric: f"{_num(q(r).get('rho'))} ({_p(q(r).get('p_value'))}, "
+            f"{q(r).get('test', 'permutation')}; {_q(r, f'{m}: rho', ('quality',))}) "
+            f"[{_num(q(r).get('lang_ci_low'))}, {_num(q(r).get('lang_ci_high'))}]")  # fmt: skip
         for control, words in (("char_overlap", "char. overlap"), ("script", "script")):
 
             def given(r, metric=metric, control=control):
                 return _find(_rows(r, "quality"), metric=metric, control=control)
 
-            row(f"similarity vs {metric} given {words}: partial (p)",
-                lambda r, g=given: f"{_num(g(r).get('partial_rho'))} "
-                f"({_p(g(r).get('partial_p_value'))})")  # fmt: skip
+            row(f"similarity vs {metric} given {words}: partial (p; q)",
+                lambda r, g=given, m=metric, c=control: f"{_num(g(r).get('partial_rho'))} "
+                f"({_p(g(r).get('partial_p_value'))}; "
+                f"{_q(r, f'{m} | {c}: partial rho', ('quality',))})")  # fmt: skip
 
 
 def _structure_rows(row, runs) -> None:
@@ -181,8 +199,9 @@ def _structure_rows(row, runs) -> None:
         def agreement(r, level=level):
             return _find(_rows(r, "clustering"), level=level, statistic="ari")
 
-        row(f"clusters vs {level}: ARI (p, labels permuted; chance)",
-            lambda r, a=agreement: f"{_num(a(r).get('value'))} ({_p(a(r).get('p_value'))}; "
+        row(f"clusters vs {level}: ARI (p, labels permuted; q; chance)",
+            lambda r, a=agreement: f"{_num(a(r).get('value'))} "
+            f"({_p(a(r).get('p_value'))}; {_q(r, _agreement_test(a(r)), ('clustering',))}; "
             f"{_num(a(r).get('null_mean'))})")  # fmt: skip
 
     def within_script(r):
@@ -190,8 +209,9 @@ def _structure_rows(row, runs) -> None:
                      and str(c.get("level", "")).startswith("genus within")
                      and c.get("statistic") == "ari"), {})  # fmt: skip
 
-    row("clusters vs genus within the largest script: ARI (p; languages)",
+    row("clusters vs genus within the largest script: ARI (p; q; languages)",
         lambda r: (lambda a: f"{_num(a.get('value'))} ({_p(a.get('p_value'))}; "
+                   f"{_q(r, _agreement_test(a), ('clustering',))}; "
                    f"{a.get('n_tasks', '–')})")(within_script(r)))  # fmt: skip
     _layer_clustering_rows(row)
     pairs = [(d.get("group_a"), d.get("group_b")) for d in _rows(runs[0], "group_differences")]
@@ -213,9 +233,9 @@ def _structure_rows(row, runs) -> None:
             lambda r, c=column: f"{_num(trajectory(r, 'first').get(c), 2, False)} -> "
             f"{_num(trajectory(r, 'last').get(c), 2, False)} "
             f"({trajectory(r, 'first').get('step', '–')}, {trajectory(r, 'last').get('step', '–')})")  # fmt: skip
-    row("whole model, trained window minus step 0, noise-corrected mean [paired CI: this run]",
-        lambda r: _ci(_find(_rows(r, "training_change"), group="all"), "change", "ci_low",
-                      "ci_high"))  # fmt: skip
+    row("whole model, trained window minus step 0, noise-corrected mean [paired lang CI]",
+        lambda r: _ci(_find(_rows(r, "training_change"), group="all"), "change", "lang_ci_low",
+                      "lang_ci_high"))  # fmt: skip
     row("whole model, raw mean: settle step (exploratory)",
         lambda r: str(_find(_rows(r, "group_settling"), group="all").get("settle_step") or
                       "still moving"))  # fmt: skip
@@ -223,8 +243,8 @@ def _structure_rows(row, runs) -> None:
 
 def _layer_clustering_rows(row) -> None:
     """Per parameter group (the layer table's clustering): how many groups' clusters agree
-    with script and with genus within the largest script at p < .05 (uncorrected, as
-    counted), and encoder.layers.0's two values (where the typology relation is strongest)."""
+    with script and with genus within the largest script at p < .05 (uncorrected) and at
+    BH q < .05, and encoder.layers.0's two values (where the typology relation is strongest)."""
 
     def ari(r, level):
         return [c for c in _rows(r, "layer_clustering") if c.get("statistic") == "ari"
@@ -232,12 +252,24 @@ def _layer_clustering_rows(row) -> None:
                      and str(c.get("level", "")).startswith("genus within")))]  # fmt: skip
 
     for level, label in (("script", "script"), ("genus within", "genus within the largest script")):
-        row(f"groups whose clusters agree with {label} (p < .05, uncorrected)",
+        row(f"groups whose clusters agree with {label} (p < .05 uncorrected; q < .05)",
             lambda r, lv=level: (lambda cs: f"{sum(1 for c in cs if (c.get('p_value') or 1) < 0.05)}"
-                                 f" of {len(cs)}")(ari(r, lv)))  # fmt: skip
-        row(f"encoder.layers.0 clusters vs {label}: ARI (p)",
-            lambda r, lv=level: (lambda c: f"{_num(c.get('value'))} ({_p(c.get('p_value'))})")(
+                                 f" of {len(cs)}; {_n_q(r, cs)}")(ari(r, lv)))  # fmt: skip
+        row(f"encoder.layers.0 clusters vs {label}: ARI (p; q)",
+            lambda r, lv=level: (lambda c: f"{_num(c.get('value'))} ({_p(c.get('p_value'))}; "
+                                 f"{_q(r, _agreement_test(c), ('layer_clustering',))})")(
                 next((c for c in ari(r, lv) if c.get("group") == "encoder.layers.0"), {})))  # fmt: skip
+
+
+def _n_q(run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """How many of the layer-clustering ``rows`` have a BH q below .05."""
+    qs = [_q(run, _agreement_test(c), ("layer_clustering",)) for c in rows]
+    return str(sum(1 for q in qs if q not in ("–",) and float(q.lstrip("<")) < 0.05))
+
+
+def _agreement_test(row: Mapping[str, Any]) -> str:
+    """The tests-table name of a clustering agreement row: "group level statistic"."""
+    return f"{row.get('group')} {row.get('level')} {row.get('statistic')}"
 
 
 def _optimizer_lines(results: Mapping[str, Any]) -> list[str]:

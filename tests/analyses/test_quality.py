@@ -172,5 +172,11 @@ def test_named_controls_give_one_row_each_with_the_hand_partial():
         row = frame[frame["control"] == name].iloc[0]
         assert row["partial_rho"] == pytest.approx(hand)
         assert row["partial_ci_low"] <= row["partial_rho"] <= row["partial_ci_high"]
+    same = quality_correlation(
+        cos, tasks=TASKS, steps=[0, 10, 20], quality={"chrf": chrf},
+        control={"script": dict.fromkeys(TASKS, 1.0)}, n_permutations=9,
+    )  # fmt: skip
+    assert np.isnan(same["partial_rho"].iloc[0])
+    assert "script is constant over these tasks" in same["note"].iloc[0]
     with pytest.raises(InvalidInputError, match="control of type int"):
         quality_correlation(cos, tasks=TASKS, steps=[0, 10, 20], quality={"chrf": chrf}, control=3)
