@@ -12,8 +12,9 @@ model per group of languages against the all-language model. Both train their ru
 It lives beside cli.py, not in figures/, because it trains and analyses: figures only draw.
 """
 
-from ._grouping import GROUPING_SCHEMES, GroupingResult, reproduce_grouping
+from ._grouping import GROUPING_HELP, GROUPING_SCHEMES, GroupingResult, reproduce_grouping
 from ._paper import (
+    DESCRIPTION,
     MODE_PRESETS,
     PLANS,
     PlannedRun,
@@ -25,6 +26,8 @@ from ._paper import (
 from ._runs import ORPHAN_EXIT, finished
 
 __all__ = [
+    "DESCRIPTION",
+    "GROUPING_HELP",
     "GROUPING_SCHEMES",
     "MODE_PRESETS",
     "ORPHAN_EXIT",

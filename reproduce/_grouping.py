@@ -26,6 +26,14 @@ from ._runs import _config_differences, _say, _train_all, finished
 #: Schemes ``reproduce_grouping`` can train: the gradient grouping and its baselines.
 GROUPING_SCHEMES = ("gradient", "typology", "family", "random")
 
+#: ``geomtrace reproduce --grouping``'s help: the experiment and what it took
+GROUPING_HELP = (
+    "instead: the grouping experiment (one model per group of the gradient, typology and a "
+    "random grouping, 2 seeds, vs the all-language model; OUT/grouping.md, OUT/grouping.json, "
+    "OUT/figures/grouping.png; ~15 min on 2 idle cores when OUT holds a reproduction's sum "
+    "runs, ~20 min without)"
+)
+
 
 @dataclass
 class GroupingResult:
