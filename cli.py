@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+import figures
 from geomtrace import GeomtraceError, InvalidInputError, StorageError
 
 DESCRIPTION = """\
@@ -25,69 +26,37 @@ optimizers that use that geometry (PCGrad, GradVac), and redraw the Gradient Vac
 """
 
 
-def _json_argument(p, what: str) -> None:
+def _arguments(p, *rows: tuple[str, dict]) -> None:
+    """Add ``rows`` to the parser ``p``, each a (flags, keywords) pair; ``flags`` separated by
+    spaces ("--runs-dir --out"). One row per argument keeps each command's table short, and a
+    row several commands share is written once (``_RUN``, ``_RUNS``, ``_analysis_options``)."""
+    for flags, keywords in rows:
+        p.add_argument(*flags.split(), **keywords)
+
+
+def _command(sub, name: str, func, help: str, description: str, *rows, **keywords):
+    """The subcommand ``name``: its one-line ``help``, ``description`` (the --help text), the
+    arguments ``rows`` (see :func:`_arguments`) and the ``_cmd_<name>`` function it runs."""
+    p = sub.add_parser(name, help=help, description=description, **keywords)
+    _arguments(p, *rows)
+    p.set_defaults(func=func)
+    return p
+
+
+_RUN = ("run", dict(help="run directory (or its trace.sqlite)"))
+_RUNS = ("runs", dict(nargs="+", metavar="RUN", help="run directories (or trace.sqlite files)"))
+_FIGURE_GROUP = (
+    "--group",
+    dict(default=None, help="parameter group of F1-F3/F5 (default: all = whole model)"),
+)
+
+
+def _json_argument(what: str) -> tuple[str, dict]:
     """``--json [FILE]``: one convention for every command (no FILE or ``-``: standard output)."""
-    p.add_argument(
-        "--json", nargs="?", const="-", default=None, metavar="FILE",
+    return "--json", dict(
+        nargs="?", const="-", default=None, metavar="FILE",
         help=f"write {what} as JSON to FILE (no FILE or '-': standard output)",
     )  # fmt: skip
-
-
-def _check_output_file(path: str | None, flag: str) -> None:
-    """Refuse an output file that cannot be written, before any work is done.
-
-    Its folder must exist (an output file does not create folders) and take a new file: a
-    probe file is created and removed there, which catches read-only media, permissions and
-    pseudo file systems (/proc) that ``os.access`` reports writable.
-    """
-    if path in (None, "-"):
-        return
-    import tempfile
-    from pathlib import Path
-
-    target = Path(path)
-    if target.is_dir():
-        raise InvalidInputError(f"{flag} {path!r} is a directory; give a file name")
-    parent = target.parent if str(target.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise InvalidInputError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
-    if not parent.exists():
-        raise InvalidInputError(
-            f"{flag} {path!r}: the folder {str(parent)!r} does not exist; create it first"
-        )
-    if target.exists() and not target.is_file():
-        return  # a device or pipe (/dev/stdout): its write errors are reported when written
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".geomtrace-probe-"):
-            pass
-    except OSError as err:
-        raise InvalidInputError(
-            f"{flag} {path!r}: cannot write in {str(parent)!r} ({err.strerror or err})"
-        ) from None
-
-
-def _check_output_dir(path: str, flag: str) -> None:
-    """Refuse an output directory that is a file or cannot be created, before any work: it is
-    created now (with its parents) and a probe file written in it."""
-    import tempfile
-    from pathlib import Path
-
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise InvalidInputError(f"{flag} {path!r} exists and is not a directory")
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not a directory")
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target, prefix=".geomtrace-probe-"):
-            pass
-    except OSError as err:
-        raise InvalidInputError(
-            f"{flag} {path!r}: cannot create or write it ({err.strerror or err})"
-        ) from None
 
 
 def _write_json(payload, target: str) -> None:
@@ -104,25 +73,23 @@ def _write_json(payload, target: str) -> None:
 
 
 def _add_inspect_parser(sub) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="summarise a trace: tasks, groups, snapshots, mean similarity per group",
-        description="Print what a trace holds: its tasks (with ISO 639-3 codes), parameter "
+    _command(
+        sub, "inspect", _cmd_inspect,
+        "summarise a trace: tasks, groups, snapshots, mean similarity per group",
+        "Print what a trace holds: its tasks (with ISO 639-3 codes), parameter "
         "groups with their sizes, the number of snapshots and their step range, and per group "
         "the mean pair similarity over the snapshots after step 0 (the number analyze, the "
         "report and the trace summary show) with its 95% bootstrap interval, and the "
         "reliability (signal fraction) of the gradients when the trace has split halves.",
-    )
-    p.add_argument("run", help="run directory (or its trace.sqlite)")
-    _json_argument(p, "the summary")
-    p.set_defaults(func=_cmd_inspect)
+        _RUN, _json_argument("the summary"),
+    )  # fmt: skip
 
 
 def _cmd_inspect(args) -> int:
     from analyses import trace_summary, trace_summary_text
     from geomtrace import open_trace
 
-    _check_output_file(args.json, "--json")
+    figures.check_output_file(args.json, "--json")
     summary = trace_summary(open_trace(args.run))
     if args.json:
         _write_json(summary, args.json)
@@ -133,34 +100,22 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+#: the distances of ``geomtrace typology --distance``
+_DISTANCES = ["syntactic", "phonological", "inventory", "geographic", "featural", "genetic", "all"]
+
+
 def _add_typology_parser(sub) -> None:
-    p = sub.add_parser(
-        "typology",
-        help="typological distances between languages (lang2vec/URIEL)",
-        description="Print distance matrices between languages given as ISO 639-3 codes: "
+    _command(
+        sub, "typology", _cmd_typology,
+        "typological distances between languages (lang2vec/URIEL)",
+        "Print distance matrices between languages given as ISO 639-3 codes: "
         "syntactic, phonological and inventory (cosine distance of URIEL kNN features), "
         "featural (the three concatenated), geographic (great-circle km) and genetic "
         "(1 - shared Glottolog path / longer path depth); see analyses/README.md.",
-    )
-    p.add_argument(
-        "languages", nargs="+", metavar="ISO", help="ISO 639-3 codes, e.g. fra deu rus jpn"
-    )
-    p.add_argument(
-        "--distance",
-        default="all",
-        choices=[
-            "syntactic",
-            "phonological",
-            "inventory",
-            "geographic",
-            "featural",
-            "genetic",
-            "all",
-        ],
-        help="which distance (default: all)",
-    )
-    p.add_argument("--json", action="store_true", help="print the matrices as JSON")
-    p.set_defaults(func=_cmd_typology)
+        ("languages", dict(nargs="+", metavar="ISO", help="ISO 639-3 codes, e.g. fra deu rus jpn")),
+        ("--distance", dict(default="all", choices=_DISTANCES, help="which distance (default: all)")),
+        ("--json", dict(action="store_true", help="print the matrices as JSON")),
+    )  # fmt: skip
 
 
 def _cmd_typology(args) -> int:
@@ -169,45 +124,32 @@ def _cmd_typology(args) -> int:
     matrices = typological_distances(args.languages, args.distance)
     families = language_families(args.languages)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "languages": list(families["language"]),
-                    "distances": {k: m.to_numpy().round(6).tolist() for k, m in matrices.items()},
-                    "families": json.loads(families.to_json(orient="records")),
-                },
-                indent=2,
-            )
-        )
+        distances = {k: m.to_numpy().round(6).tolist() for k, m in matrices.items()}
+        families_json = json.loads(families.to_json(orient="records"))
+        payload = {"languages": list(families["language"]), "distances": distances}
+        _write_json(payload | {"families": families_json}, "-")
         return 0
     print(typology_text(matrices, families))
     return 0
 
 
-def _add_analysis_options(p, *, permutations: int) -> None:
+def _analysis_options(*, permutations: int) -> list[tuple[str, dict]]:
     """Options shared by analyze, plot, report and reproduce (one meaning everywhere)."""
     from analyses import MEASURES
 
-    p.add_argument(
-        "--permutations", type=int, default=permutations,
-        help=f"permutations per test (default {permutations})",
-    )  # fmt: skip
-    p.add_argument(
-        "--bootstrap", type=int, default=1000,
-        help="circular block bootstrap replicates over snapshots for every interval (default 1000)",
-    )  # fmt: skip
-    p.add_argument(
-        "--measure", default="raw", choices=MEASURES,
-        help="similarity of the headline matrix: raw cosine (the paper's), corrected for "
-        "sampling noise (needs a trace with split halves), or centred (the component common to "
-        "every task at a snapshot projected out); default raw",
-    )  # fmt: skip
-    p.add_argument(
-        "--metric", default=None,
-        help="quality metric of the quality figure and comparisons (default: the first "
-        "recorded, e.g. chrf)",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
+    return [
+        ("--permutations", dict(type=int, default=permutations,
+                                help=f"permutations per test (default {permutations})")),
+        ("--bootstrap", dict(type=int, default=1000, help="circular block bootstrap replicates "
+                             "over snapshots for every interval (default 1000)")),
+        ("--measure", dict(default="raw", choices=MEASURES, help="similarity of the headline "
+                           "matrix: raw cosine (the paper's), corrected for sampling noise "
+                           "(needs a trace with split halves), or centred (the component "
+                           "common to every task at a snapshot projected out); default raw")),
+        ("--metric", dict(default=None, help="quality metric of the quality figure and "
+                          "comparisons (default: the first recorded, e.g. chrf)")),
+        ("--seed", dict(type=int, default=0, help="seed of permutations and bootstrap")),
+    ]  # fmt: skip
 
 
 #: numpy's default_rng takes seeds >= 0, torch's manual_seed < 2**64: 32 bits fit both
@@ -235,32 +177,27 @@ def _analysis_kwargs(args) -> dict:
 
 
 def _add_analyze_parser(sub) -> None:
-    p = sub.add_parser(
-        "analyze",
-        help="run every analysis on a trace, with intervals (similarity, reliability, "
+    _command(
+        sub, "analyze", _cmd_analyze,
+        "run every analysis on a trace, with intervals (similarity, reliability, "
         "clustering, typology, quality, evolution)",
-        description="Summarise a trace: gradient similarity per group with bootstrap "
+        "Summarise a trace: gradient similarity per group with bootstrap "
         "intervals and reliability, clustering (vs language families where known), Mantel "
         "correlations with typology per group (step-0 baselines, partial controls for "
         "character/script overlap), similarity vs quality, how similarity evolves and settles, "
         "GradVac targets vs the similarity they track, and every test with its Holm-adjusted "
         "p. Parts a run cannot support (tasks without ISO codes, no quality rows) say why.",
-    )
-    p.add_argument("run", help="run directory (or its trace.sqlite)")
-    p.add_argument(
-        "--group",
-        default=None,
-        help="parameter group for per-task analyses (default: all = whole model)",
-    )
-    _json_argument(p, "every result")
-    _add_analysis_options(p, permutations=9999)
-    p.set_defaults(func=_cmd_analyze)
+        _RUN,
+        ("--group", dict(default=None, help="parameter group for per-task analyses (default: "
+                         "all = whole model)")),
+        _json_argument("every result"), *_analysis_options(permutations=9999),
+    )  # fmt: skip
 
 
 def _cmd_analyze(args) -> int:
     from analyses import analyse_run
 
-    _check_output_file(args.json, "--json")
+    figures.check_output_file(args.json, "--json")
     result = analyse_run(args.run, group=args.group, **_analysis_kwargs(args))
     if args.json == "-":
         _write_json(result.to_dict(), "-")
@@ -272,24 +209,23 @@ def _cmd_analyze(args) -> int:
 
 
 def _add_design_parser(sub) -> None:
-    p = sub.add_parser(
-        "design",
-        help="how many snapshot rows / languages the next run needs, from this run's noise",
-        description="From a run's measured noise: the snapshot rows per task for a target "
+    _command(
+        sub, "design", _cmd_design,
+        "how many snapshot rows / languages the next run needs, from this run's noise",
+        "From a run's measured noise: the snapshot rows per task for a target "
         "reliability (0.8, 0.9; Spearman-Brown from each group's reliability), and, for each "
         "typology relation given the character-overlap control, the smallest noise-removed "
         "partial |rho| this design detects with the given power, the same at 24 and 48 "
         "languages, and the languages needed for --effect. Projections from one run: they "
         "assume the noise per row and the spread between languages stay as measured.",
-    )
-    p.add_argument("run", help="run directory (or its trace.sqlite)")
-    p.add_argument("--effect", type=float, default=0.3,
-                   help="the noise-removed partial |rho| to detect (default 0.3)")  # fmt: skip
-    p.add_argument("--power", type=float, default=0.8, help="power (default 0.8)")
-    p.add_argument("--permutations", type=int, default=199,
-                   help="surrogates for the typology tests it runs (default 199: the design "
-                   "reads intervals, not p-values)")  # fmt: skip
-    p.set_defaults(func=_cmd_design)
+        _RUN,
+        ("--effect", dict(type=float, default=0.3,
+                          help="the noise-removed partial |rho| to detect (default 0.3)")),
+        ("--power", dict(type=float, default=0.8, help="power (default 0.8)")),
+        ("--permutations", dict(type=int, default=199, help="surrogates for the typology tests "
+                                "it runs (default 199: the design reads intervals, not "
+                                "p-values)")),
+    )  # fmt: skip
 
 
 def _cmd_design(args) -> int:
@@ -311,10 +247,10 @@ def _cmd_design(args) -> int:
 def _add_group_parser(sub) -> None:
     from analyses import AFFINITIES, DISTANCES, MEASURES
 
-    p = sub.add_parser(
-        "group",
-        help="which tasks should share a model: the best partition by gradient affinity",
-        description="Partition the run's tasks into K groups maximising the total "
+    _command(
+        sub, "group", _cmd_group,
+        "which tasks should share a model: the best partition by gradient affinity",
+        "Partition the run's tasks into K groups maximising the total "
         "within-group gradient affinity (centred: pairs more alike than the average pair add, "
         "others cost): exact search for up to 12 tasks, a documented heuristic beyond. "
         "Affinity 'cosine' is the step-averaged similarity; 'lookahead' is the first-order "
@@ -322,30 +258,29 @@ def _add_group_parser(sub) -> None:
         "analyses/README.md). Prints the groups, their score, how often each grouped pair "
         "stays together under the snapshot bootstrap, and the baselines: typology, family "
         "tree and random groups of the same sizes.",
-    )
-    p.add_argument("run", help="run directory (or its trace.sqlite)")
-    p.add_argument("--k", type=int, required=True, help="number of groups")
-    p.add_argument("--measure", dest="affinity", default="cosine", choices=AFFINITIES,
-                   help="affinity: cosine (default) or lookahead")  # fmt: skip
-    p.add_argument("--similarity", default="raw", choices=MEASURES,
-                   help="similarity measure of the cosine affinity (default raw)")  # fmt: skip
-    p.add_argument("--group", default=None, help="parameter group (default: all)")
-    p.add_argument("--max-size", type=int, default=None, help="largest group allowed")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the lookahead (default: the run's config lr)")  # fmt: skip
-    p.add_argument("--distance", default="genetic", choices=DISTANCES,
-                   help="typological distance of the typology baseline (default genetic)")  # fmt: skip
-    p.add_argument("--bootstrap", type=int, default=200,
-                   help="bootstrap replicates for the stability (default 200; 0: none)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and random groups")
-    _json_argument(p, "the grouping")
-    p.set_defaults(func=_cmd_group)
+        _RUN,
+        ("--k", dict(type=int, required=True, help="number of groups")),
+        ("--measure", dict(dest="affinity", default="cosine", choices=AFFINITIES,
+                           help="affinity: cosine (default) or lookahead")),
+        ("--similarity", dict(default="raw", choices=MEASURES,
+                              help="similarity measure of the cosine affinity (default raw)")),
+        ("--group", dict(default=None, help="parameter group (default: all)")),
+        ("--max-size", dict(type=int, default=None, help="largest group allowed")),
+        ("--lr", dict(type=float, default=None,
+                      help="learning rate of the lookahead (default: the run's config lr)")),
+        ("--distance", dict(default="genetic", choices=DISTANCES, help="typological distance "
+                            "of the typology baseline (default genetic)")),
+        ("--bootstrap", dict(type=int, default=200,
+                             help="bootstrap replicates for the stability (default 200; 0: none)")),
+        ("--seed", dict(type=int, default=0, help="seed of bootstrap and random groups")),
+        _json_argument("the grouping"),
+    )  # fmt: skip
 
 
 def _cmd_group(args) -> int:
     from analyses import group_tasks, grouping_text
 
-    _check_output_file(args.json, "--json")
+    figures.check_output_file(args.json, "--json")
     _check_seed(args.seed)
     if args.bootstrap < 0:
         raise InvalidInputError(f"--bootstrap {args.bootstrap}: give 0 or more replicates")
@@ -364,10 +299,10 @@ def _cmd_group(args) -> int:
 
 
 def _add_plot_parser(sub) -> None:
-    p = sub.add_parser(
-        "plot",
-        help="draw every figure the runs support (F1-F5, F7 per run; F6 across runs)",
-        description="Draw the Gradient Vaccine figures from one or more runs: F7 where the "
+    _command(
+        sub, "plot", _cmd_plot,
+        "draw every figure the runs support (F1-F5, F7 per run; F6 across runs)",
+        "Draw the Gradient Vaccine figures from one or more runs: F7 where the "
         "language structure lives (partial rho per parameter group x typological distance), "
         "F1 clustered similarity heatmap, F2 similarity vs typology, F3 similarity vs quality, "
         "F4 per-group profile with reliability, F5 similarity over steps (per run), and F6 "
@@ -375,18 +310,13 @@ def _add_plot_parser(sub) -> None:
         "pcgrad/gradvac run). Every statistic carries its bootstrap interval. A figure a run "
         "cannot support is not drawn and the reason printed. With several runs, per-run "
         "figures go to OUT/<run>/. See figures/README.md.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or trace.sqlite files)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--format", default="png", help="comma-separated formats: png,pdf,svg (default png)"
-    )
-    p.add_argument(
-        "--group", default=None, help="parameter group of F1-F3/F5 (default: all = whole model)"
-    )
-    _add_analysis_options(p, permutations=999)
-    p.add_argument("--dpi", type=int, default=None, help="PNG resolution (default 120)")
-    p.set_defaults(func=_cmd_plot)
+        _RUNS,
+        ("--out", dict(required=True, help="output directory")),
+        ("--format", dict(default="png",
+                          help="comma-separated formats: png,pdf,svg (default png)")),
+        _FIGURE_GROUP, *_analysis_options(permutations=999),
+        ("--dpi", dict(type=int, default=None, help="PNG resolution (default 120)")),
+    )  # fmt: skip
 
 
 def _analyse_for_figures(args, progress):
@@ -404,12 +334,11 @@ def _analyse_for_figures(args, progress):
 
 def _cmd_plot(args) -> int:
     import analyses
-    import figures
 
     if args.dpi is not None and args.dpi < 1:
         raise InvalidInputError(f"--dpi {args.dpi}: give a positive resolution (e.g. 120)")
     formats = figures.parse_formats(args.format)
-    _check_output_dir(args.out, "--out")
+    figures.check_output_dir(args.out, "--out")
 
     def progress(message: str) -> None:
         print(f"[plot] {message}", file=sys.stderr)
@@ -440,32 +369,27 @@ def _cmd_plot(args) -> int:
 
 
 def _add_report_parser(sub) -> None:
-    p = sub.add_parser(
-        "report",
-        help="one self-contained HTML page: every figure, the numbers behind it, run configs",
-        description="Write a single HTML file (figures embedded as base64 images, the tables "
+    _command(
+        sub, "report", _cmd_report,
+        "one self-contained HTML page: every figure, the numbers behind it, run configs",
+        "Write a single HTML file (figures embedded as base64 images, the tables "
         "of numbers behind each figure with their intervals, every test with its Holm count, "
         "results across seeds, run configs, what each figure corresponds to in the paper and "
         "what differs). It leads with where the structure lives (F7) and has no external "
         "reference: it reads offline.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or trace.sqlite files)")
-    p.add_argument("--out", default="report.html", help="output file (default report.html)")
-    p.add_argument(
-        "--group", default=None, help="parameter group of F1-F3/F5 (default: all = whole model)"
-    )
-    p.add_argument(
-        "--image-format", default="png", choices=["png", "svg"], help="embedded image format"
-    )
-    _add_analysis_options(p, permutations=999)
-    p.set_defaults(func=_cmd_report)
+        _RUNS,
+        ("--out", dict(default="report.html", help="output file (default report.html)")),
+        _FIGURE_GROUP,
+        ("--image-format", dict(default="png", choices=["png", "svg"],
+                                help="embedded image format")),
+        *_analysis_options(permutations=999),
+    )  # fmt: skip
 
 
 def _cmd_report(args) -> int:
     import analyses
-    import figures
 
-    _check_output_file(args.out, "--out")
+    figures.check_output_file(args.out, "--out")
 
     def progress(message: str) -> None:
         print(f"[report] {message}", file=sys.stderr)
@@ -481,61 +405,36 @@ def _cmd_report(args) -> int:
 
 
 def _add_reproduce_parser(sub) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help="the paper-figure reproduction end to end: trace runs, analyses, figures, report",
-        description="Train and trace the embedded recipe with sum and GradVac (and PCGrad with "
-        "--mode extended or --quick) over several seeds, run every analysis (with bootstrap "
-        "intervals, reliability, the layer x distance table and Holm corrections), compare the "
-        "optimizers seed by seed, summarise every statistic across seeds, draw every figure "
-        "into OUT/figures and write OUT/report.html and OUT/results.json. The default plan "
-        "(sum x 3 seeds, GradVac all_layer x 1; two runs at a time) took 22 minutes on an "
-        "idle 2-core CPU (measured: figures/README.md); --mode extended (sum x "
-        "3, GradVac x 2, PCGrad x 1) about 30 minutes; --quick (8 languages, one seed each) a "
-        "few minutes. Finished runs under OUT/runs are reused on a rerun.",
-    )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--quick", action="store_true", help="fewer languages and steps (minutes)")
-    p.add_argument(
-        "--mode", choices=("default", "extended", "quick"), default=None,
-        help="the plan: default (sum x 3, GradVac x 1), extended (sum x 3, GradVac x 2, "
-        "PCGrad x 1), quick (= --quick)",
+    import reproduce
+
+    _command(
+        sub, "reproduce", _cmd_reproduce,
+        "the paper-figure reproduction end to end: trace runs, analyses, figures, report",
+        reproduce.DESCRIPTION,
+        ("--out", dict(required=True, help="output directory")),
+        ("--quick", dict(action="store_true", help="fewer languages and steps (minutes)")),
+        ("--mode", dict(choices=("default", "extended", "quick"), default=None,
+                        help="the plan: default (sum x 3, GradVac x 1), extended (sum x 3, "
+                        "GradVac x 2, PCGrad x 1), quick (= --quick)")),
+        ("--seeds", dict(type=int, default=None, help="seeds per method (default: the plan's, "
+                         "3/1 for sum/GradVac, extended 3/2/1 with PCGrad; quick: 1)")),
+        ("--format", dict(default="png", help="figure formats: png,pdf,svg (default png)")),
+        ("--permutations", dict(type=int, default=999,
+                                help="permutations per test (default 999)")),
+        ("--bootstrap", dict(type=int, default=1000,
+                             help="bootstrap replicates per interval (1000)")),
+        ("--seed", dict(type=int, default=0,
+                        help="first training seed and the analyses' seed (0)")),
+        ("--force", dict(action="store_true", help="overwrite existing runs under OUT/runs")),
+        ("--workers", dict(type=int, default=None, help="runs trained at once, one process and "
+                           "one torch thread each (default 2)")),
+        ("--grouping", dict(action="store_true", help=reproduce.GROUPING_HELP)),
+        ("--k", dict(type=int, default=None,
+                     help="with --grouping: the number of groups (default 3)")),
     )  # fmt: skip
-    p.add_argument(
-        "--seeds", type=int, default=None,
-        help="seeds per method (default: the plan's, 3/1 for sum/GradVac, extended 3/2/1 with "
-        "PCGrad; quick: 1)",
-    )  # fmt: skip
-    p.add_argument("--format", default="png", help="figure formats: png,pdf,svg (default png)")
-    p.add_argument(
-        "--permutations", type=int, default=999, help="permutations per test (default 999)"
-    )
-    p.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap replicates per interval (1000)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="first training seed and the analyses' seed (0)"
-    )
-    p.add_argument("--force", action="store_true", help="overwrite existing runs under OUT/runs")
-    p.add_argument(
-        "--workers", type=int, default=None,
-        help="runs trained at once, one process and one torch thread each (default 2)",
-    )  # fmt: skip
-    p.add_argument(
-        "--grouping", action="store_true",
-        help="instead: the grouping experiment (one model per group of the gradient, typology "
-        "and a random grouping, 2 seeds, vs the all-language model; OUT/grouping.md, "
-        "OUT/grouping.json, OUT/figures/grouping.png; ~15 min on 2 idle cores when OUT holds "
-        "a reproduction's sum runs, ~20 min without)",
-    )  # fmt: skip
-    p.add_argument(
-        "--k", type=int, default=None, help="with --grouping: the number of groups (default 3)"
-    )
-    p.set_defaults(func=_cmd_reproduce)
 
 
 def _cmd_reproduce(args) -> int:
-    import figures
     from reproduce import reproduce
 
     figures.parse_formats(args.format)
@@ -547,7 +446,7 @@ def _cmd_reproduce(args) -> int:
             f"--mode {args.mode} does not apply with --grouping (its plan is the grouping "
             "experiment's; --quick for the small one)"
         )
-    _check_output_dir(args.out, "--out")
+    figures.check_output_dir(args.out, "--out")
     if args.grouping:
         from reproduce import reproduce_grouping
 
@@ -578,138 +477,29 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
-TRACE_DESCRIPTION = """\
-Train a model with per-task gradient tracing and write runs/<name>/ (trace.sqlite,
-config.toml, model.safetensors).
-
-Without arguments: the embedded experiment. An English<->X parallel corpus built offline from
-the gettext catalogs of Django, Wagtail, JupyterLab's language packs, Sphinx, django-allauth
-and Django REST framework (16 languages with >= 200 test strings each, 6 scripts, 7
-families; --list-languages shows the counts), a 0.7M-parameter byte-level Transformer
-translating X->English, a Gram-matrix snapshot every 40 steps (and at step 0, untrained)
-taken on a separate 768-row eval-mode batch per language in two halves (so the trace
-measures how much of each gradient is signal, ~0.8 for the whole model: --set
-snapshot_rows=0 snapshots the 12-row training batches instead, ~96% noise), then chrF (with
-a bootstrap interval over each language's test strings) and held-out loss per language on
-the test split. About 11-13 minutes on a 2-core CPU; `--preset django24` is the previous
-default (Django only, 24 languages); `--preset full --device cuda` is the same experiment at
-GPU scale. After the run it prints the summary analyze computes (the same numbers).
-
-Ctrl-C stops after the current step and leaves a valid trace (then evaluates the model).
-"""
-
-#: ``geomtrace trace`` flags that set one config key: (flag, config key, type, help)
-_TRACE_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--direction", "direction", str, "x2en (many-to-one, default) or en2x (one-to-many)"),
-    ("--steps", "steps", int, "optimizer steps (default 400)"),
-    ("--every", "every", int, "trace every N steps (default 40; step 0 and the last always)"),
-    ("--groups", "groups", str, "parameter groups of the trace with method sum: whole_model, "
-     "enc_dec, all_layer (default), all_matrix"),
-    ("--seed", "seed", int, "seed of the model, dropout and batch sampling (default 0)"),
-    ("--device", "device", str, "torch device (default cpu)"),
-    ("--threads", "threads", int, "torch CPU threads; 0 = torch's default (default 1)"),
-    ("--runs-dir", "out", str, "parent folder of the run directories (default runs; the run "
-     "goes to RUNS_DIR/NAME). Unlike reproduce --out and Tracer(out=), which are the output "
-     "directory itself; --out is kept as an alias"),
-    ("--name", "name", str, "run directory name (default <direction>-<method>-<timestamp>)"),
-    ("--recipe", "recipe", str, "module:function returning a geomtrace.recipe.Recipe "
-     "(your own model and data)"),
-    ("--method", "method", str, "sum (plain training, default), pcgrad or gradvac"),
-    ("--granularity", "granularity", str, "parameter groups pcgrad/gradvac act on (and the "
-     "trace records): whole_model, enc_dec, all_layer (default), all_matrix"),
-    ("--beta", "beta", float, "GradVac's EMA rate (default 0.01)"),
-    ("--batch-per-lang", "batch_per_lang", int, "rows per language per step (default 12)"),
-    ("--max-bytes", "max_bytes", int, "longest string kept, in UTF-8 bytes (default 40)"),
-]  # fmt: skip
-
-
 def _add_trace_parser(sub) -> None:
-    """Precedence of the run's config: the preset (``--preset``, default "default"), then
+    """Its arguments set the recipe's config (``geomtrace.recipe.flags``, beside the defaults
+    their help quotes); precedence: the preset (``--preset``, default "default"), then
     ``--config FILE.toml``, then ``--set key=value`` pairs, then the dedicated flags."""
-    from geomtrace.recipe.languages import DEFAULT_LANGUAGES
+    from geomtrace.recipe.flags import DESCRIPTION, arguments
 
-    p = sub.add_parser(
-        "trace",
-        help="train with per-task gradient tracing (default: the embedded multilingual run)",
-        description=TRACE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--langs",
-        nargs="+",
-        metavar="LANG",
-        help="languages (locale codes, e.g. es fr zh_Hans pt-BR; commas also work); "
-        f"default: {' '.join(DEFAULT_LANGUAGES)}",
-    )
-    for flag, key, typ, text in _TRACE_FLAGS:
-        # `--out` was the old name of --runs-dir: still accepted, one meaning per name.
-        names = (flag, "--out") if flag == "--runs-dir" else (flag,)
-        p.add_argument(*names, dest=key, type=typ, default=None, help=text)
-    p.add_argument(
-        "--probe",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="snapshots from fixed multi-way-parallel probe batches (the same English strings "
-        "in every language) instead of the training batches (default: --no-probe)",
-    )
-    p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
-    p.add_argument(
-        "--preset",
-        default="default",
-        help="starting config: default (every text domain, 16 languages, 768-row snapshots "
-        "every 40 steps), quick (8 languages, Django only, minutes), django24 (the default "
-        "before issue 21: Django only, 24 languages, 96-row snapshots every 20 steps), full "
-        "(GPU scale)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other config key, e.g. --set lr=0.001 --set d_model=256 (repeatable)",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument(
-        "--list-languages",
-        action="store_true",
-        help="print the language table with each language's train/test pairs per corpus source "
-        "(at --max-bytes, for --set domains=[...]; only --langs when given) and exit",
-    )
-    p.set_defaults(func=_cmd_trace)
-
-
-def _parse_value(raw: str):
-    """A ``--set`` value as TOML (numbers, booleans, lists), else the bare string."""
-    import tomllib
-
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw  # a bare string
+    _command(
+        sub, "trace", _cmd_trace,
+        "train with per-task gradient tracing (default: the embedded multilingual run)",
+        DESCRIPTION, *arguments(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
 
 
 def resolve_config(args: argparse.Namespace):
     """The run's config from preset, file, --set and flags (in that order of precedence)."""
-    from geomtrace.recipe.config import RecipeConfig, preset
+    from geomtrace.recipe.flags import FLAGS, resolve
 
-    config = preset(args.preset)
-    if args.config:
-        config = RecipeConfig.from_toml(args.config, base=config)
-    values = {}
-    for item in args.overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise InvalidInputError(f"--set {item!r}: expected KEY=VALUE")
-        values[key.strip()] = _parse_value(raw.strip())
-    for _, key, _, _ in _TRACE_FLAGS:
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
+    values = {key: getattr(args, key) for _, key, _, _ in FLAGS if getattr(args, key) is not None}
     if args.probe is not None:
         values["probe"] = args.probe
     if args.langs:
         values["langs"] = [c for item in args.langs for c in item.replace(",", " ").split()]
-    return RecipeConfig.from_dict(values, base=config).validate()
+    return resolve(args.preset, args.config, args.overrides, values)
 
 
 def _cmd_trace(args) -> int:
@@ -773,15 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _add_inspect_parser(sub)
-    _add_typology_parser(sub)
-    _add_analyze_parser(sub)
-    _add_design_parser(sub)
-    _add_group_parser(sub)
-    _add_plot_parser(sub)
-    _add_report_parser(sub)
-    _add_reproduce_parser(sub)
-    _add_trace_parser(sub)
+    for add_parser in (_add_inspect_parser, _add_typology_parser, _add_analyze_parser,
+                       _add_design_parser, _add_group_parser, _add_plot_parser,
+                       _add_report_parser, _add_reproduce_parser, _add_trace_parser):  # fmt: skip
+        add_parser(sub)
     return parser
 
 

@@ -17,8 +17,9 @@ figures/ only draws: every number comes from ``analyses`` (``analyse_run``, ``co
 
 ``draw_run(result)`` draws every figure a run supports (a ``NotApplicable`` with its reason
 for the others), ``draw_comparison(comparison)`` draws F6, ``save_figures`` writes them and
-``write_report`` writes the self-contained HTML report. Names are imported lazily so
-``import figures`` does not import matplotlib.
+``write_report`` writes the self-contained HTML report; ``check_output_file`` and
+``check_output_dir`` refuse an output path that cannot be written, before any work. Names are
+imported lazily so ``import figures`` does not import matplotlib.
 """
 
 from importlib import import_module
@@ -36,6 +37,8 @@ _EXPORTS = {
     "draw_comparison": "figures._draw",
     "save_figures": "figures._draw",
     "parse_formats": "figures._style",
+    "check_output_file": "figures._files",
+    "check_output_dir": "figures._files",
     "write_report": "figures._report",
     "grouping_comparison": "figures._grouping",
     "grouping_figure": "figures._grouping",

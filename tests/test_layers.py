@@ -1,7 +1,7 @@
 """The import contract: layers point one way, and no package reaches into another's privates.
 
 Layers, from the bottom: ``geomtrace`` (0) < ``analyses`` (1) < ``figures`` (2) <
-``reproduce.py`` (3) < ``cli.py`` (4). A module never imports a higher layer: geomtrace never
+``reproduce`` (3) < ``cli.py`` (4). A module never imports a higher layer: geomtrace never
 imports analyses, figures, reproduce or cli; analyses never figures, reproduce or cli; figures
 never reproduce or cli; reproduce never cli (cli drives reproduce: ``geomtrace reproduce``).
 This is the order the code satisfies today (reproduce imports analyses, figures and geomtrace;
@@ -256,7 +256,7 @@ LAYER_FILES = {
     "geomtrace": "geomtrace/_reader.py",
     "analyses": "analyses/_measures.py",
     "figures": "figures/_draw.py",
-    "reproduce": "reproduce.py",
+    "reproduce": "reproduce/__init__.py",
     "cli": "cli.py",
 }
 UPWARD = [(low, high) for low in LAYERS for high in LAYERS if LAYERS[high] > LAYERS[low]]

@@ -94,7 +94,8 @@ def test_a_worker_exits_when_its_parent_is_gone():
     import sys
 
     code = (
-        "import time, reproduce; reproduce._exit_with_parent({parent}, poll=0.05); time.sleep(20)"
+        "import time; from reproduce._runs import _exit_with_parent; "
+        "_exit_with_parent({parent}, poll=0.05); time.sleep(20)"
     )
     bogus = subprocess.run(
         [sys.executable, "-c", code.format(parent=2**22 + 7)], timeout=15, cwd=ROOT

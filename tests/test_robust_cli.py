@@ -103,14 +103,12 @@ def test_group_on_a_one_task_run_is_the_one_group(tmp_path, capsys):
 
 
 def test_output_paths_and_options_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    import reproduce
-
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the arguments were checked")
 
     monkeypatch.setattr("analyses.analyse_run", no_work)
     monkeypatch.setattr("analyses.analyse_runs", no_work)
-    monkeypatch.setattr(reproduce, "_schedule", no_work)
+    monkeypatch.setattr("reproduce._grouping._schedule", no_work)
     run = _run(tmp_path / "run", ["a", "b", "c"])
     missing = tmp_path / "missing" / "d"
     cases = [
