@@ -483,6 +483,11 @@ def _typology(result, trace, codes, parts, measure, window, n_permutations, boot
         if controls:
             keep &= table["control"] == controls[0]
         result.frames["layers"] = table[keep].reset_index(drop=True)
+        if controls[:1] == ["char_overlap"] and "script" in controls:
+            # Script as the second control of every group's partials (issue 22): its own
+            # frame, so the layer table keeps one row per (group, distance).
+            by_script = table["distance"].isin(DISTANCES) & (table["control"] == "script")
+            result.frames["layers_script"] = table[by_script].reset_index(drop=True)
     agreement = [a for a in agreement if a is not None]
     if agreement:
         result.frames["layer_clustering"] = pd.concat(agreement, ignore_index=True)

@@ -39,8 +39,9 @@ def tests_table(
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Every permutation test of the run, per table, with Holm's adjustment within the table.
 
-    Returns the typology, layers, clustering and quality frames of ``frames`` with ``p_holm``
-    (and ``partial_p_holm``) columns added, plus ``"tests"``: one row per test; and the notes
+    Returns the typology, layers (and layers_script: the partials given script of every
+    group), clustering and quality frames of ``frames`` with ``p_holm`` (and
+    ``partial_p_holm``) columns added, plus ``"tests"``: one row per test; and the notes
     on tables whose ``n_permutations`` are too few for any test to survive Holm.
     """
     rows = []
@@ -85,6 +86,17 @@ def tests_table(
         partial[controlled] = adjusted[n_raw:]
         frame["partial_p_holm"] = partial
         adjusted_frames[name] = frame
+    frame = frames.get("layers_script")
+    if frame is not None:
+        # Only its partials: its raw rho rows are the layer table's, tested there.
+        entries = [
+            (f"{r.group} {r.distance} | {r.control}: partial rho", r.partial_rho,
+             r.partial_ci_low, r.partial_ci_high, r.partial_p_value)
+            for r in frame.itertuples()
+        ]  # fmt: skip
+        frame = frame.copy()
+        frame["partial_p_holm"] = family("layers_script", entries)
+        adjusted_frames["layers_script"] = frame
     for name in ("clustering", "layer_clustering"):
         frame = frames.get(name)
         if frame is None:
@@ -144,7 +156,7 @@ def _roles(tests: pd.DataFrame) -> pd.DataFrame:
     tests["role"] = np.where(primary, "primary", "exploratory")
     tests.loc[primary, "p_primary"] = holm(tests.loc[primary, "p_value"].to_numpy())
     typology_names = set(tests.loc[tests["table"] == "typology", "test"])
-    repeat = (tests["table"] == "layers") & tests["test"].isin(typology_names)
+    repeat = tests["table"].isin(["layers", "layers_script"]) & tests["test"].isin(typology_names)
     tests.loc[repeat, "role"] = "repeat"
     explore = tests["role"] == "exploratory"
     tests.loc[explore, "q_fdr"] = benjamini_hochberg(tests.loc[explore, "p_value"].to_numpy())

@@ -169,6 +169,14 @@ def _typology_rows(row) -> None:
             lambda r, c=by_script, d=distance: f"{_num(c(r).get('partial_rho'))} "
             f"({_p(c(r).get('partial_p_value'))}; "
             f"{_q(r, f'all {d} | script: partial rho', ('typology',))})")  # fmt: skip
+
+        def layer_by_script(r, distance=distance):
+            return _find(_rows(r, "layers_script"), group="encoder.layers.0", distance=distance)
+
+        row(f"encoder.layers.0, {distance} given script: partial rho (p; q)",
+            lambda r, c=layer_by_script, d=distance: f"{_num(c(r).get('partial_rho'))} "
+            f"({_p(c(r).get('partial_p_value'))}; "
+            f"{_q(r, f'encoder.layers.0 {d} | script: partial rho', ('layers_script',))})")  # fmt: skip
     row("whole-model matrix split-half reliability",
         lambda r: _num(_find(_rows(r, "layers"), group="all").get("matrix_reliability"), 2, False))  # fmt: skip
     for metric in ("chrf", "heldout_loss"):

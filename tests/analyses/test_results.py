@@ -99,19 +99,27 @@ def test_results_on_a_planted_trace(tmp_path, planted_trace, planted_families):
     assert set(layers["group"]) == {"all", "encoder.0", "decoder.0"}
     assert (layers["control"] == "char_overlap").all()
     assert len(layers) == 3 * 6
+    # ... and script as the second control of every group's partials, in its own frame
+    by_script = result.frames["layers_script"]
+    assert (by_script["control"] == "script").all() and len(by_script) == 3 * 6
+    assert list(by_script["partial_rho"]) != list(layers["partial_rho"])
     # Tests are counted per table and Holm-adjusted p-values are never below the raw ones.
     tests = result.frames["tests"]
     assert set(tests["table"]) >= {"typology", "layers", "clustering", "quality"}
     assert (tests["p_holm"] >= tests["p_value"] - 1e-12).all()
     n = tests.groupby("table")["n_tests"].first()
     assert (tests.groupby("table").size() == n).all()
+    script_tests = tests[tests["table"] == "layers_script"]
+    assert len(script_tests) == 3 * 6
+    # the whole model's rows repeat the typology table's: counted once, there
+    assert (script_tests[script_tests["test"].str.startswith("all ")]["role"] == "repeat").all()
     # Declared primaries (Holm across them), the layer table's repeats of the typology rows,
     # and a false-discovery q for every other test, each counted once.
     primary = tests[tests["role"] == "primary"]
     assert set(primary["test"]) == {t for table, t in PRIMARY_TESTS}
     assert (primary["p_primary"] >= primary["p_value"] - 1e-12).all()
     repeats = tests[tests["role"] == "repeat"]
-    assert len(repeats) and set(repeats["table"]) == {"layers"}
+    assert len(repeats) and set(repeats["table"]) == {"layers", "layers_script"}
     assert set(repeats["test"]) <= set(tests.loc[tests["table"] == "typology", "test"])
     explore = tests[tests["role"] == "exploratory"]
     assert (
