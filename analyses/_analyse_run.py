@@ -45,12 +45,11 @@ from analyses._quality import quality_correlation, task_quality
 from analyses._results import RunResults, describe
 from analyses._similarity import (
     LOW_RELIABILITY,
-    TRAINING_CHANGE_COLUMNS,
     encoder_decoder_differences,
     reliability_table,
     similarity_summary,
     task_alignment,
-    training_change,
+    training_changes,
     windowed,
 )
 from analyses._task_specific import task_specific_groups, task_specific_note
@@ -185,20 +184,6 @@ def analyse_run(
     return result
 
 
-def _training_change(result: RunResults, trace, tables, window, boot) -> None:
-    """Each group's change of mean similarity from step 0 to the window, on the
-    noise-corrected measure where the trace has halves (reliability falls over training)."""
-    if not (np.asarray(trace.steps) == 0).any():
-        result.not_applicable["training_change"] = (
-            "the trace has no step-0 snapshot: nothing to compare training with"
-        )
-        return
-    measure = "corrected" if result.description.halves else result.measure
-    groups = tables if tables is not None else [ALL, *trace.groups]
-    rows = [training_change(trace, g, measure=measure, window=window, **boot) for g in groups]
-    result.frames["training_change"] = pd.DataFrame(rows, columns=TRAINING_CHANGE_COLUMNS)
-
-
 def _no_snapshot_in_window(result: RunResults, trace) -> None:
     """Every windowed part is not applicable: say why once for each."""
     window = result.settings["window"]
@@ -267,7 +252,14 @@ def _similarity(result: RunResults, trace, tables: list[str] | None, boot) -> No
     differences = encoder_decoder_differences(trace, result.settings["groups"], window, boot)
     if differences is not None:
         result.frames["group_differences"] = differences
-    _training_change(result, trace, tables, window, boot)
+    # each group's change from step 0 to the window (paired, noise-corrected with halves)
+    changes = training_changes(
+        trace, tables, result.description.halves, result.measure, window, boot
+    )
+    if changes is None:
+        result.not_applicable["training_change"] = "the trace has no step-0 snapshot"
+    else:
+        result.frames["training_change"] = changes
     if result.description.halves:
         result.frames["reliability"] = reliability_table(trace, tables, window=window)
     else:

@@ -86,17 +86,8 @@ def tests_table(
         partial[controlled] = adjusted[n_raw:]
         frame["partial_p_holm"] = partial
         adjusted_frames[name] = frame
-    frame = frames.get("layers_script")
-    if frame is not None:
-        # Only its partials: its raw rho rows are the layer table's, tested there.
-        entries = [
-            (f"{r.group} {r.distance} | {r.control}: partial rho", r.partial_rho,
-             r.partial_ci_low, r.partial_ci_high, r.partial_p_value)
-            for r in frame.itertuples()
-        ]  # fmt: skip
-        frame = frame.copy()
-        frame["partial_p_holm"] = family("layers_script", entries)
-        adjusted_frames["layers_script"] = frame
+    if "layers_script" in frames:
+        adjusted_frames["layers_script"] = _script_partials(frames["layers_script"], family)
     for name in ("clustering", "layer_clustering"):
         frame = frames.get(name)
         if frame is None:
@@ -111,23 +102,8 @@ def tests_table(
         frame["p_holm"] = np.nan
         frame.loc[tested.index, "p_holm"] = adjusted
         adjusted_frames[name] = frame
-    quality = frames.get("quality")
-    if quality is not None:
-        # As the typology table: the raw rho of a metric is repeated on each control row.
-        raw = quality.drop_duplicates(subset=["metric"])
-        entries = [
-            (f"{r.metric}: rho", r.rho, r.ci_low, r.ci_high, r.p_value) for r in raw.itertuples()
-        ] + [
-            (f"{r.metric} | {r.control}: partial rho", r.partial_rho, r.partial_ci_low,
-             r.partial_ci_high, r.partial_p_value)
-            for r in quality.itertuples()
-        ]  # fmt: skip
-        adjusted = family("quality", entries)
-        lookup = dict(zip(raw["metric"], adjusted[: len(raw)], strict=True))
-        quality = quality.copy()
-        quality["p_holm"] = quality["metric"].map(lookup)
-        quality["partial_p_holm"] = adjusted[len(raw) :]
-        adjusted_frames["quality"] = quality
+    if "quality" in frames:
+        adjusted_frames["quality"] = _quality_family(frames["quality"], family)
     tests = _roles(pd.DataFrame(rows, columns=TESTS_COLUMNS))
     adjusted_frames["tests"] = tests
     # A permutation p is at least 1 / (P + 1): with m tests, Holm's smallest adjusted p is
@@ -143,6 +119,38 @@ def tests_table(
             )
 
     return adjusted_frames, notes
+
+
+def _script_partials(frame: pd.DataFrame, family) -> pd.DataFrame:
+    """The layers_script table: only its partials (its raw rho rows are the layer table's,
+    tested there), Holm within it (``family`` records each test)."""
+    entries = [
+        (f"{r.group} {r.distance} | {r.control}: partial rho", r.partial_rho, r.partial_ci_low,
+         r.partial_ci_high, r.partial_p_value)
+        for r in frame.itertuples()
+    ]  # fmt: skip
+    frame = frame.copy()
+    frame["partial_p_holm"] = family("layers_script", entries)
+    return frame
+
+
+def _quality_family(quality: pd.DataFrame, family) -> pd.DataFrame:
+    """The quality table's tests: each metric's raw rho once (it is repeated on each control
+    row, as in the typology table) and every partial; Holm within the table."""
+    raw = quality.drop_duplicates(subset=["metric"])
+    entries = [
+        (f"{r.metric}: rho", r.rho, r.ci_low, r.ci_high, r.p_value) for r in raw.itertuples()
+    ] + [
+        (f"{r.metric} | {r.control}: partial rho", r.partial_rho, r.partial_ci_low,
+         r.partial_ci_high, r.partial_p_value)
+        for r in quality.itertuples()
+    ]  # fmt: skip
+    adjusted = family("quality", entries)
+    lookup = dict(zip(raw["metric"], adjusted[: len(raw)], strict=True))
+    quality = quality.copy()
+    quality["p_holm"] = quality["metric"].map(lookup)
+    quality["partial_p_holm"] = adjusted[len(raw) :]
+    return quality
 
 
 def _roles(tests: pd.DataFrame) -> pd.DataFrame:

@@ -418,3 +418,22 @@ def training_change(
     half = float(student_t.ppf((1 + level) / 2, max(n - 1, 1))) * se if np.isfinite(se) else np.nan
     return row | {"mean_step0": start, "change": change, "ci_low": lo, "ci_high": hi,
                   "lang_ci_low": change - half, "lang_ci_high": change + half}  # fmt: skip
+
+
+def training_changes(
+    trace: Any,
+    groups: Sequence[str] | None,
+    halves: bool,
+    measure: str,
+    window: Window | None,
+    boot: dict[str, Any],
+) -> pd.DataFrame | None:
+    """:func:`training_change` of every group (None: every group of the trace), on the
+    noise-corrected measure where the trace has halves (reliability falls over training),
+    else on ``measure``; None when the trace has no step-0 snapshot."""
+    if not (np.asarray(trace.steps) == 0).any():
+        return None
+    measure = "corrected" if halves else measure
+    groups = list(groups) if groups is not None else [ALL, *trace.groups]
+    rows = [training_change(trace, g, measure=measure, window=window, **boot) for g in groups]
+    return pd.DataFrame(rows, columns=TRAINING_CHANGE_COLUMNS)

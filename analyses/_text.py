@@ -79,6 +79,37 @@ def results_text(res) -> str:
         out.append(f"WARNING: {warning}")
     f = res.frames
     out += primary_text(f.get("tests"))
+    out += _similarity_sections(res)
+    out += _structure_sections(res)
+    out += _quality_section(res)
+    if "gradvac_tracking" in f:
+        out += ["", "== GradVac targets vs the similarity they track (last fifth of snapshots)"]
+        rows = [
+            [r.group, _f(r.final_target, 2), _f(r.mean_similarity, 2), _f(r.mean_corrected, 2),
+             _f(r.reliability, 2)]
+            for r in f["gradvac_tracking"].itertuples()
+        ]  # fmt: skip
+        out.append(_table(rows, ["group", "target", "raw", "corrected", "reliability"]))
+    if "tests" in f and len(f["tests"]):
+        t = f["tests"]
+        counts = t.groupby("table", sort=False).agg(
+            n=("n_tests", "first"), raw=("p_value", lambda p: int((p < 0.05).sum())),
+            holm=("survives_holm", "sum"),
+        )  # fmt: skip
+        out += ["", "== tests per table (p < 0.05 raw / after Holm)"]
+        out.append(_table([[k, str(r.n), str(r.raw), str(int(r.holm))]
+                           for k, r in counts.iterrows()], ["table", "tests", "p<.05", "Holm"]))  # fmt: skip
+    for note in res.notes:
+        out.append(f"note: {note}")
+    if res.not_applicable:
+        out += ["", "== not applicable"] + [f"  {k}: {v}" for k, v in res.not_applicable.items()]
+    return "\n".join(out)
+
+
+def _similarity_sections(res) -> list[str]:
+    """Similarity per group, the paired decoder-encoder and step-0 differences, and each task's reliability."""
+    d, f = res.description, res.frames
+    out: list[str] = []
     if "similarity" in f:
         rows = [
             [r.group, str(r.n_steps), with_interval(r.mean_cosine, r.ci_low, r.ci_high),
@@ -125,6 +156,13 @@ def results_text(res) -> str:
                 [d.task_noun, "reliability", "median snapshot", "fraction < 0.5"],
             )
         )  # fmt: skip
+    return out
+
+
+def _structure_sections(res) -> list[str]:
+    """Clusters against the labels, the typology table, the layer grid and per-group agreement."""
+    d, f = res.description, res.frames
+    out: list[str] = []
     if "clustering" in f:
         out += ["", "== clustering vs families (tree of the headline matrix; p: labels "
                 "permuted, i.e. agreement beyond a random labelling, which geography alone can "
@@ -194,6 +232,13 @@ def results_text(res) -> str:
         out += ["", "== family / genus / script agreement per group (p: labels permuted; genus "
                 "within the largest script where it has >= 4 languages)"]  # fmt: skip
         out.append(_table(rows, ["group", "level", "statistic", "value", "p"]))
+    return out
+
+
+def _quality_section(res) -> list[str]:
+    """Similarity against each quality metric, one row per control."""
+    d, f = res.description, res.frames
+    out: list[str] = []
     if "quality" in f:
         q = f["quality"]
         spatial = "test" in q and (q["test"] == "spatial").all()
@@ -226,28 +271,7 @@ def results_text(res) -> str:
                 for r in f[name].itertuples()
             ]  # fmt: skip
             out.append(_table(rows, ["kind", "final", "settle step", "last step"]))
-    if "gradvac_tracking" in f:
-        out += ["", "== GradVac targets vs the similarity they track (last fifth of snapshots)"]
-        rows = [
-            [r.group, _f(r.final_target, 2), _f(r.mean_similarity, 2), _f(r.mean_corrected, 2),
-             _f(r.reliability, 2)]
-            for r in f["gradvac_tracking"].itertuples()
-        ]  # fmt: skip
-        out.append(_table(rows, ["group", "target", "raw", "corrected", "reliability"]))
-    if "tests" in f and len(f["tests"]):
-        t = f["tests"]
-        counts = t.groupby("table", sort=False).agg(
-            n=("n_tests", "first"), raw=("p_value", lambda p: int((p < 0.05).sum())),
-            holm=("survives_holm", "sum"),
-        )  # fmt: skip
-        out += ["", "== tests per table (p < 0.05 raw / after Holm)"]
-        out.append(_table([[k, str(r.n), str(r.raw), str(int(r.holm))]
-                           for k, r in counts.iterrows()], ["table", "tests", "p<.05", "Holm"]))  # fmt: skip
-    for note in res.notes:
-        out.append(f"note: {note}")
-    if res.not_applicable:
-        out += ["", "== not applicable"] + [f"  {k}: {v}" for k, v in res.not_applicable.items()]
-    return "\n".join(out)
+    return out
 
 
 def primary_text(tests: pd.DataFrame | None) -> list[str]:
