@@ -171,75 +171,106 @@ def quality_correlation(
     codes = dict(iso_codes) if iso_codes is not None else dict(getattr(source, "iso_codes", {}))
     rows = []
     for metric in metrics:
-        cols = ["mean_similarity", metric, "mean_similarity_step0"]
-        frame = table.set_index("task")[cols]
-        for k, (_, values) in enumerate(controls):
-            if values is not None:
-                frame[f"_ctrl{k}"] = values.reindex(frame.index)
-        needed = ["mean_similarity", metric] + [c for c in frame if c.startswith("_ctrl")]
-        ok = frame[needed].notna().all(axis=1)
-        excluded = [t for t in frame.index if not ok[t]]
-        f = frame[ok]
-        base = {
-            "group": table["group"].iloc[0],
-            "measure": measure,
-            "metric": metric,
-            "n_tasks": len(f),
-            "rho": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
-            "rho_step0": np.nan, "p_value_step0": np.nan, "control": None,
-            "partial_rho": np.nan, "partial_ci_low": np.nan, "partial_ci_high": np.nan,
-            "partial_p_value": np.nan, "test": "permutation", "p_permutation": np.nan,
-            "partial_p_permutation": np.nan, "n_permutations": n_permutations,
-            "n_bootstrap": n_bootstrap,
-            "excluded": "; ".join(f"{t} (missing value)" for t in excluded),
-            "note": "; ".join(notes),
-        }  # fmt: skip
+        f, excluded = _metric_frame(table, metric, controls)
+        base = _empty_row(table["group"].iloc[0], measure, metric, len(f), n_permutations,
+                          n_bootstrap, excluded, notes)  # fmt: skip
         if len(f) < 4:
             base["note"] = "; ".join(notes + [f"only {len(f)} tasks with values: need >= 4"])
             rows += [base | {"control": name} for name, _ in controls]
             continue
-        weights = None
-        if test == "spatial" and all(codes.get(t) for t in f.index):
-            weights = language_proximity([str(codes[t]) for t in f.index], cache=cache)
-            weights = {k: w.to_numpy() for k, w in weights.items()}
-        elif test == "spatial":
+        weights = _spatial_weights(list(f.index), codes, cache) if test == "spatial" else None
+        if test == "spatial" and weights is None:
             base["note"] = "; ".join(
                 notes + ["p from permuting tasks (not every task has an ISO code)"]
             )
-        r, r_plain = _tested(f["mean_similarity"], f[metric], None, weights, kw)
-        base.update(test="spatial" if weights is not None else "permutation",
-                    p_permutation=r_plain.p_value)  # fmt: skip
         rows_k = [position[t] for t in f.index]
-        quality_values = f[metric].to_numpy(dtype=float)
-        r_boot = spearman_rows(boot_align[:, rows_k], quality_values)
-        base.update(rho=r.statistic, p_value=r.p_value)
-        base["ci_low"], base["ci_high"] = interval(
-            r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE, df=df
-        )
-        loo = _leave_one_task_out(sim.matrix()[np.ix_(rows_k, rows_k)], quality_values)
-        base["lang_ci_low"], base["lang_ci_high"] = language_interval(r.statistic, loo, level)
-        if f["mean_similarity_step0"].notna().all():
-            r0, _ = _tested(f["mean_similarity_step0"], f[metric], None, weights, kw)
-            base.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
+        r_boot = spearman_rows(boot_align[:, rows_k], f[metric].to_numpy(dtype=float))
+        matrix = sim.matrix()[np.ix_(rows_k, rows_k)]
+        base.update(_raw_columns(f, metric, weights, kw, r_boot, matrix, level, df))
         for k, (name, values) in enumerate(controls):
             row = base | {"control": name}
-            if values is not None and np.ptp(f[f"_ctrl{k}"].to_numpy(dtype=float)) == 0:
-                row["note"] = "; ".join(
-                    [n for n in [row["note"]] if n] + [f"{name} is constant over these tasks"]
-                )
-            elif values is not None:
+            if values is not None:
                 z = f[f"_ctrl{k}"]
-                pr, pr_plain = _tested(f["mean_similarity"], f[metric], z, weights, kw)
-                row.update(partial_rho=pr.statistic, partial_p_value=pr.p_value,
-                           partial_p_permutation=pr_plain.p_value)  # fmt: skip
-                z = z.to_numpy(dtype=float)
-                ryz = float(spearman_rows(quality_values[None], z)[0])
-                partial = partial_from_r(r_boot, spearman_rows(boot_align[:, rows_k], z), ryz)
-                row["partial_ci_low"], row["partial_ci_high"] = interval(
-                    partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE, df=df
-                )
+                row.update(_partial(f["mean_similarity"], f[metric], z, name, row["note"],
+                                    weights, kw, (r_boot, boot_align[:, rows_k]), level, df))  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows, columns=QUALITY_CORRELATION_COLUMNS)
+
+
+def _raw_columns(f, metric, weights, kw, r_boot, matrix, level, df) -> dict[str, Any]:
+    """rho of the tasks' mean similarity with ``metric`` and its test (``_tested``), its
+    snapshot interval (replicates ``r_boot``), its task-jackknife interval (the alignment
+    recomputed from ``matrix`` without each task) and the step-0 rho."""
+    r, r_plain = _tested(f["mean_similarity"], f[metric], None, weights, kw)
+    out = {"test": "spatial" if weights is not None else "permutation",
+           "p_permutation": r_plain.p_value, "rho": r.statistic, "p_value": r.p_value}  # fmt: skip
+    out["ci_low"], out["ci_high"] = interval(
+        r_boot, level, estimate=r.statistic, bounds=CORRELATION_RANGE, df=df
+    )
+    loo = _leave_one_task_out(matrix, f[metric].to_numpy(dtype=float))
+    out["lang_ci_low"], out["lang_ci_high"] = language_interval(r.statistic, loo, level)
+    if f["mean_similarity_step0"].notna().all():
+        r0, _ = _tested(f["mean_similarity_step0"], f[metric], None, weights, kw)
+        out.update(rho_step0=r0.statistic, p_value_step0=r0.p_value)
+    return out
+
+
+def _empty_row(group, measure, metric, n_tasks, n_permutations, n_bootstrap, excluded, notes):
+    """A row of :data:`QUALITY_CORRELATION_COLUMNS` before any statistic: NaN values, the
+    tasks left out and the notes."""
+    return {
+        "group": group, "measure": measure, "metric": metric, "n_tasks": n_tasks,
+        "rho": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
+        "rho_step0": np.nan, "p_value_step0": np.nan, "control": None,
+        "partial_rho": np.nan, "partial_ci_low": np.nan, "partial_ci_high": np.nan,
+        "partial_p_value": np.nan, "test": "permutation", "p_permutation": np.nan,
+        "partial_p_permutation": np.nan, "n_permutations": n_permutations,
+        "n_bootstrap": n_bootstrap,
+        "excluded": "; ".join(f"{t} (missing value)" for t in excluded),
+        "note": "; ".join(notes),
+    }  # fmt: skip
+
+
+def _spatial_weights(tasks: list[str], codes: Mapping[str, Any], cache) -> dict | None:
+    """The spatial test's proximity candidates over the tasks' languages (as arrays), or None
+    when a task has no ISO code (the test then permutes tasks)."""
+    if not all(codes.get(t) for t in tasks):
+        return None
+    weights = language_proximity([str(codes[t]) for t in tasks], cache=cache)
+    return {k: w.to_numpy() for k, w in weights.items()}
+
+
+def _metric_frame(
+    table: pd.DataFrame, metric: str, controls: list[tuple[str | None, pd.Series | None]]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The tasks with a mean similarity, a ``metric`` value and every control's value (the
+    controls as columns ``_ctrl0``, ``_ctrl1``, ...), and the tasks left out for a missing one."""
+    frame = table.set_index("task")[["mean_similarity", metric, "mean_similarity_step0"]]
+    for k, (_, values) in enumerate(controls):
+        if values is not None:
+            frame[f"_ctrl{k}"] = values.reindex(frame.index)
+    needed = ["mean_similarity", metric] + [c for c in frame if c.startswith("_ctrl")]
+    ok = frame[needed].notna().all(axis=1)
+    return frame[ok], [t for t in frame.index if not ok[t]]
+
+
+def _partial(x, y, z, name, note, weights, kw, boot, level, df) -> dict[str, Any]:
+    """The partial columns of one control row: rho_xy.z with its test (``_tested``) and its
+    snapshot interval from the replicates ``boot`` = (r_xy per replicate, alignment per
+    replicate [B, n]) with r_yz fixed; a constant control gives NaN and a note instead."""
+    z_values = z.to_numpy(dtype=float)
+    if np.ptp(z_values) == 0:
+        return {
+            "note": "; ".join([n for n in [note] if n] + [f"{name} is constant over these tasks"])
+        }
+    pr, pr_plain = _tested(x, y, z, weights, kw)
+    r_boot, align_boot = boot
+    ryz = float(spearman_rows(y.to_numpy(dtype=float)[None], z_values)[0])
+    partial = partial_from_r(r_boot, spearman_rows(align_boot, z_values), ryz)
+    low, high = interval(partial, level, estimate=pr.statistic, bounds=CORRELATION_RANGE, df=df)
+    return {"partial_rho": pr.statistic, "partial_p_value": pr.p_value,
+            "partial_p_permutation": pr_plain.p_value, "partial_ci_low": low,
+            "partial_ci_high": high}  # fmt: skip
 
 
 def _quality_controls(
