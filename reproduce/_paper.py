@@ -113,7 +113,6 @@ def reproduce(
     """
     import analyses
     import figures
-    from geomtrace.recipe import RecipeConfig, preset
 
     formats = figures.parse_formats(formats)
     out = Path(out)
@@ -133,6 +132,47 @@ def reproduce(
         f"{mode} reproduction into {out}: {len(plan)} runs "
         f"({', '.join(r.name for r in plan)}), {workers} at a time"
     )
+    todo = _schedule_runs(plan, mode, out, overrides, workers, force, result)
+    results = _train_and_analyse(
+        todo, workers, result, n_permutations=n_permutations, n_bootstrap=n_bootstrap,
+        seed=seed,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    comparison = analyses.compare_runs(results)
+    seed_table = analyses.across_seeds(results)
+    result.timings["analyses"] += round(time.perf_counter() - t0, 1)
+    result.timings["analyses_after_training"] += round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    drawn, skipped = _draw_all(results, comparison, out, formats, result)
+    result.timings["figures"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    _say("writing the report")
+    result.report = figures.write_report(
+        results, out / "report.html",
+        comparison=None if isinstance(comparison, analyses.NotApplicable) else comparison,
+        seeds=seed_table, figures=drawn, title=f"geomtrace reproduction ({mode})",
+    )  # fmt: skip
+    result.timings["report"] = round(time.perf_counter() - t0, 1)
+    result.timings["total"] = round(time.perf_counter() - start, 1)
+    result.results = out / "results.json"
+    payload = results_payload(mode, results, comparison, seed_table, skipped, result)
+    tmp = result.results.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(result.results)
+    # The record's headline table (what figures/README.md quotes), from the same payload.
+    (out / "headline.md").write_text(figures.headline_table(payload) + "\n")
+    _say(f"done in {result.timings['total']:.0f} s: {out / 'report.html'}")
+    return result
+
+
+def _schedule_runs(plan, mode, out, overrides, workers, force, result) -> list:
+    """The plan's runs as (config values, force) pairs to train; finished runs are reused
+    (their directories still go to ``result.runs``; a config that differs from the plan's is
+    said and recorded in ``result.reused_differing``)."""
+    from geomtrace.recipe import RecipeConfig, preset
+
     todo: list[tuple[dict[str, Any], bool]] = []
     for n, planned in enumerate(plan, 1):
         values = preset(MODE_PRESETS[mode]).to_dict() | dict(overrides or {})
@@ -162,8 +202,16 @@ def reproduce(
             f"{config.steps} steps" + (" (replacing an unfinished run)" if again else "")
         )
         todo.append((config.to_dict(), force or again))
-    # Each run is analysed on its own (seeded, so the order does not matter); a run finished
-    # while others still train is analysed on the core their end leaves idle.
+    return todo
+
+
+def _train_and_analyse(todo, workers, result, **analysis) -> list:
+    """Train ``todo`` and analyse every run of ``result.runs`` (``analyses.analyse_run`` with
+    ``analysis`` keywords), in plan order. Each run is analysed on its own (seeded, so the
+    order does not matter); a run finished while others still train is analysed on the core
+    their end leaves idle. Sets the train and analyses timings."""
+    import analyses
+
     labels: dict[str, str] = {}
     for run_dir in result.runs:
         labels[run_dir.name] = analyses.run_label(run_dir, list(labels.values()))
@@ -180,31 +228,35 @@ def reproduce(
         _say(f"analysing {labels[run_dir.name]}")
         t = time.perf_counter()
         analysed[run_dir.name] = analyses.analyse_run(
-            run_dir, label=labels[run_dir.name], n_permutations=n_permutations,
-            n_bootstrap=n_bootstrap, seed=seed,
-        )  # fmt: skip
+            run_dir, label=labels[run_dir.name], **analysis
+        )
         analysis_seconds += time.perf_counter() - t
         return True
 
     t0 = time.perf_counter()
+    runs_dir = result.out / "runs"
     _train_all(
-        todo, workers, finished=lambda d: waiting.append(out / "runs" / Path(d).name),
+        todo, workers, finished=lambda d: waiting.append(runs_dir / Path(d).name),
         while_idle=analyse_next,
     )  # fmt: skip
     result.timings["train"] = round(time.perf_counter() - t0, 1)
-
     t0 = time.perf_counter()
     overlapped = analysis_seconds  # analyses done while the last runs trained
     while analyse_next():
         pass
-    results = [analysed[d.name] for d in result.runs]
-    comparison = analyses.compare_runs(results)
-    seed_table = analyses.across_seeds(results)
-    # analyses: every run's analysis (some while the last runs trained) and the comparisons
+    # analyses: every run's analysis (some while the last runs trained); the caller adds the
+    # comparisons across runs
     result.timings["analyses"] = round(overlapped + time.perf_counter() - t0, 1)
     result.timings["analyses_after_training"] = round(time.perf_counter() - t0, 1)
+    return [analysed[d.name] for d in result.runs]
 
-    t0 = time.perf_counter()
+
+def _draw_all(results, comparison, out, formats, result) -> tuple[dict, dict]:
+    """Every run's figures and F6, saved under ``out/figures``: (drawn figures per run label
+    and "f6", {figure: why it was not drawn})."""
+    import analyses
+    import figures
+
     _say("drawing figures")
     drawn: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -227,26 +279,7 @@ def reproduce(
         result.figures += figures.save_figures({"f6": f6}, out / "figures", formats=formats)
     for name, reason in skipped.items():
         _say(f"not drawn {name}: {reason}")
-    result.timings["figures"] = round(time.perf_counter() - t0, 1)
-
-    t0 = time.perf_counter()
-    _say("writing the report")
-    result.report = figures.write_report(
-        results, out / "report.html",
-        comparison=None if isinstance(comparison, analyses.NotApplicable) else comparison,
-        seeds=seed_table, figures=drawn, title=f"geomtrace reproduction ({mode})",
-    )  # fmt: skip
-    result.timings["report"] = round(time.perf_counter() - t0, 1)
-    result.timings["total"] = round(time.perf_counter() - start, 1)
-    result.results = out / "results.json"
-    payload = results_payload(mode, results, comparison, seed_table, skipped, result)
-    tmp = result.results.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(result.results)
-    # The record's headline table (what figures/README.md quotes), from the same payload.
-    (out / "headline.md").write_text(figures.headline_table(payload) + "\n")
-    _say(f"done in {result.timings['total']:.0f} s: {out / 'report.html'}")
-    return result
+    return drawn, skipped
 
 
 _LONG_FRAMES = ("similarity_matrix", "similarity_matrix_step0", "group_trajectories",
