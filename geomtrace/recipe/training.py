@@ -181,9 +181,10 @@ def make_optimizer(model: nn.Module, config: RecipeConfig):
     return optimizer, scheduler
 
 
-def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict[str, Any]:
+def snapshot_options(recipe: Recipe, config: RecipeConfig) -> dict[str, Any]:
     """The Tracer's ``halves`` and ``window`` arguments for ``config`` (only those that differ
-    from the Tracer's defaults); refuses what this recipe or Tracer cannot do.
+    from the Tracer's defaults); refuses snapshot fields that are invalid in themselves
+    (``check_snapshot_fields``).
 
     Where a field does not apply it is left out, with a log line saying why: probe snapshots
     have no split halves and no windows (the Tracer refuses both with ``probe=``: a probe
@@ -191,9 +192,6 @@ def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict
     matrix the optimizer used at each traced step, so there is no window (``MultiTask``
     refuses a windowed Tracer), but halves work.
     """
-    import inspect
-
-    from geomtrace import InvalidInputError
     from geomtrace.recipe.config import check_snapshot_fields
 
     check_snapshot_fields(config)
@@ -222,14 +220,6 @@ def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict
         options["halves"] = True
     if window > 1:
         options["window"] = window
-    accepted = inspect.signature(tracer_class).parameters
-    missing = [key for key in options if key not in accepted]
-    if missing:
-        raise InvalidInputError(
-            f"config {', '.join(f'{k}={config.to_dict()[k]}' for k in missing)}: this "
-            f"geomtrace's Tracer takes no {' or '.join(f'{k}=' for k in missing)} "
-            f"(set {' '.join(f'{k}={_off(k)}' for k in missing)})"
-        )
     return options
 
 
@@ -289,19 +279,6 @@ def _separate_snapshot(tracer, recipe: Recipe, step: int, generator, rows: int, 
         model.train(was_training)
 
 
-def _off(key: str) -> str:
-    return {"halves": "false", "window": "1"}[key]
-
-
-def _captures(tracer, step: int, window: int) -> bool:
-    """Whether ``step`` feeds a snapshot: it is traced, or (windows) within ``window`` steps
-    after a traced step. The Tracer's own answer wins when it has one."""
-    captures = getattr(tracer, "captures", None)
-    if callable(captures):
-        return bool(captures(step))
-    return any(tracer.should_trace(step - j) for j in range(window) if step - j >= 0)
-
-
 def train(
     recipe: Recipe,
     config: RecipeConfig,
@@ -336,7 +313,7 @@ def train(
             raise InvalidInputError("--probe: this recipe provides no probe batches")
         probe = {t: _to_device(b, device) for t, b in recipe.probe.items()}
 
-    snapshot = snapshot_options(recipe, config, Tracer)
+    snapshot = snapshot_options(recipe, config)
     snapshot_rows = separate_snapshot_rows(recipe, config)
     # its own stream: the training batches are those of a run without separate snapshots
     snapshot_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -380,7 +357,7 @@ def train(
         for step in range(steps + 1):
             last = step == steps
             batches = {t: _to_device(b, device) for t, b in recipe.sample(step, generator).items()}
-            capturing = probe is None and _captures(tracer, step, config.window)
+            capturing = tracer.captures(step)  # never in probe mode
             separate = capturing and snapshot_rows > 0
             if separate:  # the snapshot from its own batch; then an untraced training step
                 _separate_snapshot(tracer, recipe, step, snapshot_gen, snapshot_rows, device)
