@@ -50,6 +50,7 @@ def figure(result) -> object:
     reliability = result.frames.get("reliability")
     fig = layer_profile(
         summary, result.frames.get("by_family"), reliability=reliability,
+        halves=result.description.halves,
         title="Gradient similarity per parameter group (model order)",
         subtitle=context(result), task_noun=nouns(result.description)[0],
         measure=measure_label(result.measure), level=result.settings.get("level", 0.95),
@@ -64,6 +65,7 @@ def layer_profile(
     by_family: pd.DataFrame | None = None,
     *,
     reliability: pd.DataFrame | None = None,
+    halves: bool = False,
     title: str = "Gradient similarity per parameter group",
     subtitle: str = "",
     task_noun: str = "task",
@@ -77,11 +79,11 @@ def layer_profile(
     ci_low, ci_high, reliability, mean_corrected, corrected_ci_low, corrected_ci_high); the
     whole-model row (position -1) is a dashed reference line. ``by_family``: optional rows
     (group, kind in {within, across}, mean_cosine) adding within- and across-family lines.
-    When the summary holds reliabilities (split halves), the noise-corrected mean is drawn
-    with its interval and a lower panel shows each group's reliability (bar) and its tasks'
-    (``reliability``: ``analyses.reliability_table`` rows, dots), with ``low_reliability`` as
-    a line. Parts (embedding/encoder/decoder) are shaded when the group names tell them.
-    Returns the Figure.
+    ``halves``: whether the run has split halves (``result.description.halves``, read from
+    the trace); then the noise-corrected mean is drawn with its interval and a lower panel
+    shows each group's reliability (bar) and its tasks' (``reliability``:
+    ``analyses.reliability_table`` rows, dots), with ``low_reliability`` as a line. Parts
+    (embedding/encoder/decoder) are shaded when the group names tell them. Returns the Figure.
     """
     groups = summary[summary["position"] >= 0].sort_values("position")
     if groups.empty:
@@ -89,7 +91,6 @@ def layer_profile(
     names = list(groups["group"])
     x = np.arange(len(names))
     rel = groups["reliability"].to_numpy(dtype=float)
-    halves = bool(np.isfinite(rel).any())
     width = min(max(6.5, 0.42 * len(names) + 3.0), 18.0)
     with style():
         fig = new_figure(width, 6.8 if halves else 4.8)
