@@ -151,6 +151,29 @@ def grouping_experiment(
     optional ``group`` column). ``higher``: whether larger is better (default from the metric
     name, ``higher_is_better``). See the module docstring for the statistics.
     """
+    refused = _checked_inputs(values, baseline)
+    if refused is not None:
+        return refused
+    better = higher_is_better(metric) if higher is None else bool(higher)
+    scheme_names = list(dict.fromkeys(values["scheme"]))
+    schemes = _scheme_groups(values, scheme_names, schemes)
+    deltas, notes = _deltas(values, baseline, schemes, scheme_names)
+    per_task, per_scheme = _per_task_and_scheme(deltas, scheme_names, better, level)
+    seeds = sorted({int(s) for s in deltas["seed"]})
+    if len(seeds) < 2:
+        notes.append("one seed: no interval across seeds")
+    return GroupingExperiment(
+        metric=metric, higher_is_better=better,
+        schemes={name: schemes.get(name, []) for name in scheme_names}, deltas=deltas,
+        per_task=pd.DataFrame(per_task, columns=GROUPING_TASK_COLUMNS),
+        per_scheme=pd.DataFrame(per_scheme, columns=GROUPING_SCHEME_COLUMNS), seeds=seeds,
+        notes=list(dict.fromkeys(notes)), level=level,
+    )  # fmt: skip
+
+
+def _checked_inputs(values: pd.DataFrame, baseline: pd.DataFrame) -> NotApplicable | None:
+    """Refuse frames without their columns or with two rows for one (scheme, seed, task) or
+    (seed, task); a NotApplicable when either is empty; None when both can be compared."""
     _check_columns(values, ["scheme", "seed", "task", "value"], "values")
     _check_columns(baseline, ["seed", "task", "value"], "baseline")
     if values.empty:
@@ -166,15 +189,34 @@ def grouping_experiment(
         )
     if baseline.duplicated(["seed", "task"]).any():
         raise InvalidInputError("baseline has more than one row for a (seed, task)")
-    better = higher_is_better(metric) if higher is None else bool(higher)
-    scheme_names = list(dict.fromkeys(values["scheme"]))
+    return None
+
+
+def _scheme_groups(
+    values: pd.DataFrame,
+    scheme_names: list[str],
+    schemes: Mapping[str, Sequence[Sequence[str]]] | None,
+) -> dict[str, list[list[str]]]:
+    """{scheme: groups of task names}: ``schemes`` as strings, or (None) from the ``group``
+    column of ``values`` (groups in sorted group order; {} without that column)."""
     if schemes is None:
         schemes = {}
         if "group" in values.columns:
             for name in scheme_names:
                 part = values[values["scheme"] == name].drop_duplicates("task")
                 schemes[name] = [list(g["task"]) for _, g in part.groupby("group", sort=True)]
-    schemes = {str(k): [list(map(str, g)) for g in v] for k, v in schemes.items()}
+    return {str(k): [list(map(str, g)) for g in v] for k, v in schemes.items()}
+
+
+def _deltas(
+    values: pd.DataFrame,
+    baseline: pd.DataFrame,
+    schemes: Mapping[str, list[list[str]]],
+    scheme_names: list[str],
+) -> tuple[pd.DataFrame, list[str]]:
+    """The seed-matched differences (``GROUPING_DELTA_COLUMNS``: a group model's value minus
+    the all-task model's of the same seed and task), in scheme, seed and baseline task order,
+    and notes on the tasks left out; refuses a seed without an all-task model."""
     group_of = {
         (name, task): n for name, groups in schemes.items() for n, g in enumerate(groups)
         for task in g
@@ -207,6 +249,16 @@ def grouping_experiment(
         key=lambda c: c.map(order[c.name]) if c.name in order else c,
         kind="stable",
     ).reset_index(drop=True)
+    return deltas, notes
+
+
+def _per_task_and_scheme(
+    deltas: pd.DataFrame, scheme_names: list[str], better: bool, level: float
+) -> tuple[list[tuple], list[tuple]]:
+    """Rows of the per-task table (``GROUPING_TASK_COLUMNS``: mean difference over seeds with
+    its t-interval) and of the per-scheme table (``GROUPING_SCHEME_COLUMNS``: mean of the
+    per-seed mean differences with its t-interval, and how many tasks are better, clearly
+    better and clearly worse, ``better`` saying which sign is better)."""
     sign = 1.0 if better else -1.0
     per_task, per_scheme = [], []
     for name in scheme_names:
@@ -228,16 +280,7 @@ def grouping_experiment(
         per_scheme.append((name, float(seed_means.mean()), lo, hi, int(seed_means.size),
                            int(len(tasks)), int(good.sum()), int((worse_end > 0).sum()),
                            int((better_end < 0).sum())))  # fmt: skip
-    seeds = sorted({int(s) for s in deltas["seed"]})
-    if len(seeds) < 2:
-        notes.append("one seed: no interval across seeds")
-    return GroupingExperiment(
-        metric=metric, higher_is_better=better,
-        schemes={name: schemes.get(name, []) for name in scheme_names}, deltas=deltas,
-        per_task=pd.DataFrame(per_task, columns=GROUPING_TASK_COLUMNS),
-        per_scheme=pd.DataFrame(per_scheme, columns=GROUPING_SCHEME_COLUMNS), seeds=seeds,
-        notes=list(dict.fromkeys(notes)), level=level,
-    )  # fmt: skip
+    return per_task, per_scheme
 
 
 __all__ = [

@@ -50,6 +50,7 @@ def figure(result) -> object:
     reliability = result.frames.get("reliability")
     fig = layer_profile(
         summary, result.frames.get("by_family"), reliability=reliability,
+        halves=result.description.halves,
         title="Gradient similarity per parameter group (model order)",
         subtitle=context(result), task_noun=nouns(result.description)[0],
         measure=measure_label(result.measure), level=result.settings.get("level", 0.95),
@@ -64,6 +65,7 @@ def layer_profile(
     by_family: pd.DataFrame | None = None,
     *,
     reliability: pd.DataFrame | None = None,
+    halves: bool = False,
     title: str = "Gradient similarity per parameter group",
     subtitle: str = "",
     task_noun: str = "task",
@@ -77,11 +79,11 @@ def layer_profile(
     ci_low, ci_high, reliability, mean_corrected, corrected_ci_low, corrected_ci_high); the
     whole-model row (position -1) is a dashed reference line. ``by_family``: optional rows
     (group, kind in {within, across}, mean_cosine) adding within- and across-family lines.
-    When the summary holds reliabilities (split halves), the noise-corrected mean is drawn
-    with its interval and a lower panel shows each group's reliability (bar) and its tasks'
-    (``reliability``: ``analyses.reliability_table`` rows, dots), with ``low_reliability`` as
-    a line. Parts (embedding/encoder/decoder) are shaded when the group names tell them.
-    Returns the Figure.
+    ``halves``: whether the run has split halves (``result.description.halves``, read from
+    the trace); then the noise-corrected mean is drawn with its interval and a lower panel
+    shows each group's reliability (bar) and its tasks' (``reliability``:
+    ``analyses.reliability_table`` rows, dots), with ``low_reliability`` as a line. Parts
+    (embedding/encoder/decoder) are shaded when the group names tell them. Returns the Figure.
     """
     groups = summary[summary["position"] >= 0].sort_values("position")
     if groups.empty:
@@ -89,7 +91,6 @@ def layer_profile(
     names = list(groups["group"])
     x = np.arange(len(names))
     rel = groups["reliability"].to_numpy(dtype=float)
-    halves = bool(np.isfinite(rel).any())
     width = min(max(6.5, 0.42 * len(names) + 3.0), 18.0)
     with style():
         fig = new_figure(width, 6.8 if halves else 4.8)
@@ -100,41 +101,10 @@ def layer_profile(
         parts = list(groups["part"])
         for a in [ax] + ([ax_r] if ax_r is not None else []):
             _shade_parts(a, parts, label=a is ax)
-
-        def bars(lo_col: str, hi_col: str, mean: np.ndarray, xs=None, color="#888888"):
-            # A percentile bootstrap interval need not contain its point estimate (an unstable
-            # ratio, e.g. a noise-corrected mean at very low reliability): the error bar keeps
-            # the part it can draw and the whole interval is drawn as a dashed segment.
-            lo = groups[lo_col].to_numpy(dtype=float)
-            hi = groups[hi_col].to_numpy(dtype=float)
-            outside = np.isfinite(lo) & np.isfinite(hi) & ((mean < lo) | (mean > hi))
-            if xs is not None and outside.any():
-                ax.vlines(xs[outside], lo[outside], hi[outside], colors=color, linestyles="--",
-                          lw=0.8, zorder=2)  # fmt: skip
-            return np.clip(
-                np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)]), 0.0, None
-            )
-
-        mean = groups["mean_cosine"].to_numpy(dtype=float)
         shift = 0.12 if halves else 0.0
-        ax.errorbar(x - shift, mean, yerr=bars("ci_low", "ci_high", mean, x - shift), color=ALL_PAIRS,
-                    marker="o", ms=4, capsize=2, lw=1.2, elinewidth=0.8, ecolor="#888888",
-                    label=f"all pairs, {measure} ({level:.0%} interval)", zorder=3)  # fmt: skip
-        if halves:
-            corrected = groups["mean_corrected"].to_numpy(dtype=float)
-            ax.errorbar(x + shift, corrected,
-                        yerr=bars("corrected_ci_low", "corrected_ci_high", corrected, x + shift,
-                                  CORRECTED),
-                        color=CORRECTED, marker="D", ms=4, capsize=2, lw=1.2, elinewidth=0.8,
-                        label=f"all pairs, noise-corrected ({level:.0%} interval)",
-                        zorder=3)  # fmt: skip
+        _draw_means(ax, groups, x, shift, halves=halves, measure=measure, level=level)
         if by_family is not None and not by_family.empty:
-            for kind, color, marker in (("within", WITHIN, "s"), ("across", ACROSS, "^")):
-                part = by_family[by_family["kind"] == kind].set_index("group")
-                values = part["mean_cosine"].reindex(names).to_numpy(dtype=float)
-                if np.isfinite(values).any():
-                    ax.plot(x - shift, values, color=color, marker=marker, ms=4, lw=1.0,
-                            label=f"{kind}-family pairs", zorder=4)  # fmt: skip
+            _draw_families(ax, by_family, names, x - shift)
         whole = summary[summary["position"] < 0]
         if not whole.empty:
             ax.axhline(float(whole["mean_cosine"].iloc[0]), color=ALL_PAIRS, ls="--", lw=0.8,
@@ -144,19 +114,7 @@ def layer_profile(
         ax.legend(loc="best", frameon=True, framealpha=0.9, fontsize=7)
         last = ax
         if ax_r is not None:
-            ax_r.bar(x, np.nan_to_num(rel), width=0.6, color="#BBBBBB", zorder=2,
-                     label=f"group (mean over {task_noun}s)")  # fmt: skip
-            if reliability is not None and not reliability.empty:
-                pos = {g: i for i, g in enumerate(names)}
-                rows = reliability[reliability["group"].isin(pos)]
-                rx = rows["group"].map(pos).to_numpy(dtype=float)
-                ax_r.scatter(rx, rows["reliability"].to_numpy(dtype=float), s=9, color=ALL_PAIRS,
-                             zorder=3, label=f"one {task_noun}")  # fmt: skip
-            ax_r.axhline(low_reliability, color=OKABE_ITO["vermillion"], ls="--", lw=0.9,
-                         label=f"low below {low_reliability:g}")  # fmt: skip
-            ax_r.set_ylim(min(0.0, float(np.nanmin(np.append(rel, 0)))), 1.05)
-            ax_r.set_ylabel("reliability\n(signal fraction)")
-            ax_r.legend(loc="upper left", fontsize=7, framealpha=0.9, ncol=3)
+            _draw_reliability(ax_r, rel, names, reliability, task_noun, low_reliability)
             last = ax_r
         last.set_xticks(
             x,
@@ -168,6 +126,79 @@ def layer_profile(
         last.set_xlabel("parameter group (model order)")
         set_titles(fig, title, subtitle)
     return fig
+
+
+def _draw_means(
+    ax, groups: pd.DataFrame, x: np.ndarray, shift: float, *, halves: bool, measure: str,
+    level: float,
+) -> None:  # fmt: skip
+    """Each group's mean similarity with its interval at ``x - shift`` and, with ``halves``,
+    its noise-corrected mean with its interval at ``x + shift``."""
+    mean = groups["mean_cosine"].to_numpy(dtype=float)
+    ax.errorbar(x - shift, mean, yerr=_error_bars(ax, groups, "ci_low", "ci_high", mean, x - shift),
+                color=ALL_PAIRS, marker="o", ms=4, capsize=2, lw=1.2, elinewidth=0.8,
+                ecolor="#888888", label=f"all pairs, {measure} ({level:.0%} interval)",
+                zorder=3)  # fmt: skip
+    if halves:
+        corrected = groups["mean_corrected"].to_numpy(dtype=float)
+        ax.errorbar(x + shift, corrected,
+                    yerr=_error_bars(ax, groups, "corrected_ci_low", "corrected_ci_high",
+                                     corrected, x + shift, CORRECTED),
+                    color=CORRECTED, marker="D", ms=4, capsize=2, lw=1.2, elinewidth=0.8,
+                    label=f"all pairs, noise-corrected ({level:.0%} interval)",
+                    zorder=3)  # fmt: skip
+
+
+def _error_bars(
+    ax, groups: pd.DataFrame, lo_col: str, hi_col: str, mean: np.ndarray, xs=None,
+    color: str = "#888888",
+) -> np.ndarray:  # fmt: skip
+    """The [2, n] error-bar lengths of ``mean`` to the interval (``lo_col``, ``hi_col``),
+    clipped at 0; an interval that does not contain its mean is drawn whole at ``xs`` as a
+    dashed segment."""
+    # A percentile bootstrap interval need not contain its point estimate (an unstable
+    # ratio, e.g. a noise-corrected mean at very low reliability): the error bar keeps
+    # the part it can draw and the whole interval is drawn as a dashed segment.
+    lo = groups[lo_col].to_numpy(dtype=float)
+    hi = groups[hi_col].to_numpy(dtype=float)
+    outside = np.isfinite(lo) & np.isfinite(hi) & ((mean < lo) | (mean > hi))
+    if xs is not None and outside.any():
+        ax.vlines(xs[outside], lo[outside], hi[outside], colors=color, linestyles="--",
+                  lw=0.8, zorder=2)  # fmt: skip
+    return np.clip(np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)]), 0.0, None)
+
+
+def _draw_families(ax, by_family: pd.DataFrame, names: list[str], xs: np.ndarray) -> None:
+    """The within- and across-family mean similarity of every group in ``names``, as lines
+    at ``xs`` (a kind without any value is left out)."""
+    for kind, color, marker in (("within", WITHIN, "s"), ("across", ACROSS, "^")):
+        part = by_family[by_family["kind"] == kind].set_index("group")
+        values = part["mean_cosine"].reindex(names).to_numpy(dtype=float)
+        if np.isfinite(values).any():
+            ax.plot(xs, values, color=color, marker=marker, ms=4, lw=1.0,
+                    label=f"{kind}-family pairs", zorder=4)  # fmt: skip
+
+
+def _draw_reliability(
+    ax, rel: np.ndarray, names: list[str], reliability: pd.DataFrame | None, task_noun: str,
+    low_reliability: float,
+) -> None:  # fmt: skip
+    """The reliability panel: each group's mean reliability ``rel`` (bars), its tasks' (dots,
+    from the ``reliability`` table) and the ``low_reliability`` line."""
+    x = np.arange(len(names))
+    ax.bar(x, np.nan_to_num(rel), width=0.6, color="#BBBBBB", zorder=2,
+           label=f"group (mean over {task_noun}s)")  # fmt: skip
+    if reliability is not None and not reliability.empty:
+        pos = {g: i for i, g in enumerate(names)}
+        rows = reliability[reliability["group"].isin(pos)]
+        rx = rows["group"].map(pos).to_numpy(dtype=float)
+        ax.scatter(rx, rows["reliability"].to_numpy(dtype=float), s=9, color=ALL_PAIRS,
+                   zorder=3, label=f"one {task_noun}")  # fmt: skip
+    ax.axhline(low_reliability, color=OKABE_ITO["vermillion"], ls="--", lw=0.9,
+               label=f"low below {low_reliability:g}")  # fmt: skip
+    ax.set_ylim(min(0.0, float(np.nanmin(np.append(rel, 0)))), 1.05)
+    ax.set_ylabel("reliability\n(signal fraction)")
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.9, ncol=3)
 
 
 def _shade_parts(ax, parts: list[str], *, label: bool) -> None:

@@ -102,91 +102,124 @@ def optimizer_comparison(
     with style():
         fig = new_figure(16.0, 5.0)
         ax_q, ax_c, ax_t = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.6, 1.0, 1.0]})
-
-        if per_task is not None and not per_task.empty:
-            tasks = list(dict.fromkeys(per_task["task"]))
-            step = 0.7 / max(len(others), 1)
-            x = np.arange(len(tasks))
-            summary = per_method.set_index("method") if per_method is not None else None
-            for n, label in enumerate(others):
-                part = per_task[per_task["method"] == label].set_index("task").reindex(tasks)
-                mean = part["mean_delta"].to_numpy(dtype=float)
-                err = np.vstack([
-                    np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float)),
-                    np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean),
-                ])  # fmt: skip
-                legend = label
-                if summary is not None and label in summary.index:
-                    r = summary.loc[label]
-                    legend += f": mean {ci(r['mean_delta'], r['ci_low'], r['ci_high'])}"
-                    # with the seed noise of the baseline's seeds (analyses._compare): the
-                    # interval a method with one or two seeds can still have
-                    if "ref_ci_low" in r and r["ref_ci_low"] == r["ref_ci_low"]:
-                        legend += (f", [{fmt(r['ref_ci_low'])}, {fmt(r['ref_ci_high'])}] with "
-                                   "the baseline seeds' noise")  # fmt: skip
-                    if "n_better" in r and r["n_better"] == r["n_better"]:
-                        legend += f", better for {int(r['n_better'])}/{int(r['n_tasks'])}"
-                ax_q.errorbar(x - 0.35 + step * (n + 0.5), mean, yerr=err, fmt="o", ms=4,
-                              color=colors[label], capsize=2, elinewidth=0.9,
-                              label=legend)  # fmt: skip
-                if summary is not None and label in summary.index:
-                    r = summary.loc[label]
-                    ax_q.axhline(float(r["mean_delta"]), color=colors[label], lw=0.8, ls="--")
-            ax_q.set_xticks(x, tasks, rotation=90 if len(tasks) > 10 else 0)
-            ax_q.set_xlim(-0.6, len(tasks) - 0.4)
-            ax_q.axhline(0, color=BASELINE, lw=0.8)
-            ax_q.legend(loc="best", fontsize=7, framealpha=0.9)
-        else:
-            ax_q.text(0.5, 0.5, f"no {metric_label(metric)} differences", ha="center",
-                      transform=ax_q.transAxes)  # fmt: skip
+        _quality_panel(ax_q, per_task, per_method, others, colors, metric=metric)
         ax_q.set_xlabel(f"{task_noun} (dashed: the method's mean over {task_noun}s)")
         ax_q.set_ylabel(
             f"{metric_label(metric)} − {metric_label(metric)} of {baseline}\n"
             f"({direction_words(metric, higher_is_better)}; mean over seeds, {level:.0%} interval)"
         )
         ax_q.set_title("quality difference vs baseline")
-
-        labels = [m for m in methods if m in set(final_pairs["method"])]
-        data = [
-            final_pairs.loc[final_pairs["method"] == m, "cosine"].dropna().to_numpy()
-            for m in labels
-        ]
-        if labels:
-            parts = ax_c.violinplot(
-                [d if len(d) else [np.nan] for d in data], showextrema=False, widths=0.8
-            )
-            for body, label in zip(parts["bodies"], labels, strict=True):
-                body.set_facecolor(colors[label])
-                body.set_edgecolor(colors[label])
-                body.set_alpha(0.35)
-            rng = np.random.default_rng(0)  # jitter only; fixed so files are reproducible
-            for n, (label, d) in enumerate(zip(labels, data, strict=True)):
-                ax_c.scatter(n + 1 + rng.uniform(-0.12, 0.12, len(d)), d, s=6,
-                             color=colors[label], edgecolors="none", alpha=0.8,
-                             zorder=3)  # fmt: skip
-        ax_c.set_xticks(np.arange(1, len(labels) + 1), labels, rotation=20, ha="right")
-        ax_c.axhline(0, color=BASELINE, lw=0.6)
-        ax_c.set_ylabel("pairwise gradient cosine, last snapshot\n(whole model, seeds pooled)")
-        ax_c.set_title("cosines at the end of training")
-
-        if targets is not None and not targets.empty:
-            for label, part in targets.groupby("method", sort=False):
-                color = colors.get(label, "#333333")
-                first = True
-                for _, line in part.groupby(["seed", "group"], sort=False):
-                    line = line.sort_values("step")
-                    ax_t.plot(line["step"].to_numpy(dtype=float),
-                              line["mean_target"].to_numpy(dtype=float), color=color, lw=0.8,
-                              alpha=0.5, label=f"{label}: one group, one seed" if first else None)  # fmt: skip
-                    first = False
-            ax_t.axhline(0, color=BASELINE, lw=0.8, ls="--", label="PCGrad's implicit target (0)")
-            ax_t.legend(loc="best", fontsize=7, framealpha=0.9)
-        else:
-            ax_t.text(
-                0.5, 0.5, "no GradVac run: no EMA targets", ha="center", transform=ax_t.transAxes
-            )
-        ax_t.set_xlabel("training step")
-        ax_t.set_ylabel(f"EMA target φ̂ (mean over {task_noun} pairs)")
-        ax_t.set_title("GradVac targets over steps")
+        _cosine_panel(ax_c, final_pairs, methods, colors)
+        _target_panel(ax_t, targets, colors, task_noun)
         set_titles(fig, title, subtitle)
     return fig
+
+
+def _quality_panel(
+    ax,
+    per_task: pd.DataFrame | None,
+    per_method: pd.DataFrame | None,
+    others: list[str],
+    colors: Mapping[str, str],
+    *,
+    metric: str,
+) -> None:
+    """Per task, each method's mean quality difference vs the baseline with its interval (one
+    marker row per method), the method's mean over tasks as a dashed line and its summary in
+    the legend; a note when there are no differences."""
+    if per_task is None or per_task.empty:
+        ax.text(0.5, 0.5, f"no {metric_label(metric)} differences", ha="center",
+                transform=ax.transAxes)  # fmt: skip
+        return
+    tasks = list(dict.fromkeys(per_task["task"]))
+    step = 0.7 / max(len(others), 1)
+    x = np.arange(len(tasks))
+    summary = per_method.set_index("method") if per_method is not None else None
+    for n, label in enumerate(others):
+        part = per_task[per_task["method"] == label].set_index("task").reindex(tasks)
+        mean = part["mean_delta"].to_numpy(dtype=float)
+        err = np.vstack([
+            np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float)),
+            np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean),
+        ])  # fmt: skip
+        ax.errorbar(x - 0.35 + step * (n + 0.5), mean, yerr=err, fmt="o", ms=4,
+                    color=colors[label], capsize=2, elinewidth=0.9,
+                    label=_method_legend(label, summary))  # fmt: skip
+        if summary is not None and label in summary.index:
+            r = summary.loc[label]
+            ax.axhline(float(r["mean_delta"]), color=colors[label], lw=0.8, ls="--")
+    ax.set_xticks(x, tasks, rotation=90 if len(tasks) > 10 else 0)
+    ax.set_xlim(-0.6, len(tasks) - 0.4)
+    ax.axhline(0, color=BASELINE, lw=0.8)
+    ax.legend(loc="best", fontsize=7, framealpha=0.9)
+
+
+def _method_legend(label: str, summary: pd.DataFrame | None) -> str:
+    """A method's legend entry: its label, then (from its ``summary`` row, when there is one)
+    its mean difference with its interval, the interval with the baseline seeds' noise, and
+    for how many tasks it is better."""
+    legend = label
+    if summary is None or label not in summary.index:
+        return legend
+    r = summary.loc[label]
+    legend += f": mean {ci(r['mean_delta'], r['ci_low'], r['ci_high'])}"
+    # with the seed noise of the baseline's seeds (analyses._compare): the interval a method
+    # with one or two seeds can still have
+    if "ref_ci_low" in r and r["ref_ci_low"] == r["ref_ci_low"]:
+        legend += (f", [{fmt(r['ref_ci_low'])}, {fmt(r['ref_ci_high'])}] with "
+                   "the baseline seeds' noise")  # fmt: skip
+    if "n_better" in r and r["n_better"] == r["n_better"]:
+        legend += f", better for {int(r['n_better'])}/{int(r['n_tasks'])}"
+    return legend
+
+
+def _cosine_panel(
+    ax, final_pairs: pd.DataFrame, methods: Mapping[str, str], colors: Mapping[str, str]
+) -> None:
+    """Per method (in ``methods`` order, those with pairs), the pairwise cosines at the last
+    snapshot, seeds pooled: a violin and the jittered points."""
+    labels = [m for m in methods if m in set(final_pairs["method"])]
+    data = [
+        final_pairs.loc[final_pairs["method"] == m, "cosine"].dropna().to_numpy() for m in labels
+    ]
+    if labels:
+        parts = ax.violinplot(
+            [d if len(d) else [np.nan] for d in data], showextrema=False, widths=0.8
+        )
+        for body, label in zip(parts["bodies"], labels, strict=True):
+            body.set_facecolor(colors[label])
+            body.set_edgecolor(colors[label])
+            body.set_alpha(0.35)
+        rng = np.random.default_rng(0)  # jitter only; fixed so files are reproducible
+        for n, (label, d) in enumerate(zip(labels, data, strict=True)):
+            ax.scatter(n + 1 + rng.uniform(-0.12, 0.12, len(d)), d, s=6,
+                       color=colors[label], edgecolors="none", alpha=0.8,
+                       zorder=3)  # fmt: skip
+    ax.set_xticks(np.arange(1, len(labels) + 1), labels, rotation=20, ha="right")
+    ax.axhline(0, color=BASELINE, lw=0.6)
+    ax.set_ylabel("pairwise gradient cosine, last snapshot\n(whole model, seeds pooled)")
+    ax.set_title("cosines at the end of training")
+
+
+def _target_panel(
+    ax, targets: pd.DataFrame | None, colors: Mapping[str, str], task_noun: str
+) -> None:
+    """GradVac's EMA targets over steps, one thin line per group and seed, against PCGrad's
+    implicit target 0; a note without a GradVac run."""
+    if targets is not None and not targets.empty:
+        for label, part in targets.groupby("method", sort=False):
+            color = colors.get(label, "#333333")
+            first = True
+            for _, line in part.groupby(["seed", "group"], sort=False):
+                line = line.sort_values("step")
+                ax.plot(line["step"].to_numpy(dtype=float),
+                        line["mean_target"].to_numpy(dtype=float), color=color, lw=0.8,
+                        alpha=0.5, label=f"{label}: one group, one seed" if first else None)  # fmt: skip
+                first = False
+        ax.axhline(0, color=BASELINE, lw=0.8, ls="--", label="PCGrad's implicit target (0)")
+        ax.legend(loc="best", fontsize=7, framealpha=0.9)
+    else:
+        ax.text(0.5, 0.5, "no GradVac run: no EMA targets", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"EMA target φ̂ (mean over {task_noun} pairs)")
+    ax.set_title("GradVac targets over steps")

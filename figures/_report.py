@@ -462,45 +462,75 @@ def write_report(
         drawn = figures.get(result.label)
         if not isinstance(drawn, Mapping):
             drawn = draw_run(result)
-        kind = "language" if result.description.task_noun == "language" else "task"
         toc.append(
             f'<li><a href="#{anchor}">{html.escape(result.label)}</a> '
             f"({html.escape(result.description.method_label())})</li>"
         )
-        body = [
-            f'<h2 id="{anchor}">Run {html.escape(result.label)}</h2>',
-            _headline(result),
-            f'<p class="note"><b>Here.</b> {html.escape(describe_run(result))}</p>',
-            _config_table(result),
-        ]
-        if result.warnings and len(results) > 1:  # one run: the page's banner says it
-            items = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
-            body.append(f'<div class="warning"><b>⚠ Warnings</b><ul>{items}</ul></div>')
-        for key in RUN_FIGURES:
-            fig = drawn.get(key)
-            paper = PAPER[kind].get(key)
-            if kind == "task" and key in ("f2", "f7"):
-                paper = None
-            body.append(
-                _figure_html(
-                    key, fig, paper, _here(result, key) if fig is not None and not isinstance(
-                        fig, analyses.NotApplicable) else "",
-                    _run_tables(result, key), f"{anchor}-{key}", image_format,
-                )
-            )  # fmt: skip
-        if "tests" in result.frames and not result.frames["tests"].empty:
-            tests = result.frames["tests"]
-            counts = tests.drop_duplicates("table")[["table", "n_tests"]]
-            body.append(
-                _details(
-                    f"every test of the run ({len(tests)}), Holm-adjusted within its table",
-                    _table(counts) + _table(tests),
-                )
+        sections.append(_run_section(result, anchor, drawn, len(results) > 1, image_format))
+    across = _across_html(comparison, seeds, figures.get("f6"), toc, image_format)
+    page = _page(title, results, toc, sections, across)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out
+
+
+def _run_section(
+    result: analyses.RunResults,
+    anchor: str,
+    drawn: Mapping[str, Any],
+    several: bool,
+    image_format: str,
+) -> str:
+    """One run's section of the report: its headline, description and configuration, its
+    warnings (when the report has ``several`` runs; one run's are the page's banner), every
+    run figure of ``drawn`` with what the paper and this run say, and its table of tests."""
+    kind = "language" if result.description.task_noun == "language" else "task"
+    body = [
+        f'<h2 id="{anchor}">Run {html.escape(result.label)}</h2>',
+        _headline(result),
+        f'<p class="note"><b>Here.</b> {html.escape(describe_run(result))}</p>',
+        _config_table(result),
+    ]
+    if result.warnings and several:  # one run: the page's banner says it
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+        body.append(f'<div class="warning"><b>⚠ Warnings</b><ul>{items}</ul></div>')
+    for key in RUN_FIGURES:
+        fig = drawn.get(key)
+        paper = PAPER[kind].get(key)
+        if kind == "task" and key in ("f2", "f7"):
+            paper = None
+        body.append(
+            _figure_html(
+                key, fig, paper, _here(result, key) if fig is not None and not isinstance(
+                    fig, analyses.NotApplicable) else "",
+                _run_tables(result, key), f"{anchor}-{key}", image_format,
             )
-        sections.append("\n".join(body))
+        )  # fmt: skip
+    if "tests" in result.frames and not result.frames["tests"].empty:
+        tests = result.frames["tests"]
+        counts = tests.drop_duplicates("table")[["table", "n_tests"]]
+        body.append(
+            _details(
+                f"every test of the run ({len(tests)}), Holm-adjusted within its table",
+                _table(counts) + _table(tests),
+            )
+        )
+    return "\n".join(body)
+
+
+def _across_html(
+    comparison: Any,
+    seeds: pd.DataFrame | None,
+    fig6: Any,
+    toc: list[str],
+    image_format: str,
+) -> str:
+    """The sections across runs: F6 from ``comparison`` (``fig6``, drawn here when None) and
+    the table across ``seeds``; each adds its entry to ``toc``."""
     across = ""
     if comparison is not None:
-        fig6 = figures.get("f6")
         if fig6 is None:
             fig6 = draw_comparison(comparison)
         across += '<h2 id="f6">Across runs</h2>' + _comparison_html(comparison, fig6, image_format)
@@ -511,10 +541,22 @@ def write_report(
             "mean, spread, and how many seeds agree in sign and significance.</p>" + _table(seeds)
         )
         toc.append('<li><a href="#seeds">Across seeds</a></li>')
+    return across
+
+
+def _page(
+    title: str,
+    results: Sequence[analyses.RunResults],
+    toc: list[str],
+    sections: list[str],
+    across: str,
+) -> str:
+    """The whole HTML page: title, what the report is (settings of the first run), the
+    warnings banner, contents, the run ``sections``, the sections ``across`` runs and notes."""
     settings = results[0].settings
     noun, plural = nouns(results[0].description)
     names = ", ".join(FIGURES.values())
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><style>{_CSS}</style></head>
@@ -540,8 +582,3 @@ Each run leads with F7, where in the model the structure lives.</p>
 them. Figure files: {html.escape(names)}.</p>
 </body></html>
 """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
-    return out

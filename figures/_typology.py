@@ -147,20 +147,11 @@ def typology_scatter(
     ``similarity_step0`` adds the untrained model's pairs as grey crosses. ``families``
     colours within- vs across-family pairs. Returns the Figure.
     """
-    if not distances:
-        raise gt.InvalidInputError("typology_scatter needs at least one distance matrix")
     tasks = [str(t) for t in similarity.index]
-    missing = {k: [t for t in tasks if t not in d.index] for k, d in distances.items()}
-    missing = {k: v for k, v in missing.items() if v}
-    if missing:
-        raise gt.InvalidInputError(f"distance matrices lack tasks: {missing}")
-    iu = np.triu_indices(len(tasks), 1)
+    _check_distances(distances, tasks)
     y = _pairs(similarity, tasks)
     y0 = _pairs(similarity_step0, tasks) if similarity_step0 is not None else None
-    same = None
-    if families:
-        fam = [families.get(t) for t in tasks]
-        same = np.array([fam[i] is not None and fam[i] == fam[j] for i, j in zip(*iu, strict=True)])
+    same = _same_family(tasks, families)
     kinds = list(distances)
     ncol = min(3, len(kinds))
     nrow = int(np.ceil(len(kinds) / ncol))
@@ -168,96 +159,127 @@ def typology_scatter(
         fig = new_figure(3.6 * ncol, 3.2 * nrow + 0.9)
         axes = np.atleast_1d(fig.subplots(nrow, ncol, sharey=True, squeeze=False)).ravel()
         for ax, kind in zip(axes, kinds, strict=False):
-            x = _pairs(distances[kind], tasks)
-            if y0 is not None:
-                ax.scatter(x, y0, marker="x", s=14, color="#AAAAAA", linewidths=0.8, zorder=1)
-            if same is not None:
-                ax.scatter(
-                    x[same],
-                    y[same],
-                    s=18,
-                    color=WITHIN,
-                    edgecolors="white",
-                    linewidths=0.4,
-                    zorder=3,
-                )
-                ax.scatter(
-                    x[~same],
-                    y[~same],
-                    s=18,
-                    color=ACROSS,
-                    edgecolors="white",
-                    linewidths=0.4,
-                    zorder=2,
-                )
-            else:
-                ax.scatter(
-                    x, y, s=18, color=ALL_PAIRS, edgecolors="white", linewidths=0.4, zorder=2
-                )
-            row = _row(correlation, kind)
-            lines = []
-            if row is not None:
-                # The run's rho is attenuated by gradient noise and its snapshot interval
-                # covers no truth about languages (analyses/README.md, Calibration): the
-                # panel gives the rho with its test, then the noise-removed relation with its
-                # language interval, which is what a claim about languages reads.
-                test = "spatial" if row.get("test", "spatial") == "spatial" else "Mantel"
-                lines.append(
-                    f"ρ = {fmt(row['rho'])}, {test} {short_p(row['p_value'])}"
-                    f"{holm_mark(row.get('p_holm'), alpha)}"
-                )
-                lines.append(f"   noise-removed {_language_ci(row, '')}")
-                if isinstance(row["control"], str):
-                    lines.append(
-                        f"partial | {CONTROL_NAMES.get(row['control'], row['control'])}: ρ = "
-                        f"{fmt(row['partial_rho'])}, {short_p(row['partial_p_value'])}"
-                        f"{holm_mark(row.get('partial_p_holm'), alpha)}"
-                    )
-                    lines.append(f"   noise-removed {_language_ci(row, 'partial_')}")
-                lines.append(
-                    f"step 0: ρ = {fmt(row['rho_step0'])}, {short_p(row['p_value_step0'])}"
-                )
-            else:
-                lines.append("no correlation row for this distance")
-            stats_title(ax, kind, lines)
+            _draw_pairs(ax, _pairs(distances[kind], tasks), y, y0, same)
+            stats_title(ax, kind, _panel_lines(_row(correlation, kind), alpha))
             ax.set_xlabel(DISTANCE_LABELS.get(kind, f"{kind} distance"))
         for ax in axes[len(kinds) :]:
             ax.set_visible(False)
         for ax in axes[::ncol]:
             ax.set_ylabel(value_label)
-        from matplotlib.lines import Line2D
+        handles = _legend_handles(same, y0 is not None, level, alpha)
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+        set_titles(fig, title, subtitle)
+    return fig
 
-        handles = []
-        if same is not None:
-            handles += [
-                Line2D([], [], ls="", marker="o", color=WITHIN, label="pair, same family"),
-                Line2D([], [], ls="", marker="o", color=ACROSS, label="pair, different families"),
-            ]
-        else:
-            handles.append(
-                Line2D([], [], ls="", marker="o", color=ALL_PAIRS, label="language pair")
-            )
-        if y0 is not None:
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    ls="",
-                    marker="x",
-                    color="#AAAAAA",
-                    label="same pair at step 0 (untrained)",
-                )
-            )
+
+def _check_distances(distances: Mapping[str, pd.DataFrame], tasks: list[str]) -> None:
+    """Refuse no distance at all, or a distance matrix that lacks some of ``tasks``."""
+    if not distances:
+        raise gt.InvalidInputError("typology_scatter needs at least one distance matrix")
+    missing = {k: [t for t in tasks if t not in d.index] for k, d in distances.items()}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing:
+        raise gt.InvalidInputError(f"distance matrices lack tasks: {missing}")
+
+
+def _same_family(tasks: list[str], families: Mapping[str, str] | None) -> np.ndarray | None:
+    """Per pair (i < j, row-major upper triangle), whether both tasks have the same known
+    family; None without ``families``."""
+    if not families:
+        return None
+    iu = np.triu_indices(len(tasks), 1)
+    fam = [families.get(t) for t in tasks]
+    return np.array([fam[i] is not None and fam[i] == fam[j] for i, j in zip(*iu, strict=True)])
+
+
+def _draw_pairs(ax, x: np.ndarray, y: np.ndarray, y0: np.ndarray | None, same) -> None:
+    """The pairs at (distance ``x``, similarity ``y``): within- and across-family colours when
+    ``same`` tells them apart, else one colour; the step-0 similarities ``y0`` as grey
+    crosses."""
+    if y0 is not None:
+        ax.scatter(x, y0, marker="x", s=14, color="#AAAAAA", linewidths=0.8, zorder=1)
+    if same is not None:
+        ax.scatter(
+            x[same],
+            y[same],
+            s=18,
+            color=WITHIN,
+            edgecolors="white",
+            linewidths=0.4,
+            zorder=3,
+        )
+        ax.scatter(
+            x[~same],
+            y[~same],
+            s=18,
+            color=ACROSS,
+            edgecolors="white",
+            linewidths=0.4,
+            zorder=2,
+        )
+    else:
+        ax.scatter(x, y, s=18, color=ALL_PAIRS, edgecolors="white", linewidths=0.4, zorder=2)
+
+
+def _panel_lines(row: pd.Series | None, alpha: float) -> list[str]:
+    """A panel's statistics box: rho with its test's p (and Holm mark at ``alpha``), its
+    noise-removed value with the language interval, the same for the partial rho given the
+    control when there is one, and the step-0 rho."""
+    if row is None:
+        return ["no correlation row for this distance"]
+    # The run's rho is attenuated by gradient noise and its snapshot interval covers no truth
+    # about languages (analyses/README.md, Calibration): the panel gives the rho with its
+    # test, then the noise-removed relation with its language interval, which is what a
+    # claim about languages reads.
+    test = "spatial" if row.get("test", "spatial") == "spatial" else "Mantel"
+    lines = [
+        f"ρ = {fmt(row['rho'])}, {test} {short_p(row['p_value'])}"
+        f"{holm_mark(row.get('p_holm'), alpha)}",
+        f"   noise-removed {_language_ci(row, '')}",
+    ]
+    if isinstance(row["control"], str):
+        lines.append(
+            f"partial | {CONTROL_NAMES.get(row['control'], row['control'])}: ρ = "
+            f"{fmt(row['partial_rho'])}, {short_p(row['partial_p_value'])}"
+            f"{holm_mark(row.get('partial_p_holm'), alpha)}"
+        )
+        lines.append(f"   noise-removed {_language_ci(row, 'partial_')}")
+    lines.append(f"step 0: ρ = {fmt(row['rho_step0'])}, {short_p(row['p_value_step0'])}")
+    return lines
+
+
+def _legend_handles(same, step0: bool, level: float, alpha: float) -> list:
+    """The figure legend's entries: the pair markers (by family when ``same`` is given), the
+    step-0 cross when ``step0``, and a line saying what rho and ✓ are."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    if same is not None:
+        handles += [
+            Line2D([], [], ls="", marker="o", color=WITHIN, label="pair, same family"),
+            Line2D([], [], ls="", marker="o", color=ACROSS, label="pair, different families"),
+        ]
+    else:
+        handles.append(Line2D([], [], ls="", marker="o", color=ALL_PAIRS, label="language pair"))
+    if step0:
         handles.append(
             Line2D(
                 [],
                 [],
                 ls="",
-                label=f"ρ: Spearman of cosine with −distance [{level:.0%} bootstrap interval]; "
-                f"✓: survives Holm at {alpha:g}",
-                color=BASELINE,
+                marker="x",
+                color="#AAAAAA",
+                label="same pair at step 0 (untrained)",
             )
         )
-        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-        set_titles(fig, title, subtitle)
-    return fig
+    handles.append(
+        Line2D(
+            [],
+            [],
+            ls="",
+            label=f"ρ: Spearman of cosine with −distance [{level:.0%} bootstrap interval]; "
+            f"✓: survives Holm at {alpha:g}",
+            color=BASELINE,
+        )
+    )
+    return handles

@@ -257,6 +257,7 @@ class Capture(ABC):
         if half is not None:
             if not self.halves:
                 raise InvalidInputError(f"half={half!r} given to a capture without halves=True")
+            # internal: True/False pass as 1/0; Step.backward (_step.py) refuses user bools
             if half not in (0, 1):
                 raise InvalidInputError(f"half must be 0 or 1, got {half!r}")
             if not self.present_halves[half][task_index]:

@@ -48,16 +48,16 @@ class Halves:
         return cls(True, rule)
 
     def meta(self) -> dict[str, Any]:
-        """What the trace's meta records: nothing when off (the meta of a trace without
-        halves has always been silent), else ``halves`` and ``halves_rule``."""
-        return {"halves": True, "halves_rule": self.rule} if self.enabled else {}
+        """What the trace's meta records: ``halves`` (true or false, so a reader never has to
+        infer it) and, with halves on, ``halves_rule``."""
+        return {"halves": True, "halves_rule": self.rule} if self.enabled else {"halves": False}
 
     @classmethod
     def from_meta(cls, meta: Callable[[str], Any], has_split_half: Callable[[], bool]) -> Halves:
         """The halves a trace was written with, from its meta (``meta(key)``, None when
-        absent). A trace without the ``"halves"`` meta says nothing either way: it has halves
-        when its snapshots carry the ``split_half`` array (``has_split_half()``), with its
-        rule unknown (None)."""
+        absent). A trace written before the ``"halves"`` meta was always recorded says
+        nothing either way: it has halves when its snapshots carry the ``split_half`` array
+        (``has_split_half()``), with its rule unknown (None)."""
         recorded = meta("halves")
         enabled = bool(recorded) if recorded is not None else has_split_half()
         return cls(True, meta("halves_rule")) if enabled else cls()

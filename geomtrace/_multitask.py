@@ -136,23 +136,7 @@ class MultiTask(StepPolicy):
         check_real_params(self.groups)
         self._trainable = TrainableCheck(_distributed.unwrap(model), self.groups, "MultiTask")
         aggregator.bind(self.tasks, [g.name for g in self.groups])  # names in its state_dict
-        if gram not in GRAM_MODES:
-            raise InvalidInputError(f"gram={gram!r}: use one of {', '.join(GRAM_MODES)}")
-        if gram == "exact" and sketch is not None:
-            raise InvalidInputError(
-                f"sketch={sketch!r} needs gram='sketch' (exact mode has no sketch dimension)"
-            )
-        if gram == "sketch":
-            if sketch is None:
-                raise InvalidInputError("gram='sketch' needs sketch=d (the sketch dimension)")
-            if sketch != IDENTITY:
-                check_sketch_dim(sketch)
-        if gram == "exact" and sketch_dtype != "float32":
-            raise InvalidInputError(
-                f"sketch_dtype={sketch_dtype!r} needs gram='sketch' (exact mode sends no sketches)"
-            )
-        if gram == "sketch":
-            check_sketch_dtype(sketch_dtype, sketch)
+        _check_gram_options(gram, sketch, sketch_dtype)
         self.sketch_dtype = sketch_dtype
         self.gram_mode = gram
         self.sketch = sketch
@@ -162,42 +146,7 @@ class MultiTask(StepPolicy):
         if _fsdp.is_fully_sharded(model):
             self.fsdp = _fsdp.fsdp_layout(model, self.groups, _distributed.AUTO, "MultiTask")
         if tracer is not None:
-            if not isinstance(tracer, Tracer):
-                raise InvalidInputError(
-                    f"tracer must be a geomtrace Tracer, got {type(tracer).__name__}"
-                )
-            wanted = sketch if gram == "sketch" and sketch != IDENTITY else None
-            if tracer.sketch != wanted or (wanted is not None and tracer.seed != seed):
-                raise InvalidInputError(
-                    "a MultiTask records the Gram matrices it aggregates with: "
-                    + (
-                        "give it a tracer without sketch="
-                        if wanted is None
-                        else f"give it a tracer with sketch={wanted} and seed={seed}"
-                    )
-                    + f" (got sketch={tracer.sketch}, seed={tracer.seed})"
-                )
-            if tracer.window > 1:
-                raise InvalidInputError(
-                    f"a MultiTask needs the Gram matrix of every step: give it a tracer "
-                    f"without window= (got window={tracer.window})"
-                )
-            if tracer.probe is not None:
-                raise InvalidInputError(
-                    "a MultiTask records the gradients it combines: give it a tracer without probe="
-                )
-            ours = [g.name for g in self.groups]
-            theirs = [g.name for g in tracer.groups]
-            if ours != theirs:
-                raise InvalidInputError(
-                    f"the tracer's groups {theirs} differ from the MultiTask's groups {ours}: "
-                    "build both with the same model and groups"
-                )
-            if list(tracer.tasks) != self.tasks:
-                raise InvalidInputError(
-                    f"the tracer's tasks {list(tracer.tasks)} differ from the MultiTask's tasks "
-                    f"{self.tasks}: give both the same tasks in the same order"
-                )
+            self._check_tracer(tracer)
         self.tracer = tracer
         halves = tracer is not None and tracer.halves
         if self.fsdp is None:  # under FSDP each rank holds only its P / W columns
@@ -208,27 +157,73 @@ class MultiTask(StepPolicy):
                 halves=halves,
                 owner="MultiTask",
             )
-        self.capture: Capture
+        self.capture: Capture = self._new_capture(halves)
+        if tracer is not None:
+            tracer._adopt(self.capture, self)
+        self._active_step: Step | None = None
+
+    def _check_tracer(self, tracer: Tracer) -> None:
+        """Refuse a ``tracer`` that cannot record what this MultiTask aggregates with: another
+        sketch (or seed), a window, probe batches, other groups or other tasks."""
+        gram, sketch, seed = self.gram_mode, self.sketch, self.seed
+        if not isinstance(tracer, Tracer):
+            raise InvalidInputError(
+                f"tracer must be a geomtrace Tracer, got {type(tracer).__name__}"
+            )
+        wanted = sketch if gram == "sketch" and sketch != IDENTITY else None
+        if tracer.sketch != wanted or (wanted is not None and tracer.seed != seed):
+            raise InvalidInputError(
+                "a MultiTask records the Gram matrices it aggregates with: "
+                + (
+                    "give it a tracer without sketch="
+                    if wanted is None
+                    else f"give it a tracer with sketch={wanted} and seed={seed}"
+                )
+                + f" (got sketch={tracer.sketch}, seed={tracer.seed})"
+            )
+        if tracer.window > 1:
+            raise InvalidInputError(
+                f"a MultiTask needs the Gram matrix of every step: give it a tracer "
+                f"without window= (got window={tracer.window})"
+            )
+        if tracer.probe is not None:
+            raise InvalidInputError(
+                "a MultiTask records the gradients it combines: give it a tracer without probe="
+            )
+        ours = [g.name for g in self.groups]
+        theirs = [g.name for g in tracer.groups]
+        if ours != theirs:
+            raise InvalidInputError(
+                f"the tracer's groups {theirs} differ from the MultiTask's groups {ours}: "
+                "build both with the same model and groups"
+            )
+        if list(tracer.tasks) != self.tasks:
+            raise InvalidInputError(
+                f"the tracer's tasks {list(tracer.tasks)} differ from the MultiTask's tasks "
+                f"{self.tasks}: give both the same tasks in the same order"
+            )
+
+    def _new_capture(self, halves: bool) -> Capture:
+        """The capture of the per-task gradients: sharded under FSDP (gradients, or sketches
+        with ``gram="sketch"``), sketched with ``gram="sketch"``, else the exact per-task
+        gradients (with split ``halves``); split halves refused with a sketch."""
+        model, gram, sketch, seed = self.model, self.gram_mode, self.sketch, self.seed
+        sketch_dtype = self.sketch_dtype
         if self.fsdp is not None and gram == "sketch":
             if halves:
                 raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
             # Two passes at the traffic of one FSDP step (see geomtrace._fsdp_sketch).
-            self.capture = ShardedSketchedGram(
+            return ShardedSketchedGram(
                 model, self.groups, len(self.tasks), self.fsdp, sketch, seed, dtype=sketch_dtype
             )
         elif self.fsdp is not None:
-            self.capture = ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
+            return ShardedTaskGradients(self.groups, len(self.tasks), self.fsdp)
         elif gram == "sketch":
             if halves:
                 raise InvalidInputError("gram='sketch' cannot record split halves (halves=True)")
-            self.capture = SketchedGram(
-                self.groups, len(self.tasks), sketch, seed, dtype=sketch_dtype
-            )
+            return SketchedGram(self.groups, len(self.tasks), sketch, seed, dtype=sketch_dtype)
         else:
-            self.capture = TaskGradients(self.groups, len(self.tasks), halves=halves)
-        if tracer is not None:
-            tracer._adopt(self.capture, self)
-        self._active_step: Step | None = None
+            return TaskGradients(self.groups, len(self.tasks), halves=halves)
 
     @property
     def _process_group(self) -> object:
@@ -292,3 +287,25 @@ class MultiTask(StepPolicy):
             f"MultiTask(tasks={self.tasks}, aggregator={self.aggregator!r}, "
             f"groups={len(self.groups)})"
         )
+
+
+def _check_gram_options(gram: str, sketch: int | str | None, sketch_dtype: str) -> None:
+    """Refuse an unknown ``gram`` mode, a sketch dimension or dtype in exact mode, and sketch
+    mode without a valid sketch dimension or with a dtype it cannot send."""
+    if gram not in GRAM_MODES:
+        raise InvalidInputError(f"gram={gram!r}: use one of {', '.join(GRAM_MODES)}")
+    if gram == "exact" and sketch is not None:
+        raise InvalidInputError(
+            f"sketch={sketch!r} needs gram='sketch' (exact mode has no sketch dimension)"
+        )
+    if gram == "sketch":
+        if sketch is None:
+            raise InvalidInputError("gram='sketch' needs sketch=d (the sketch dimension)")
+        if sketch != IDENTITY:
+            check_sketch_dim(sketch)
+    if gram == "exact" and sketch_dtype != "float32":
+        raise InvalidInputError(
+            f"sketch_dtype={sketch_dtype!r} needs gram='sketch' (exact mode sends no sketches)"
+        )
+    if gram == "sketch":
+        check_sketch_dtype(sketch_dtype, sketch)

@@ -316,6 +316,7 @@ class Step:
         belongs to; None applies the Tracer's ``halves_rule``.
         """
         index = self._check(task, loss)
+        # user input: bools refused; Capture._mark_present (_capture.py), internal, takes 1/0
         if half is not None and (isinstance(half, bool) or half not in (0, 1)):
             raise InvalidInputError(f"half must be 0, 1 or None, got {half!r}")
         self._losses.setdefault(task, []).append(loss.detach().reshape(()))

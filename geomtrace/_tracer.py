@@ -271,8 +271,9 @@ class Tracer(StepPolicy):
             self._write_capture_meta()
 
     def _write_capture_meta(self) -> None:
-        """How the snapshots are taken, in the trace's meta: world size, sketch (dimension
-        and seed), split halves, window; each only where it is not the plain default."""
+        """How the snapshots are taken, in the trace's meta: split halves (always, on or
+        off); world size, sketch (dimension and seed) and window only where they are not the
+        plain default."""
         world = _distributed.world_size(self._group_arg)
         if world > 1:
             self.writer.set_meta("world_size", world)

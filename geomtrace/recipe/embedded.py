@@ -20,8 +20,9 @@ cross-entropy (no smoothing) on the same split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -301,22 +302,7 @@ def make_recipe(config: RecipeConfig) -> tuple:
     )
     direction = config.direction
     tags = {lang: FIRST_TAG + i for i, lang in enumerate(langs)}
-    train: dict[str, Encoded] = {}
-    test: dict[str, Encoded] = {}
-    counts: dict[str, dict[str, int]] = {}
-    for lang in langs:
-        tr = select_pairs(corpus.split(lang, "train"), config.max_bytes)
-        te = select_pairs(corpus.split(lang, "test"), config.max_bytes)
-        if not tr or not te:
-            raise InvalidInputError(
-                f"language {lang!r} has {len(tr)} train and {len(te)} test pairs of at most "
-                f"{config.max_bytes} bytes: raise max_bytes or drop the language"
-            )
-        train[lang] = encode_pairs(tr, tags[lang], direction)
-        test[lang] = encode_pairs(te, tags[lang], direction)
-        counts[lang] = {"train": len(tr), "test": len(te)} | {
-            f"catalog_{k}": v for k, v in corpus.counts()[lang].items()
-        }
+    train, test, counts = _encoded_splits(corpus, langs, tags, config)
     max_len = config.max_bytes + 2
     model = ByteTransformer(
         len(langs), config.d_model, config.nhead, config.enc_layers, config.dec_layers,
@@ -325,46 +311,8 @@ def make_recipe(config: RecipeConfig) -> tuple:
     rows = dict(zip(langs, rows_per_language(
         [len(train[lg].refs) for lg in langs], config.batch_per_lang, config.sampling_temperature
     ), strict=True))  # fmt: skip
-    smoothing = config.label_smoothing
-
-    sizes = [train[lg].src.shape[0] for lg in langs]
-    row_counts = [rows[lg] for lg in langs]
-
-    def sample(step: int, generator: torch.Generator) -> dict[str, Batch]:
-        picks = sample_indices(sizes, row_counts, config.bucket, generator)
-        out = {}
-        for lang, idx in zip(langs, picks, strict=True):
-            enc = train[lang]
-            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
-        return out
-
-    def loss(model: nn.Module, task: str, batch: Batch) -> torch.Tensor:
-        src, tgt = batch
-        tok = token_losses(model, src, tgt, smoothing)
-        return tok.sum() / (tgt[:, 1:] != PAD).sum()
-
-    def joint_loss(model: nn.Module, batches: Mapping[str, Batch]) -> dict[str, torch.Tensor]:
-        # sum_l mean_l is exactly the sum of the per-task losses, so gradients match.
-        if config.bucket == "shared":
-            # every sub-batch comes from the same length window: one forward, little padding
-            # (kept as it was, so old configs reproduce their traces bit for bit)
-            return fused_losses(model, batches, smoothing, chunk_rows=0)
-        return fused_losses(model, batches, smoothing, chunk_rows=JOINT_CHUNK_ROWS)
-
-    def half_losses(model: nn.Module, task: str, batch: Batch) -> tuple[torch.Tensor, ...]:
-        return split_half_losses(model, batch, smoothing, chunk_rows=SNAPSHOT_CHUNK_ROWS)
-
-    def snapshot_sample(step: int, generator: torch.Generator, size: int) -> dict[str, Batch]:
-        # fresh uniform rows (no windows, no row twice): the two halves are disjoint draws of
-        # the language's data, so no string's gradient counts in both (a repeated row would
-        # add its own |g|^2 to a.b and read as signal)
-        return {
-            lang: _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
-            for lang, enc, idx in zip(
-                langs, (train[lg] for lg in langs), fresh_rows(sizes, size, generator),
-                strict=True,
-            )
-        }  # fmt: skip
+    sample, snapshot_sample = _samplers(train, langs, [rows[lg] for lg in langs], config.bucket)
+    loss, joint_loss, half_losses = _losses(config.label_smoothing, config.bucket)
 
     def evaluate(model: nn.Module) -> dict[str, dict[str, float]]:
         # the intervals go to the trace meta "chrf_intervals" (written after evaluation), not
@@ -381,7 +329,106 @@ def make_recipe(config: RecipeConfig) -> tuple:
         probe = make_probe(corpus, langs, tags, direction, config.max_bytes, config.probe_size)
 
     iso_codes, problems = iso_codes_for(langs)
-    meta = {
+    meta = _corpus_meta(corpus, langs, config, counts, problems)
+    recipe = Recipe(
+        model=model, tasks=langs, sample=sample, loss=loss, iso_codes=iso_codes, probe=probe,
+        evaluate=evaluate, joint_loss=joint_loss, half_losses=half_losses,
+        snapshot_sample=snapshot_sample, meta=meta,
+        describe=_describe(langs, counts, problems, config.max_bytes),
+    )  # fmt: skip
+    return recipe, counts
+
+
+def _encoded_splits(
+    corpus: Corpus, langs: Sequence[str], tags: Mapping[str, int], config: RecipeConfig
+) -> tuple[dict[str, Encoded], dict[str, Encoded], dict[str, dict[str, int]]]:
+    """Every language's train and test pairs of at most ``config.max_bytes`` bytes, encoded
+    for ``config.direction``, and their counts (with the catalog counts); refuses a language
+    left without train or test pairs."""
+    train: dict[str, Encoded] = {}
+    test: dict[str, Encoded] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for lang in langs:
+        tr = select_pairs(corpus.split(lang, "train"), config.max_bytes)
+        te = select_pairs(corpus.split(lang, "test"), config.max_bytes)
+        if not tr or not te:
+            raise InvalidInputError(
+                f"language {lang!r} has {len(tr)} train and {len(te)} test pairs of at most "
+                f"{config.max_bytes} bytes: raise max_bytes or drop the language"
+            )
+        train[lang] = encode_pairs(tr, tags[lang], config.direction)
+        test[lang] = encode_pairs(te, tags[lang], config.direction)
+        counts[lang] = {"train": len(tr), "test": len(te)} | {
+            f"catalog_{k}": v for k, v in corpus.counts()[lang].items()
+        }
+    return train, test, counts
+
+
+def _samplers(
+    train: Mapping[str, Encoded], langs: Sequence[str], row_counts: list[int], bucket: str
+) -> tuple[Callable, Callable]:
+    """The recipe's ``sample(step, generator)``: ``row_counts`` rows per language drawn with
+    the ``bucket`` length windows (``sample_indices``), and its ``snapshot_sample(step,
+    generator, size)``: ``size`` fresh uniform rows per language (``fresh_rows``)."""
+    sizes = [train[lg].src.shape[0] for lg in langs]
+
+    def sample(step: int, generator: torch.Generator) -> dict[str, Batch]:
+        picks = sample_indices(sizes, row_counts, bucket, generator)
+        out = {}
+        for lang, idx in zip(langs, picks, strict=True):
+            enc = train[lang]
+            out[lang] = _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
+        return out
+
+    def snapshot_sample(step: int, generator: torch.Generator, size: int) -> dict[str, Batch]:
+        # fresh uniform rows (no windows, no row twice): the two halves are disjoint draws of
+        # the language's data, so no string's gradient counts in both (a repeated row would
+        # add its own |g|^2 to a.b and read as signal)
+        return {
+            lang: _trim(enc.src[idx], enc.tgt[idx], enc.src_len[idx], enc.tgt_len[idx])
+            for lang, enc, idx in zip(
+                langs, (train[lg] for lg in langs), fresh_rows(sizes, size, generator),
+                strict=True,
+            )
+        }  # fmt: skip
+
+    return sample, snapshot_sample
+
+
+def _losses(smoothing: float, bucket: str) -> tuple[Callable, Callable, Callable]:
+    """The recipe's ``loss`` (a sub-batch's mean token loss with label ``smoothing``), its
+    ``joint_loss`` (every task's loss from fused forwards, one for ``bucket="shared"``) and
+    its ``half_losses`` (the two row halves' shares of the loss, ``split_half_losses``)."""
+
+    def loss(model: nn.Module, task: str, batch: Batch) -> torch.Tensor:
+        src, tgt = batch
+        tok = token_losses(model, src, tgt, smoothing)
+        return tok.sum() / (tgt[:, 1:] != PAD).sum()
+
+    def joint_loss(model: nn.Module, batches: Mapping[str, Batch]) -> dict[str, torch.Tensor]:
+        # sum_l mean_l is exactly the sum of the per-task losses, so gradients match.
+        if bucket == "shared":
+            # every sub-batch comes from the same length window: one forward, little padding
+            # (kept as it was, so old configs reproduce their traces bit for bit)
+            return fused_losses(model, batches, smoothing, chunk_rows=0)
+        return fused_losses(model, batches, smoothing, chunk_rows=JOINT_CHUNK_ROWS)
+
+    def half_losses(model: nn.Module, task: str, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return split_half_losses(model, batch, smoothing, chunk_rows=SNAPSHOT_CHUNK_ROWS)
+
+    return loss, joint_loss, half_losses
+
+
+def _corpus_meta(
+    corpus: Corpus,
+    langs: Sequence[str],
+    config: RecipeConfig,
+    counts: Mapping[str, Mapping[str, int]],
+    problems: Mapping[str, str],
+) -> dict[str, Any]:
+    """The trace meta of the embedded recipe: scripts, character profiles, the languages'
+    codes and names, URIEL problems, and where the corpus's pairs came from."""
+    return {
         "scripts": {lg: LANGUAGES[lg].script for lg in langs},
         "char_profiles": {
             lg: char_profile(p.x for p in select_pairs(corpus.split(lg, "train"), config.max_bytes))
@@ -406,23 +453,28 @@ def make_recipe(config: RecipeConfig) -> tuple:
         "corpus_skipped": {lg: dict(corpus.skipped[lg]) for lg in langs},
         "domains": list(config.domains),
     }
+
+
+def _describe(
+    langs: Sequence[str],
+    counts: Mapping[str, Mapping[str, int]],
+    problems: Mapping[str, str],
+    max_bytes: int,
+) -> list[str]:
+    """The run summary's lines: the corpus's size ranges, and the languages without
+    typology."""
     describe = [
         f"corpus: {len(langs)} languages, train pairs {min(c['train'] for c in counts.values())}"
         f"-{max(c['train'] for c in counts.values())}, test pairs "
         f"{min(c['test'] for c in counts.values())}-{max(c['test'] for c in counts.values())} "
-        f"(<= {config.max_bytes} bytes)"
+        f"(<= {max_bytes} bytes)"
     ]
     if problems:
         describe.append(
             "not in URIEL (no typology): "
             + ", ".join(f"{t} ({why})" for t, why in problems.items())
         )
-    recipe = Recipe(
-        model=model, tasks=langs, sample=sample, loss=loss, iso_codes=iso_codes, probe=probe,
-        evaluate=evaluate, joint_loss=joint_loss, half_losses=half_losses,
-        snapshot_sample=snapshot_sample, meta=meta, describe=describe,
-    )  # fmt: skip
-    return recipe, counts
+    return describe
 
 
 def make_probe(

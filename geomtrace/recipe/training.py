@@ -181,9 +181,10 @@ def make_optimizer(model: nn.Module, config: RecipeConfig):
     return optimizer, scheduler
 
 
-def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict[str, Any]:
+def snapshot_options(recipe: Recipe, config: RecipeConfig) -> dict[str, Any]:
     """The Tracer's ``halves`` and ``window`` arguments for ``config`` (only those that differ
-    from the Tracer's defaults); refuses what this recipe or Tracer cannot do.
+    from the Tracer's defaults); refuses snapshot fields that are invalid in themselves
+    (``check_snapshot_fields``).
 
     Where a field does not apply it is left out, with a log line saying why: probe snapshots
     have no split halves and no windows (the Tracer refuses both with ``probe=``: a probe
@@ -191,9 +192,6 @@ def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict
     matrix the optimizer used at each traced step, so there is no window (``MultiTask``
     refuses a windowed Tracer), but halves work.
     """
-    import inspect
-
-    from geomtrace import InvalidInputError
     from geomtrace.recipe.config import check_snapshot_fields
 
     check_snapshot_fields(config)
@@ -222,14 +220,6 @@ def snapshot_options(recipe: Recipe, config: RecipeConfig, tracer_class) -> dict
         options["halves"] = True
     if window > 1:
         options["window"] = window
-    accepted = inspect.signature(tracer_class).parameters
-    missing = [key for key in options if key not in accepted]
-    if missing:
-        raise InvalidInputError(
-            f"config {', '.join(f'{k}={config.to_dict()[k]}' for k in missing)}: this "
-            f"geomtrace's Tracer takes no {' or '.join(f'{k}=' for k in missing)} "
-            f"(set {' '.join(f'{k}={_off(k)}' for k in missing)})"
-        )
     return options
 
 
@@ -289,19 +279,6 @@ def _separate_snapshot(tracer, recipe: Recipe, step: int, generator, rows: int, 
         model.train(was_training)
 
 
-def _off(key: str) -> str:
-    return {"halves": "false", "window": "1"}[key]
-
-
-def _captures(tracer, step: int, window: int) -> bool:
-    """Whether ``step`` feeds a snapshot: it is traced, or (windows) within ``window`` steps
-    after a traced step. The Tracer's own answer wins when it has one."""
-    captures = getattr(tracer, "captures", None)
-    if callable(captures):
-        return bool(captures(step))
-    return any(tracer.should_trace(step - j) for j in range(window) if step - j >= 0)
-
-
 def train(
     recipe: Recipe,
     config: RecipeConfig,
@@ -314,8 +291,6 @@ def train(
     ``on_step(step, mean_loss)`` is called after every step (the CLI's progress bar). Returns
     the final step, whether Ctrl-C stopped the run early, and the evaluation results.
     """
-    from geomtrace import Tracer
-
     start_time = time.perf_counter()
     # CPU seconds of this process as well: the wall time depends on what else the machine
     # runs; CPU time at one thread is what a budget on an idle machine is computed from
@@ -324,22 +299,86 @@ def train(
     model = recipe.model.to(device)
     tasks = list(recipe.tasks)
     steps = config.steps
-    every = config.every
     generator = torch.Generator().manual_seed(config.seed)
     param_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    probe = None
-    if config.probe:
-        if recipe.probe is None:
-            from geomtrace import InvalidInputError
-
-            raise InvalidInputError("--probe: this recipe provides no probe batches")
-        probe = {t: _to_device(b, device) for t, b in recipe.probe.items()}
-
-    snapshot = snapshot_options(recipe, config, Tracer)
+    probe = _probe_batches(recipe, config, device)
+    snapshot = snapshot_options(recipe, config)
     snapshot_rows = separate_snapshot_rows(recipe, config)
     # its own stream: the training batches are those of a run without separate snapshots
     snapshot_gen = torch.Generator().manual_seed(config.seed + 1)
+    tracer, driver = _tracer_and_driver(recipe, model, config, run_dir, overwrite, probe, snapshot)
+    meta = _write_run_meta(tracer, recipe, config, param_count)
+
+    optimizer, scheduler = make_optimizer(model, config)
+
+    model.train()
+    final_step = 0
+    interrupted = False
+    with tracer, _StopFlag() as flag:
+        for step in range(steps + 1):
+            last = step == steps
+            batches = {t: _to_device(b, device) for t, b in recipe.sample(step, generator).items()}
+            capturing = tracer.captures(step)  # never in probe mode
+            separate = capturing and snapshot_rows > 0
+            if separate:  # the snapshot from its own batch; then an untraced training step
+                _separate_snapshot(tracer, recipe, step, snapshot_gen, snapshot_rows, device)
+                optimizer.zero_grad(set_to_none=True)
+                capturing = False
+            per_task = config.method != "sum" or capturing or (recipe.joint_loss is None)
+            split = capturing and snapshot.get("halves") and "window" not in snapshot
+            context = contextlib.nullcontext(_PlainStep()) if separate else driver.step(step)
+            mean_loss = _backward(recipe, model, tasks, batches, context, per_task, bool(split))
+            if not last:
+                if config.clip_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                optimizer.step()
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            final_step = step if last else step + 1
+            if on_step is not None:
+                on_step(step, mean_loss)
+            if flag.stop and not last:
+                interrupted = True
+                break
+
+        if interrupted:
+            tracer.set_meta("interrupted_at_step", final_step)
+        quality = _evaluate(tracer, recipe, model, final_step, meta)
+        seconds = time.perf_counter() - start_time
+        tracer.set_meta("train_seconds", seconds)
+        tracer.set_meta("train_cpu_seconds", time.process_time() - start_cpu)
+    return TrainResult(final_step, interrupted, quality, seconds, param_count)
+
+
+def _probe_batches(recipe: Recipe, config: RecipeConfig, device: torch.device):
+    """The recipe's fixed probe batches on ``device`` in probe mode (``config.probe``; refused
+    when the recipe has none), else None."""
+    if not config.probe:
+        return None
+    if recipe.probe is None:
+        from geomtrace import InvalidInputError
+
+        raise InvalidInputError("--probe: this recipe provides no probe batches")
+    return {t: _to_device(b, device) for t, b in recipe.probe.items()}
+
+
+def _tracer_and_driver(
+    recipe: Recipe,
+    model: nn.Module,
+    config: RecipeConfig,
+    run_dir: Path,
+    overwrite: bool,
+    probe: Mapping[str, Any] | None,
+    snapshot: dict[str, Any],
+):
+    """The run's Tracer (every ``config.every`` steps and the last; ``probe`` batches in probe
+    mode; the ``snapshot`` options) and what drives each step: the Tracer itself for ``sum``,
+    else a ``MultiTask`` with the config's aggregator feeding that Tracer."""
+    from geomtrace import Tracer
+
+    tasks = list(recipe.tasks)
+    steps, every = config.steps, config.every
     tracer = Tracer(
         model,
         tasks,
@@ -360,7 +399,12 @@ def train(
         driver = MultiTask(
             model, tasks, aggregator=_aggregator(config), groups=config.granularity, tracer=tracer
         )
+    return tracer, driver
 
+
+def _write_run_meta(tracer, recipe: Recipe, config: RecipeConfig, param_count: int) -> dict:
+    """Write what the run is (direction, method, granularity, parameter count and the recipe's
+    own meta) to the trace's meta; returns what was written."""
     meta = {
         "direction": config.direction,
         "method": config.method,
@@ -370,74 +414,61 @@ def train(
     }
     for key, value in meta.items():
         tracer.set_meta(key, value)
+    return meta
 
-    optimizer, scheduler = make_optimizer(model, config)
 
-    model.train()
-    final_step = 0
-    interrupted = False
-    with tracer, _StopFlag() as flag:
-        for step in range(steps + 1):
-            last = step == steps
-            batches = {t: _to_device(b, device) for t, b in recipe.sample(step, generator).items()}
-            capturing = probe is None and _captures(tracer, step, config.window)
-            separate = capturing and snapshot_rows > 0
-            if separate:  # the snapshot from its own batch; then an untraced training step
-                _separate_snapshot(tracer, recipe, step, snapshot_gen, snapshot_rows, device)
-                optimizer.zero_grad(set_to_none=True)
-                capturing = False
-            per_task = config.method != "sum" or capturing or (recipe.joint_loss is None)
-            with contextlib.nullcontext(_PlainStep()) if separate else driver.step(step) as s:
-                if per_task:
-                    split = capturing and snapshot.get("halves") and "window" not in snapshot
-                    for task in tasks:
-                        if split:  # rows in two halves: a + b is the sub-batch's gradient
-                            loss_a, loss_b = recipe.half_losses(model, task, batches[task])
-                            # each value shifted to the whole batch's loss (the Tracer records
-                            # the mean of a task's backward losses); gradients unchanged
-                            s.backward(task, loss_a + loss_b.detach(), retain_graph=True, half=0)
-                            s.backward(task, loss_b + loss_a.detach(), half=1)
-                        else:
-                            s.backward(task, recipe.loss(model, task, batches[task]))
-                    total = None
+def _backward(
+    recipe: Recipe,
+    model: nn.Module,
+    tasks: list[str],
+    batches: Mapping[str, Any],
+    context,
+    per_task: bool,
+    split: bool,
+) -> float:
+    """One step's backward passes inside the step ``context``; returns the mean task loss.
+
+    ``per_task``: one backward per task (two with ``split``: the losses of the sub-batch's two
+    row halves, whose gradients sum to the sub-batch's); else one backward of the summed
+    ``recipe.joint_loss`` (the same gradient, one forward)."""
+    with context as s:
+        if per_task:
+            for task in tasks:
+                if split:  # rows in two halves: a + b is the sub-batch's gradient
+                    loss_a, loss_b = recipe.half_losses(model, task, batches[task])
+                    # each value shifted to the whole batch's loss (the Tracer records
+                    # the mean of a task's backward losses); gradients unchanged
+                    s.backward(task, loss_a + loss_b.detach(), retain_graph=True, half=0)
+                    s.backward(task, loss_b + loss_a.detach(), half=1)
                 else:
-                    losses = recipe.joint_loss(model, batches)
-                    total = torch.stack([losses[t] for t in tasks]).sum()
-                    total.backward()
-            if per_task:
-                mean_loss = sum(s.mean_losses().values()) / len(tasks)
-            else:
-                mean_loss = float(total.detach()) / len(tasks)
-            if not last:
-                if config.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-                optimizer.step()
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            final_step = step if last else step + 1
-            if on_step is not None:
-                on_step(step, mean_loss)
-            if flag.stop and not last:
-                interrupted = True
-                break
+                    s.backward(task, recipe.loss(model, task, batches[task]))
+            total = None
+        else:
+            losses = recipe.joint_loss(model, batches)
+            total = torch.stack([losses[t] for t in tasks]).sum()
+            total.backward()
+    if per_task:
+        return sum(s.mean_losses().values()) / len(tasks)
+    return float(total.detach()) / len(tasks)
 
-        quality: dict[str, dict[str, float]] = {}
-        if interrupted:
-            tracer.set_meta("interrupted_at_step", final_step)
-        if recipe.evaluate is not None:
-            model.eval()
-            try:
-                with torch.no_grad():
-                    quality = {t: dict(m) for t, m in recipe.evaluate(model).items()}
-            except KeyboardInterrupt:
-                log.warning("evaluation interrupted: the trace has no quality rows")
-                quality = {}
-            for task, metrics in quality.items():
-                for metric, value in metrics.items():
-                    tracer.record_quality(final_step, task, metric, float(value))
-            for key in recipe.meta.keys() - meta.keys():  # added by evaluate (chrf_intervals)
-                tracer.set_meta(key, recipe.meta[key])
-        seconds = time.perf_counter() - start_time
-        tracer.set_meta("train_seconds", seconds)
-        tracer.set_meta("train_cpu_seconds", time.process_time() - start_cpu)
-    return TrainResult(final_step, interrupted, quality, seconds, param_count)
+
+def _evaluate(tracer, recipe: Recipe, model: nn.Module, final_step: int, meta: dict) -> dict:
+    """The recipe's evaluation of the trained model (eval mode, no gradients), recorded as
+    quality rows of ``final_step``, with the meta keys ``evaluate`` added to ``recipe.meta``
+    (beyond ``meta``, already written); {} without ``evaluate`` or when Ctrl-C stops it."""
+    quality: dict[str, dict[str, float]] = {}
+    if recipe.evaluate is None:
+        return quality
+    model.eval()
+    try:
+        with torch.no_grad():
+            quality = {t: dict(m) for t, m in recipe.evaluate(model).items()}
+    except KeyboardInterrupt:
+        log.warning("evaluation interrupted: the trace has no quality rows")
+        quality = {}
+    for task, metrics in quality.items():
+        for metric, value in metrics.items():
+            tracer.record_quality(final_step, task, metric, float(value))
+    for key in recipe.meta.keys() - meta.keys():  # added by evaluate (chrf_intervals)
+        tracer.set_meta(key, recipe.meta[key])
+    return quality

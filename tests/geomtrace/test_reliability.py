@@ -389,6 +389,20 @@ def test_halves_value_validates_once_and_round_trips_through_the_meta(tmp_path):
     assert tracer.split_halves == Halves(True, "micro_batches")
     trace = gt.open_trace(tmp_path)
     assert trace.halves == tracer.split_halves and trace.has_halves
+    assert trace.meta("halves") is True and trace.meta("halves_rule") == "micro_batches"
+
+
+def test_a_trace_without_halves_says_so_in_its_meta(tmp_path):
+    from geomtrace._halves import Halves
+
+    model = linear(3)
+    with gt.Tracer(model, ["t", "u"], out=tmp_path) as tracer:
+        with tracer.step(0) as s:
+            for task in ("t", "u"):
+                s.backward(task, dot_loss(model, [1.0, 0.0, 2.0]))
+    trace = gt.open_trace(tmp_path)
+    assert trace.meta("halves") is False and trace.meta("halves_rule") is None
+    assert trace.halves == Halves() and not trace.has_halves
 
 
 def test_a_trace_without_the_halves_meta_reads_halves_from_its_arrays(tmp_path):

@@ -195,27 +195,38 @@ def test_check_snapshot_fields(values, message):
         check_snapshot_fields(config)
 
 
-def test_snapshot_options_refuse_what_the_tracer_cannot_do():
-    class OldTracer:
-        def __init__(self, model, tasks, every=1): ...
+def test_snapshot_options_say_what_does_not_apply_and_the_tracer_takes_the_rest(caplog):
+    """An option that cannot apply is dropped with a log line that says why; what is left is
+    accepted by the real Tracer, which records it in the trace's meta."""
+    model = torch.nn.Linear(1, 1)
+    recipe = Recipe(model=model, tasks=["a"], sample=None, loss=None)
+    logger = "geomtrace.recipe.training"
 
-    class NewTracer:
-        def __init__(self, model, tasks, every=1, halves=False, window=1): ...
+    def options(config):
+        caplog.clear()
+        with caplog.at_level("INFO", logger=logger):
+            got = snapshot_options(recipe, config)
+        tracer = Tracer(model, ["a", "b"], every=config.every, **got)  # the real Tracer takes it
+        assert tracer.halves is bool(got.get("halves")) and tracer.window == got.get("window", 1)
+        return got, caplog.text
 
-    recipe = Recipe(model=torch.nn.Linear(1, 1), tasks=["a"], sample=None, loss=None)
-    assert snapshot_options(recipe, RecipeConfig(halves=False), OldTracer) == {}
-    probe = RecipeConfig(probe=True, halves=True, window=4, snapshot_rows=0)  # neither applies
-    assert snapshot_options(recipe, probe, NewTracer) == {}
-    gradvac = RecipeConfig(method="gradvac", halves=True, window=4, snapshot_rows=0)
-    assert snapshot_options(recipe, gradvac, NewTracer) == {}  # no window, no half_losses
+    assert options(RecipeConfig(halves=False)) == ({}, "")
+    got, text = options(RecipeConfig(probe=True, halves=True, window=4, snapshot_rows=0))
+    assert got == {} and "probe mode" in text and "halves=true, window=4 not applied" in text
+    got, text = options(RecipeConfig(method="gradvac", halves=True, window=4, snapshot_rows=0))
+    assert got == {}  # no window with an aggregator, and halves need the recipe's half_losses
+    assert "method gradvac" in text and "window=4 not applied" in text
+    assert "this recipe has no half_losses" in text and "no reliability" in text
+    got, text = options(RecipeConfig(halves=True))
+    assert got == {} and "this recipe has no half_losses" in text
     recipe.half_losses = lambda model, task, batch: (batch, batch)
-    assert snapshot_options(recipe, gradvac, NewTracer) == {"halves": True}
-    with pytest.raises(InvalidInputError, match="Tracer takes no halves="):
-        snapshot_options(recipe, RecipeConfig(halves=True), OldTracer)
-    windowed = RecipeConfig(halves=True, window=4, snapshot_rows=0)
-    assert snapshot_options(recipe, windowed, NewTracer) == {
-        "halves": True, "window": 4,
-    }  # fmt: skip
+    got, text = options(RecipeConfig(method="gradvac", halves=True, window=4, snapshot_rows=0))
+    assert got == {"halves": True} and "half_losses" not in text
+    assert options(RecipeConfig(halves=True, window=4, snapshot_rows=0)) == (
+        {"halves": True, "window": 4}, "",
+    )  # fmt: skip
+    with pytest.raises(InvalidInputError, match="window=0"):  # invalid in itself: refused
+        snapshot_options(recipe, RecipeConfig(window=0))
 
 
 def test_probe_rows_interleave_lengths_so_halves_match():
