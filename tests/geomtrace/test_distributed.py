@@ -493,3 +493,11 @@ def test_no_process_group_means_single_process_capture():
 
 if __name__ == "__main__":
     worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:])
+    # Every scenario has finished and written its files, and the process group is destroyed.
+    # On a loaded machine the interpreter's own teardown can still abort in gloo's C++ threads
+    # ("terminate called without an active exception", exit code -6; seen once in a CI
+    # rehearsal, never when the test runs alone): leave without that teardown. A worker that
+    # raised never gets here, so its traceback and non-zero exit code stand.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

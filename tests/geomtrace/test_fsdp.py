@@ -532,3 +532,8 @@ def test_a_plain_model_is_not_fully_sharded():
 
 if __name__ == "__main__":
     worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:])
+    # As tests/geomtrace/test_distributed.py: skip the interpreter's teardown, which can abort
+    # in gloo's threads on a loaded machine after every scenario has finished.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
