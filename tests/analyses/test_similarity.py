@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import analyses
 import geomtrace as gt
@@ -123,22 +124,29 @@ def test_group_difference_is_paired_and_matches_the_summaries(tmp_path):
         analyses.group_difference(trace, "encoder.0", "nope")
 
 
-def test_training_change_by_hand_and_its_interval_holds_step_0_fixed():
+def test_training_change_by_hand_and_its_paired_interval():
     # STACK: step 0 mean pair 0.9; window matrix (steps 10, 20) mean (0.4 - 0.2 + 0.2) / 3
-    got = analyses.training_change(STACK, steps=[0, 10, 20], measure="raw", n_bootstrap=200)
+    got = analyses.training_change(STACK, steps=[0, 10, 20], measure="raw")
     assert list(got) == analyses.TRAINING_CHANGE_COLUMNS
     assert got["mean_step0"] == pytest.approx(0.9)
     assert got["mean_trained"] == pytest.approx(0.4 / 3)
     assert got["change"] == pytest.approx(0.4 / 3 - 0.9)
-    assert got["ci_low"] <= got["change"] <= got["ci_high"] and got["n_steps"] == 2
+    # 3 tasks: leaving one out keeps one pair; the jackknife is over those three changes
+    loo = np.array([0.2 - 0.9, -0.2 - 0.9, 0.4 - 0.9])  # pairs b-c, a-c, a-b left
+    se = np.sqrt(2 / 3 * ((loo - loo.mean()) ** 2).sum())
+    half = stats.t.ppf(0.975, 2) * se
+    assert got["lang_ci_low"] == pytest.approx(got["change"] - half)
+    assert got["lang_ci_high"] == pytest.approx(got["change"] + half)
+    assert got["n_steps"] == 2 and got["n_tasks"] == 3
     # no step 0: the trained mean only
     later = analyses.training_change(STACK[1:], steps=[10, 20], measure="raw")
     assert np.isnan(later["change"]) and later["mean_trained"] == pytest.approx(0.4 / 3)
 
 
 def test_training_change_interval_covers_a_planted_change():
-    """Snapshots of a stable trained geometry plus fresh noise: the interval of the change
-    from a fixed step 0 covers the noise-free change in most repetitions and is centred."""
+    """Snapshots of a stable trained geometry plus fresh noise: the paired (task jackknife)
+    interval of the change from step 0 covers the noise-free change in most repetitions, and
+    the change is centred on it."""
     rng = np.random.default_rng(0)
     K, S = 6, 12
     truth_matrix = np.full((K, K), 0.3)
@@ -152,10 +160,8 @@ def test_training_change_interval_covers_a_planted_change():
         for s in snaps:
             np.fill_diagonal(s, 1.0)
         stack = np.concatenate([start[None], snaps])
-        got = analyses.training_change(
-            stack, steps=range(0, 10 * (S + 1), 10), measure="raw", n_bootstrap=200
-        )
-        hits.append(got["ci_low"] <= 0.3 - 0.8 <= got["ci_high"])
+        got = analyses.training_change(stack, steps=range(0, 10 * (S + 1), 10), measure="raw")
+        hits.append(got["lang_ci_low"] <= 0.3 - 0.8 <= got["lang_ci_high"])
         centre.append(got["change"])
     assert np.mean(hits) >= 0.85
     assert np.mean(centre) == pytest.approx(-0.5, abs=0.01)
