@@ -34,13 +34,7 @@ def check_output_file(path: str | None, flag: str) -> None:
         )
     if target.exists() and not target.is_file():
         return  # a device or pipe (/dev/stdout): its write errors are reported when written
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".geomtrace-probe-"):
-            pass
-    except OSError as err:
-        raise InvalidInputError(
-            f"{flag} {path!r}: cannot write in {str(parent)!r} ({err.strerror or err})"
-        ) from None
+    _probe(parent, f"{flag} {path!r}: cannot write in {str(parent)!r}")
 
 
 def check_output_dir(path: str, flag: str) -> None:
@@ -54,11 +48,16 @@ def check_output_dir(path: str, flag: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InvalidInputError(f"{flag} {path!r}: {str(existing)!r} is not a directory")
+    _probe(target, f"{flag} {path!r}: cannot create or write it", create=True)
+
+
+def _probe(folder: Path, refusal: str, create: bool = False) -> None:
+    """Create ``folder`` (with ``create``) and write and delete a probe file in it; an
+    OSError becomes an InvalidInputError ``refusal (reason)``."""
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target, prefix=".geomtrace-probe-"):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".geomtrace-probe-"):
             pass
     except OSError as err:
-        raise InvalidInputError(
-            f"{flag} {path!r}: cannot create or write it ({err.strerror or err})"
-        ) from None
+        raise InvalidInputError(f"{refusal} ({err.strerror or err})") from None

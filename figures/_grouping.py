@@ -20,6 +20,7 @@ from figures._style import (
     categorical_colors,
     ci,
     direction_words,
+    error_lengths,
     fmt,
     metric_label,
     new_figure,
@@ -76,10 +77,7 @@ def grouping_comparison(experiment, *, title: str | None = None, task_noun: str 
             offset = -0.375 + width * (n + 0.5)
             part = per_task[per_task["scheme"] == scheme].set_index("task").reindex(tasks)
             mean = part["mean_delta"].to_numpy(dtype=float)
-            err = np.vstack([
-                np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float)),
-                np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean),
-            ])  # fmt: skip
+            err = error_lengths(part, mean)
             legend = scheme
             if scheme in summary.index:
                 r = summary.loc[scheme]

@@ -19,6 +19,7 @@ from figures._style import (
     BASELINE,
     ci,
     direction_words,
+    error_lengths,
     fmt,
     method_color,
     metric_label,
@@ -138,10 +139,7 @@ def _quality_panel(
     for n, label in enumerate(others):
         part = per_task[per_task["method"] == label].set_index("task").reindex(tasks)
         mean = part["mean_delta"].to_numpy(dtype=float)
-        err = np.vstack([
-            np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float)),
-            np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean),
-        ])  # fmt: skip
+        err = error_lengths(part, mean)
         ax.errorbar(x - 0.35 + step * (n + 0.5), mean, yerr=err, fmt="o", ms=4,
                     color=colors[label], capsize=2, elinewidth=0.9,
                     label=_method_legend(label, summary))  # fmt: skip

@@ -194,6 +194,16 @@ def ci(value: float, low: float, high: float, digits: int = 2) -> str:
     return f"{text} [{fmt(low, digits)}, {fmt(high, digits)}]"
 
 
+def error_lengths(part, mean):
+    """[2, n] error-bar lengths below and above ``mean`` from a frame's ``ci_low`` and
+    ``ci_high`` columns (matplotlib's ``yerr``); an undefined bound draws no bar (0)."""
+    import numpy as np
+
+    low = part["ci_low"].to_numpy(dtype=float)
+    high = part["ci_high"].to_numpy(dtype=float)
+    return np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
+
+
 def holm_mark(p_holm: float, alpha: float) -> str:
     """``, Holm p=0.012 ✓`` (survives the table's Holm correction at ``alpha``) or
     ``, Holm p=0.38``; empty when unknown."""
